@@ -1,0 +1,285 @@
+//! The hybrid logical clock: uhlc with the client UUID as its id, a configurable maximum
+//! drift, and a physical clock that tests can inject.
+//!
+//! uhlc takes its physical clock as a plain `fn() -> NTP64`, which cannot capture state. A
+//! [`ManualClock`] therefore lives in one of a fixed set of global slots, each with its own
+//! `fn`, so tests running side by side each drive their own time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uhlc::{HLC, HLCBuilder, ID, NTP64};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+/// An operation's timestamp: HLC time, then author. Ordered by time, then by author, which
+/// is the last-writer-wins order of every register.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Hlc {
+    /// NTP64 time (seconds since the UNIX epoch in the high 32 bits, fraction below).
+    pub time: u64,
+    /// The client that took the timestamp.
+    pub author: Uuid,
+}
+
+impl Hlc {
+    /// The smallest timestamp: older than every real one.
+    pub const ZERO: Hlc = Hlc {
+        time: 0,
+        author: Uuid::nil(),
+    };
+
+    /// The 24-byte form stored in SQLite: big-endian time, then the author's bytes, so that
+    /// bytewise order equals timestamp order.
+    pub fn to_bytes(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.time.to_be_bytes());
+        out[8..].copy_from_slice(self.author.as_bytes());
+        out
+    }
+
+    /// Parses the stored form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Hlc, StoreError> {
+        if bytes.len() != 24 {
+            return Err(StoreError::Corrupt(format!(
+                "timestamp of {} bytes, expected 24",
+                bytes.len()
+            )));
+        }
+        let mut time = [0u8; 8];
+        time.copy_from_slice(&bytes[..8]);
+        let mut author = [0u8; 16];
+        author.copy_from_slice(&bytes[8..]);
+        Ok(Hlc {
+            time: u64::from_be_bytes(time),
+            author: Uuid::from_bytes(author),
+        })
+    }
+
+    /// The timestamp as the seed writes it: RFC 3339 time, a slash, the author.
+    pub fn to_rfc3339(&self) -> String {
+        format!(
+            "{}/{}",
+            NTP64(self.time).to_string_rfc3339_lossy(),
+            self.author.simple()
+        )
+    }
+}
+
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// Where the clock reads physical time.
+#[derive(Debug, Clone, Default)]
+pub enum PhysicalClock {
+    /// The system clock.
+    #[default]
+    System,
+    /// A manual clock driven by the test.
+    Manual(ManualClock),
+}
+
+const SLOTS: usize = 32;
+static SLOT_TIME: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+static SLOT_USED: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+
+macro_rules! slot_fns {
+    ($($i:literal),*) => {
+        const SLOT_FNS: [fn() -> NTP64; SLOTS] = [$(|| NTP64(SLOT_TIME[$i].load(Ordering::SeqCst))),*];
+    };
+}
+slot_fns!(
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+    26, 27, 28, 29, 30, 31
+);
+
+/// A physical clock that only moves when told to, for tests. Clones share the time; the
+/// slot is freed when the last clone... is never freed implicitly: call [`ManualClock::release`]
+/// or let the process end. At most 32 exist at once.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    slot: usize,
+}
+
+impl ManualClock {
+    /// A manual clock starting at the current system time. `None` when all slots are taken.
+    pub fn new() -> Option<ManualClock> {
+        for slot in 0..SLOTS {
+            if SLOT_USED[slot]
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                SLOT_TIME[slot].store(system_now().0, Ordering::SeqCst);
+                return Some(ManualClock { slot });
+            }
+        }
+        None
+    }
+
+    /// The current manual time.
+    pub fn now(&self) -> NTP64 {
+        NTP64(SLOT_TIME[self.slot].load(Ordering::SeqCst))
+    }
+
+    /// Moves the clock forward (or back) by a duration.
+    pub fn advance(&self, by: Duration) {
+        SLOT_TIME[self.slot].fetch_add(NTP64::from(by).0, Ordering::SeqCst);
+    }
+
+    /// Moves the clock back by a duration.
+    pub fn rewind(&self, by: Duration) {
+        SLOT_TIME[self.slot].fetch_sub(NTP64::from(by).0, Ordering::SeqCst);
+    }
+
+    /// Frees the slot for another clock.
+    pub fn release(self) {
+        SLOT_USED[self.slot].store(false, Ordering::SeqCst);
+    }
+
+    fn as_fn(&self) -> fn() -> NTP64 {
+        SLOT_FNS[self.slot]
+    }
+}
+
+fn system_now() -> NTP64 {
+    uhlc::system_time_clock()
+}
+
+/// A client's clock.
+pub struct Clock {
+    hlc: HLC,
+    author: Uuid,
+    max_drift: Duration,
+    physical: fn() -> NTP64,
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clock")
+            .field("author", &self.author)
+            .field("max_drift", &self.max_drift)
+            .finish()
+    }
+}
+
+/// A remote timestamp too far ahead of this clock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("timestamp {ts} is {ahead_ms} ms ahead of this clock (max drift {max_ms} ms)")]
+pub struct DriftError {
+    /// The rejected timestamp.
+    pub ts: Hlc,
+    /// How far ahead it was.
+    pub ahead_ms: u64,
+    /// The configured maximum.
+    pub max_ms: u64,
+}
+
+impl Clock {
+    /// A clock for `author` with the given maximum drift and physical clock.
+    pub fn new(author: Uuid, max_drift: Duration, physical: PhysicalClock) -> Clock {
+        let clock_fn = match &physical {
+            PhysicalClock::System => system_now as fn() -> NTP64,
+            PhysicalClock::Manual(m) => m.as_fn(),
+        };
+        // A nil UUID cannot be an uhlc id; clients never have one (see Store::open).
+        let id = ID::try_from(author.as_bytes()).unwrap_or_else(|_| ID::rand());
+        let hlc = HLCBuilder::new()
+            .with_id(id)
+            .with_max_delta(max_drift)
+            .with_clock(clock_fn)
+            .build();
+        Clock {
+            hlc,
+            author,
+            max_drift,
+            physical: clock_fn,
+        }
+    }
+
+    /// A new timestamp, later than every one taken or seen before.
+    pub fn now(&self) -> Hlc {
+        let ts = self.hlc.new_timestamp();
+        Hlc {
+            time: ts.get_time().0,
+            author: self.author,
+        }
+    }
+
+    /// Folds a remote timestamp into the clock, or rejects it when it is more than
+    /// `max_drift` ahead of the physical clock.
+    pub fn observe(&self, ts: Hlc) -> Result<(), DriftError> {
+        let id = ID::try_from(ts.author.as_bytes()).unwrap_or_else(|_| ID::rand());
+        let remote = uhlc::Timestamp::new(NTP64(ts.time), id);
+        self.hlc.update_with_timestamp(&remote).map_err(|_| {
+            let now = (self.physical)();
+            let ahead = NTP64(ts.time.saturating_sub(now.0)).to_duration();
+            DriftError {
+                ts,
+                ahead_ms: ahead.as_millis() as u64,
+                max_ms: self.max_drift.as_millis() as u64,
+            }
+        })
+    }
+
+    /// The author of this clock's timestamps.
+    pub fn author(&self) -> Uuid {
+        self.author
+    }
+
+    /// The physical time now, as NTP64.
+    pub fn physical_now(&self) -> u64 {
+        (self.physical)().0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_order_is_timestamp_order() {
+        let a = Hlc {
+            time: 5,
+            author: Uuid::from_u128(9),
+        };
+        let b = Hlc {
+            time: 6,
+            author: Uuid::from_u128(1),
+        };
+        let c = Hlc {
+            time: 6,
+            author: Uuid::from_u128(2),
+        };
+        assert!(a < b && b < c);
+        assert!(a.to_bytes() < b.to_bytes() && b.to_bytes() < c.to_bytes());
+        assert_eq!(Hlc::from_bytes(&c.to_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn drift_is_rejected_until_the_clock_catches_up() {
+        let manual = ManualClock::new().unwrap();
+        let me = Clock::new(
+            Uuid::from_u128(1),
+            Duration::from_millis(100),
+            PhysicalClock::Manual(manual.clone()),
+        );
+        let ahead = Hlc {
+            time: manual.now().0 + NTP64::from(Duration::from_secs(1)).0,
+            author: Uuid::from_u128(2),
+        };
+        let err = me.observe(ahead).unwrap_err();
+        assert!(err.ahead_ms >= 999, "{err}");
+        manual.advance(Duration::from_millis(950));
+        me.observe(ahead).unwrap();
+        assert!(me.now() > ahead);
+        manual.release();
+    }
+}

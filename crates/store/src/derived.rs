@@ -1,0 +1,55 @@
+//! Derived data, rebuilt locally and never synced: `files`, one row per `cas_id` of
+//! `file_paths`, with the file's size and how many paths point at it.
+
+use sqlx::sqlite::SqliteConnection;
+
+use crate::error::StoreError;
+use crate::registry::{Kind, ResourceDef};
+use crate::sql::{exec, in_list, rows_per_statement};
+
+/// Whether writes to this resource affect derived data.
+pub(crate) fn tracks(def: &ResourceDef) -> bool {
+    def.name == "file_paths" && def.kind == Kind::Owned && def.column_index("cas_id").is_some()
+}
+
+/// Rebuilds the `files` rows of these cas_ids from `file_paths`.
+pub(crate) async fn rebuild_files(
+    conn: &mut SqliteConnection,
+    cas_ids: &[String],
+) -> Result<(), StoreError> {
+    for chunk in cas_ids.chunks(rows_per_statement(1)) {
+        let keys = chunk.to_vec();
+        exec(
+            conn,
+            format!(
+                "DELETE FROM files WHERE cas_id IN ({})",
+                in_list(chunk.len())
+            ),
+            |mut q| {
+                for k in keys {
+                    q = q.bind(k);
+                }
+                q
+            },
+        )
+        .await?;
+        let keys = chunk.to_vec();
+        exec(
+            conn,
+            format!(
+                "INSERT INTO files (cas_id, size_bytes, path_count) \
+                 SELECT cas_id, MAX(size_bytes), COUNT(*) FROM file_paths \
+                 WHERE cas_id IN ({}) GROUP BY cas_id",
+                in_list(chunk.len())
+            ),
+            |mut q| {
+                for k in keys {
+                    q = q.bind(k);
+                }
+                q
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,821 @@
+//! The apply engine: loads the registers an ordered list of changes touches, merges them with
+//! the pure rules of [`crate::merge`], and stores what moved with multi-row statements, all
+//! inside the caller's transaction. Local writes and remote batches both come through here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+use uuid::Uuid;
+
+use crate::clock::Hlc;
+use crate::derived;
+use crate::error::StoreError;
+use crate::merge::{OwnedOutcome, OwnedRowState, SharedRow, merge_owned};
+use crate::op::{Change, Method, Op, OpId, OwnedRow, RejectReason, RowEvent, SnapshotRow};
+use crate::registry::{Kind, Registry, ResourceDef};
+use crate::sql::{exec, in_list, query, rows_per_statement, values_list};
+use crate::value::Value;
+
+/// What the engine did.
+#[derive(Debug, Default)]
+pub(crate) struct EngineOutcome {
+    /// Row-level changes, for subscribers.
+    pub events: Vec<RowEvent>,
+    /// Owned rows written.
+    pub rows: usize,
+    /// Ops refused by a merge rule (still logged, so no replica sees a gap).
+    pub rejected: Vec<(OpId, RejectReason, String)>,
+    /// Ops now complete and recorded in the log (owned batches only with their last page).
+    pub logged: Vec<OpId>,
+}
+
+/// Applies validated, not yet applied changes in order. `local` marks the events.
+pub(crate) async fn apply(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[Change],
+    local: bool,
+) -> Result<EngineOutcome, StoreError> {
+    let mut out = EngineOutcome::default();
+    let mut rejected_ops: HashMap<OpId, String> = HashMap::new();
+
+    // Group by resource, keeping order within each resource.
+    let mut by_resource: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
+    for c in changes {
+        by_resource
+            .entry(c.op().resource.as_str())
+            .or_default()
+            .push(c);
+    }
+    for (resource, items) in by_resource {
+        let def = registry.get(resource)?;
+        match def.kind {
+            Kind::Shared => apply_shared(conn, def, &items, local, &mut out).await?,
+            Kind::Owned => {
+                apply_owned(conn, def, &items, local, &mut out, &mut rejected_ops).await?
+            }
+        }
+    }
+
+    // Log every complete op, with the rule that refused it if one did.
+    let mut log: Vec<(&Op, Option<String>)> = Vec::new();
+    for c in changes {
+        let complete = match c {
+            Change::Op(_) => true,
+            Change::OwnedRows { last, .. } => *last,
+        };
+        if complete {
+            let op = c.op();
+            log.push((op, rejected_ops.get(&op.id()).cloned()));
+            out.logged.push(op.id());
+        }
+    }
+    insert_log(conn, &log).await?;
+    Ok(out)
+}
+
+/// The CBOR stored in the log's `value` column.
+pub(crate) fn log_value(op: &Op) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let res = match op.method {
+        Method::SharedCreate => ciborium::into_writer(&op.fields, &mut buf),
+        Method::SharedUpdate => ciborium::into_writer(&op.value, &mut buf),
+        Method::OwnedBatchCreate => ciborium::into_writer(&op.count, &mut buf),
+        Method::SharedDelete | Method::OwnedDelete => return None,
+    };
+    // Writing CBOR into a Vec cannot fail for these types.
+    res.ok().map(|_| buf)
+}
+
+async fn insert_log(
+    conn: &mut SqliteConnection,
+    log: &[(&Op, Option<String>)],
+) -> Result<(), StoreError> {
+    const COLS: usize = 9;
+    for chunk in log.chunks(rows_per_statement(COLS)) {
+        let sql = format!(
+            "INSERT INTO operations (client_uuid, seq, uhlc_timestamp, method, resource_type, \
+             resource_uuid, resource_property, value, rejected) VALUES {} \
+             ON CONFLICT (client_uuid, seq) DO NOTHING",
+            values_list(chunk.len(), COLS)
+        );
+        let mut q = query(sql);
+        for (op, rejected) in chunk {
+            q = q
+                .bind(op.author.hyphenated().to_string())
+                .bind(op.seq as i64)
+                .bind(op.ts().to_bytes().to_vec())
+                .bind(op.method.as_str())
+                .bind(op.resource.clone())
+                .bind(op.uuid.map(|u| u.hyphenated().to_string()))
+                .bind(op.property.clone())
+                .bind(log_value(op))
+                .bind(rejected.clone());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared resources
+
+async fn load_shared(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    uuids: &[Uuid],
+) -> Result<HashMap<Uuid, SharedRow>, StoreError> {
+    let mut rows: HashMap<Uuid, SharedRow> = HashMap::new();
+    for chunk in uuids.chunks(rows_per_statement(1)) {
+        let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        let sql = format!(
+            "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
+            in_list(keys.len())
+        );
+        let mut q = query(sql).bind(resource.to_owned());
+        for k in &keys {
+            q = q.bind(k.clone());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            let e = rows.entry(uuid).or_default();
+            e.exists_ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?;
+            e.alive = r.try_get::<i64, _>(2)? != 0;
+        }
+        let sql = format!(
+            "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid IN ({})",
+            in_list(keys.len())
+        );
+        let mut q = query(sql).bind(resource.to_owned());
+        for k in &keys {
+            q = q.bind(k.clone());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            let prop: String = r.try_get(1)?;
+            let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+            let value: Value = r.try_get(3)?;
+            rows.entry(uuid)
+                .or_default()
+                .props
+                .insert(prop, (ts, value));
+        }
+    }
+    Ok(rows)
+}
+
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("bad uuid {s:?} in store: {e}")))
+}
+
+async fn apply_shared(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    items: &[&Change],
+    local: bool,
+    out: &mut EngineOutcome,
+) -> Result<(), StoreError> {
+    let uuids: Vec<Uuid> = items
+        .iter()
+        .filter_map(|c| c.op().uuid)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut state = load_shared(conn, &def.name, &uuids).await?;
+    let known: BTreeSet<Uuid> = state.keys().copied().collect();
+    let mut dirty_exists: BTreeSet<Uuid> = BTreeSet::new();
+    let mut dirty_props: BTreeSet<(Uuid, String)> = BTreeSet::new();
+    let mut touched: BTreeSet<Uuid> = BTreeSet::new();
+    let columns = || def.columns.iter().map(|c| c.name.as_str());
+
+    for c in items {
+        let op = c.op();
+        // Validation guarantees a uuid on shared ops.
+        let Some(uuid) = op.uuid else { continue };
+        let row = state.entry(uuid).or_default();
+        if !known.contains(&uuid) {
+            dirty_exists.insert(uuid);
+        }
+        let changed = match op.method {
+            Method::SharedCreate => row.create(op.ts(), columns(), &op.fields),
+            Method::SharedUpdate => {
+                let (Some(p), Some(v)) = (&op.property, &op.value) else {
+                    continue;
+                };
+                let ch = row.update(op.ts(), p, v);
+                if ch.props {
+                    dirty_props.insert((uuid, p.clone()));
+                }
+                ch
+            }
+            Method::SharedDelete => row.delete(op.ts()),
+            _ => continue,
+        };
+        if op.method == Method::SharedCreate && changed.props {
+            for col in columns() {
+                if row.props.get(col).is_some_and(|(ts, _)| *ts == op.ts()) {
+                    dirty_props.insert((uuid, col.to_owned()));
+                }
+            }
+        }
+        if changed.existence {
+            dirty_exists.insert(uuid);
+        }
+        if changed.any() {
+            touched.insert(uuid);
+            out.events.push(RowEvent {
+                resource: def.name.clone(),
+                uuid: Some(uuid),
+                method: op.method,
+                author: op.author,
+                remote: !local,
+                count: None,
+            });
+        }
+    }
+
+    write_shared(conn, def, &state, &dirty_exists, &dirty_props, &touched).await
+}
+
+/// Stores the registers that moved and refreshes the data table for the touched rows.
+async fn write_shared(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    state: &HashMap<Uuid, SharedRow>,
+    dirty_exists: &BTreeSet<Uuid>,
+    dirty_props: &BTreeSet<(Uuid, String)>,
+    touched: &BTreeSet<Uuid>,
+) -> Result<(), StoreError> {
+    let columns = || def.columns.iter().map(|c| c.name.as_str());
+    // Existence registers.
+    let exists: Vec<(Uuid, &SharedRow)> = dirty_exists
+        .iter()
+        .filter_map(|u| state.get(u).map(|r| (*u, r)))
+        .collect();
+    for chunk in exists.chunks(rows_per_statement(4)) {
+        let sql = format!(
+            "INSERT INTO crdt_rows (resource, uuid, ts, alive, owner) VALUES {} \
+             ON CONFLICT (resource, uuid) DO UPDATE SET ts = excluded.ts, alive = excluded.alive",
+            values_list_with_null(chunk.len(), 4)
+        );
+        let name = def.name.clone();
+        let rows: Vec<(String, Vec<u8>, i64)> = chunk
+            .iter()
+            .map(|(u, r)| {
+                (
+                    u.hyphenated().to_string(),
+                    r.exists_ts.to_bytes().to_vec(),
+                    r.alive as i64,
+                )
+            })
+            .collect();
+        exec(conn, sql, |mut q| {
+            for (u, ts, alive) in rows {
+                q = q.bind(name.clone()).bind(u).bind(ts).bind(alive);
+            }
+            q
+        })
+        .await?;
+    }
+
+    // Property registers.
+    let props: Vec<(String, String, Vec<u8>, Value)> = dirty_props
+        .iter()
+        .filter_map(|(u, p)| {
+            let (ts, v) = state.get(u)?.props.get(p)?;
+            Some((
+                u.hyphenated().to_string(),
+                p.clone(),
+                ts.to_bytes().to_vec(),
+                v.clone(),
+            ))
+        })
+        .collect();
+    for chunk in props.chunks(rows_per_statement(5)) {
+        let sql = format!(
+            "INSERT INTO crdt_props (resource, uuid, property, ts, value) VALUES {} \
+             ON CONFLICT (resource, uuid, property) DO UPDATE SET ts = excluded.ts, value = excluded.value",
+            values_list(chunk.len(), 5)
+        );
+        let name = def.name.clone();
+        let chunk = chunk.to_vec();
+        exec(conn, sql, |mut q| {
+            for (u, p, ts, v) in chunk {
+                q = q.bind(name.clone()).bind(u).bind(p).bind(ts).bind(v);
+            }
+            q
+        })
+        .await?;
+    }
+
+    // The data table: live rows hold their current values, dead rows are absent.
+    let mut live: Vec<(Uuid, Vec<Value>)> = Vec::new();
+    let mut dead: Vec<Uuid> = Vec::new();
+    for u in touched {
+        let Some(r) = state.get(u) else { continue };
+        if r.alive {
+            live.push((*u, r.values(columns())));
+        } else {
+            dead.push(*u);
+        }
+    }
+    upsert_data(conn, def, &live).await?;
+    delete_data(conn, &def.name, &dead).await?;
+    Ok(())
+}
+
+fn values_list_with_null(rows: usize, cols: usize) -> String {
+    let one = format!("({},NULL)", vec!["?"; cols].join(","));
+    vec![one; rows].join(",")
+}
+
+async fn upsert_data(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    rows: &[(Uuid, Vec<Value>)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ncols = def.columns.len() + 1;
+    let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
+    let set = names
+        .iter()
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for chunk in rows.chunks(rows_per_statement(ncols)) {
+        let sql = format!(
+            "INSERT INTO {} (uuid, {}) VALUES {} ON CONFLICT (uuid) DO UPDATE SET {}",
+            def.name,
+            names.join(", "),
+            values_list(chunk.len(), ncols),
+            set
+        );
+        let chunk = chunk.to_vec();
+        exec(conn, sql, |mut q| {
+            for (u, vals) in chunk {
+                q = q.bind(u.hyphenated().to_string());
+                for v in vals {
+                    q = q.bind(v);
+                }
+            }
+            q
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn delete_data(
+    conn: &mut SqliteConnection,
+    table: &str,
+    uuids: &[Uuid],
+) -> Result<(), StoreError> {
+    for chunk in uuids.chunks(rows_per_statement(1)) {
+        let sql = format!(
+            "DELETE FROM {table} WHERE uuid IN ({})",
+            in_list(chunk.len())
+        );
+        let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        exec(conn, sql, |mut q| {
+            for k in keys {
+                q = q.bind(k);
+            }
+            q
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Owned resources
+
+/// What is stored for an owned row: its state and, for derived data, its old `cas_id`.
+struct OwnedCurrent {
+    state: OwnedRowState,
+    cas_id: Option<String>,
+}
+
+async fn load_owned(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    uuids: &[Uuid],
+) -> Result<HashMap<Uuid, OwnedCurrent>, StoreError> {
+    let cas = derived::tracks(def);
+    let mut out = HashMap::new();
+    for chunk in uuids.chunks(rows_per_statement(1)) {
+        let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        let sql = format!(
+            "SELECT uuid, owner, crdt_ts{} FROM {} WHERE uuid IN ({})",
+            if cas { ", cas_id" } else { "" },
+            def.name,
+            in_list(keys.len())
+        );
+        let mut q = query(sql);
+        for k in &keys {
+            q = q.bind(k.clone());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            let owner = parse_uuid(&r.try_get::<String, _>(1)?)?;
+            let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+            let cas_id = if cas {
+                r.try_get::<Option<String>, _>(3)?
+            } else {
+                None
+            };
+            out.insert(
+                uuid,
+                OwnedCurrent {
+                    state: OwnedRowState {
+                        owner,
+                        ts,
+                        alive: true,
+                    },
+                    cas_id,
+                },
+            );
+        }
+        let sql = format!(
+            "SELECT uuid, owner, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid IN ({})",
+            in_list(keys.len())
+        );
+        let mut q = query(sql).bind(def.name.clone());
+        for k in &keys {
+            q = q.bind(k.clone());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            let owner = r
+                .try_get::<Option<String>, _>(1)?
+                .map(|s| parse_uuid(&s))
+                .transpose()?
+                .unwrap_or_default();
+            let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+            out.entry(uuid).or_insert(OwnedCurrent {
+                state: OwnedRowState {
+                    owner,
+                    ts,
+                    alive: false,
+                },
+                cas_id: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The final decision for one owned row within a batch.
+enum OwnedFinal {
+    Row {
+        owner: Uuid,
+        ts: Hlc,
+        seq: u64,
+        values: Vec<Value>,
+    },
+    Tombstone {
+        owner: Uuid,
+        ts: Hlc,
+    },
+}
+
+async fn apply_owned(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    items: &[&Change],
+    local: bool,
+    out: &mut EngineOutcome,
+    rejected_ops: &mut HashMap<OpId, String>,
+) -> Result<(), StoreError> {
+    let mut uuids: BTreeSet<Uuid> = BTreeSet::new();
+    for c in items {
+        match c {
+            Change::Op(op) => uuids.extend(op.uuid),
+            Change::OwnedRows { rows, .. } => uuids.extend(rows.iter().map(|r| r.uuid)),
+        }
+    }
+    let uuids: Vec<Uuid> = uuids.into_iter().collect();
+    let current = load_owned(conn, def, &uuids).await?;
+    let cas_idx = if derived::tracks(def) {
+        def.column_index("cas_id")
+    } else {
+        None
+    };
+    let mut affected_cas: BTreeSet<String> = BTreeSet::new();
+    let mut finals: BTreeMap<Uuid, OwnedFinal> = BTreeMap::new();
+
+    let state_of = |u: &Uuid, finals: &BTreeMap<Uuid, OwnedFinal>| -> Option<OwnedRowState> {
+        match finals.get(u) {
+            Some(OwnedFinal::Row { owner, ts, .. }) => Some(OwnedRowState {
+                owner: *owner,
+                ts: *ts,
+                alive: true,
+            }),
+            Some(OwnedFinal::Tombstone { owner, ts }) => Some(OwnedRowState {
+                owner: *owner,
+                ts: *ts,
+                alive: false,
+            }),
+            None => current.get(u).map(|c| c.state),
+        }
+    };
+
+    for c in items {
+        let op = c.op();
+        match c {
+            Change::OwnedRows { header, rows, last } => {
+                let mut written = 0usize;
+                for OwnedRow { uuid, values } in rows {
+                    match merge_owned(state_of(uuid, &finals), header.author, header.ts()) {
+                        OwnedOutcome::Apply => {
+                            if let Some(i) = cas_idx
+                                && let Some(Value::Text(cas)) = values.get(i)
+                            {
+                                affected_cas.insert(cas.clone());
+                            }
+                            finals.insert(
+                                *uuid,
+                                OwnedFinal::Row {
+                                    owner: header.author,
+                                    ts: header.ts(),
+                                    seq: header.seq,
+                                    values: values.clone(),
+                                },
+                            );
+                            written += 1;
+                        }
+                        OwnedOutcome::Ignore => {}
+                        OwnedOutcome::NotOwner(owner) => {
+                            let why = format!("row {uuid} of {} is owned by {owner}", def.name);
+                            out.rejected
+                                .push((header.id(), RejectReason::NotOwner, why.clone()));
+                            rejected_ops.insert(header.id(), why);
+                        }
+                    }
+                }
+                out.rows += written;
+                if *last || written > 0 {
+                    out.events.push(RowEvent {
+                        resource: def.name.clone(),
+                        uuid: None,
+                        method: Method::OwnedBatchCreate,
+                        author: header.author,
+                        remote: !local,
+                        count: Some(written as u64),
+                    });
+                }
+            }
+            Change::Op(op) if op.method == Method::OwnedDelete => {
+                let Some(uuid) = op.uuid else { continue };
+                match merge_owned(state_of(&uuid, &finals), op.author, op.ts()) {
+                    OwnedOutcome::Apply => {
+                        finals.insert(
+                            uuid,
+                            OwnedFinal::Tombstone {
+                                owner: op.author,
+                                ts: op.ts(),
+                            },
+                        );
+                        out.events.push(RowEvent {
+                            resource: def.name.clone(),
+                            uuid: Some(uuid),
+                            method: Method::OwnedDelete,
+                            author: op.author,
+                            remote: !local,
+                            count: None,
+                        });
+                    }
+                    OwnedOutcome::Ignore => {}
+                    OwnedOutcome::NotOwner(owner) => {
+                        let why = format!("row {uuid} of {} is owned by {owner}", def.name);
+                        out.rejected
+                            .push((op.id(), RejectReason::NotOwner, why.clone()));
+                        rejected_ops.insert(op.id(), why);
+                    }
+                }
+            }
+            Change::Op(_) => {
+                // Validation keeps other methods away from owned resources.
+                let _ = op;
+            }
+        }
+    }
+
+    // Old cas_ids of rows being replaced or deleted.
+    for u in finals.keys() {
+        if let Some(OwnedCurrent {
+            cas_id: Some(cas), ..
+        }) = current.get(u)
+        {
+            affected_cas.insert(cas.clone());
+        }
+    }
+
+    let mut upserts: Vec<(Uuid, Uuid, Hlc, u64, Vec<Value>)> = Vec::new();
+    let mut tombstones: Vec<(Uuid, Uuid, Hlc)> = Vec::new();
+    let mut drop_rows: Vec<Uuid> = Vec::new();
+    let mut drop_tombstones: Vec<Uuid> = Vec::new();
+    for (u, f) in finals {
+        let was = current.get(&u).map(|c| c.state.alive);
+        match f {
+            OwnedFinal::Row {
+                owner,
+                ts,
+                seq,
+                values,
+            } => {
+                if was == Some(false) {
+                    drop_tombstones.push(u);
+                }
+                upserts.push((u, owner, ts, seq, values));
+            }
+            OwnedFinal::Tombstone { owner, ts } => {
+                if was == Some(true) {
+                    drop_rows.push(u);
+                }
+                tombstones.push((u, owner, ts));
+            }
+        }
+    }
+
+    let ncols = def.columns.len() + 4;
+    let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
+    let set = ["owner", "crdt_ts", "crdt_seq"]
+        .iter()
+        .chain(names.iter())
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for chunk in upserts.chunks(rows_per_statement(ncols)) {
+        let sql = format!(
+            "INSERT INTO {} (uuid, owner, crdt_ts, crdt_seq, {}) VALUES {} ON CONFLICT (uuid) DO UPDATE SET {}",
+            def.name,
+            names.join(", "),
+            values_list(chunk.len(), ncols),
+            set
+        );
+        let chunk = chunk.to_vec();
+        exec(conn, sql, |mut q| {
+            for (u, owner, ts, seq, values) in chunk {
+                q = q
+                    .bind(u.hyphenated().to_string())
+                    .bind(owner.hyphenated().to_string())
+                    .bind(ts.to_bytes().to_vec())
+                    .bind(seq as i64);
+                for v in values {
+                    q = q.bind(v);
+                }
+            }
+            q
+        })
+        .await?;
+    }
+    delete_data(conn, &def.name, &drop_rows).await?;
+    for chunk in tombstones.chunks(rows_per_statement(5)) {
+        let sql = format!(
+            "INSERT INTO crdt_rows (resource, uuid, ts, alive, owner) VALUES {} \
+             ON CONFLICT (resource, uuid) DO UPDATE SET ts = excluded.ts, alive = 0, owner = excluded.owner",
+            values_list(chunk.len(), 5)
+        );
+        let name = def.name.clone();
+        let chunk = chunk.to_vec();
+        exec(conn, sql, |mut q| {
+            for (u, owner, ts) in chunk {
+                q = q
+                    .bind(name.clone())
+                    .bind(u.hyphenated().to_string())
+                    .bind(ts.to_bytes().to_vec())
+                    .bind(0i64)
+                    .bind(owner.hyphenated().to_string());
+            }
+            q
+        })
+        .await?;
+    }
+    for chunk in drop_tombstones.chunks(rows_per_statement(1)) {
+        let sql = format!(
+            "DELETE FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
+            in_list(chunk.len())
+        );
+        let name = def.name.clone();
+        let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        exec(conn, sql, |mut q| {
+            q = q.bind(name);
+            for k in keys {
+                q = q.bind(k);
+            }
+            q
+        })
+        .await?;
+    }
+    if !affected_cas.is_empty() {
+        derived::rebuild_files(conn, &affected_cas.into_iter().collect::<Vec<_>>()).await?;
+    }
+    Ok(())
+}
+
+/// Merges snapshot rows into the store: every register is merged as if its op arrived.
+pub(crate) async fn import_rows(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    rows: Vec<SnapshotRow>,
+) -> Result<(), StoreError> {
+    let mut shared: BTreeMap<String, Vec<SnapshotRow>> = BTreeMap::new();
+    let mut owned: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+    for r in rows {
+        match r {
+            SnapshotRow::Shared { ref resource, .. } => {
+                shared.entry(resource.clone()).or_default().push(r)
+            }
+            SnapshotRow::Owned {
+                resource,
+                uuid,
+                ts,
+                seq,
+                values,
+            } => {
+                let header = synthetic(ts, seq, Method::OwnedBatchCreate, &resource, None);
+                owned.entry(resource).or_default().push(Change::OwnedRows {
+                    header,
+                    rows: vec![OwnedRow { uuid, values }],
+                    last: false,
+                });
+            }
+            SnapshotRow::OwnedTombstone { resource, uuid, ts } => {
+                let op = synthetic(ts, 1, Method::OwnedDelete, &resource, Some(uuid));
+                owned.entry(resource).or_default().push(Change::Op(op));
+            }
+        }
+    }
+    for (resource, rows) in shared {
+        let def = registry.get(&resource)?;
+        let uuids: Vec<Uuid> = rows
+            .iter()
+            .filter_map(|r| match r {
+                SnapshotRow::Shared { uuid, .. } => Some(*uuid),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut state = load_shared(conn, &def.name, &uuids).await?;
+        let known: BTreeSet<Uuid> = state.keys().copied().collect();
+        let mut dirty_exists = BTreeSet::new();
+        let mut dirty_props = BTreeSet::new();
+        let mut touched = BTreeSet::new();
+        for r in rows {
+            let SnapshotRow::Shared {
+                uuid,
+                exists_ts,
+                alive,
+                props,
+                ..
+            } = r
+            else {
+                continue;
+            };
+            let row = state.entry(uuid).or_default();
+            if !known.contains(&uuid) || exists_ts > row.exists_ts {
+                if exists_ts > row.exists_ts {
+                    row.exists_ts = exists_ts;
+                    row.alive = alive;
+                }
+                dirty_exists.insert(uuid);
+                touched.insert(uuid);
+            }
+            for (name, ts, v) in props {
+                if row.update(ts, &name, &v).props {
+                    dirty_props.insert((uuid, name));
+                    touched.insert(uuid);
+                }
+            }
+        }
+        write_shared(conn, def, &state, &dirty_exists, &dirty_props, &touched).await?;
+    }
+    for (resource, changes) in owned {
+        let def = registry.get(&resource)?;
+        let refs: Vec<&Change> = changes.iter().collect();
+        let mut out = EngineOutcome::default();
+        let mut rejected = HashMap::new();
+        apply_owned(conn, def, &refs, false, &mut out, &mut rejected).await?;
+    }
+    Ok(())
+}
+
+fn synthetic(ts: Hlc, seq: u64, method: Method, resource: &str, uuid: Option<Uuid>) -> Op {
+    Op {
+        author: ts.author,
+        seq,
+        time: ts.time,
+        method,
+        resource: resource.to_owned(),
+        uuid,
+        property: None,
+        value: None,
+        fields: BTreeMap::new(),
+        count: None,
+    }
+}

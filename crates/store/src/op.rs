@@ -1,0 +1,406 @@
+//! Operations, the unit of replication, and the sync types built from them: version vectors,
+//! pages of ops, snapshot rows. All of them are serde types: JSON on the API, CBOR on the
+//! wire (see [`crate::wire`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::Hlc;
+use crate::value::Value;
+
+/// The kind of change an operation makes (the seed's `OperationMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Method {
+    /// A batch of owned rows: the log entry stands for every row the author wrote in it.
+    OwnedBatchCreate,
+    /// Delete one owned row.
+    OwnedDelete,
+    /// Create a shared row, with its initial fields.
+    SharedCreate,
+    /// Set one property of a shared row.
+    SharedUpdate,
+    /// Delete a shared row.
+    SharedDelete,
+}
+
+impl Method {
+    /// The name stored in the log's `method` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::OwnedBatchCreate => "OwnedBatchCreate",
+            Method::OwnedDelete => "OwnedDelete",
+            Method::SharedCreate => "SharedCreate",
+            Method::SharedUpdate => "SharedUpdate",
+            Method::SharedDelete => "SharedDelete",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s {
+            "OwnedBatchCreate" => Method::OwnedBatchCreate,
+            "OwnedDelete" => Method::OwnedDelete,
+            "SharedCreate" => Method::SharedCreate,
+            "SharedUpdate" => Method::SharedUpdate,
+            "SharedDelete" => Method::SharedDelete,
+            _ => return None,
+        })
+    }
+}
+
+/// One operation of the log: the seed's `Operation` plus the author's sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// The author (the seed's `client_uuid`); also the author half of `ts`.
+    pub author: Uuid,
+    /// The author's contiguous sequence number, from 1.
+    pub seq: u64,
+    /// HLC time of the op (NTP64); with `author` it forms the op's [`Hlc`].
+    pub time: u64,
+    /// What the op does.
+    pub method: Method,
+    /// The resource (table) name.
+    pub resource: String,
+    /// The row, except for `OwnedBatchCreate`.
+    pub uuid: Option<Uuid>,
+    /// The property of a `SharedUpdate`.
+    pub property: Option<String>,
+    /// The new value of a `SharedUpdate`; the fields of a `SharedCreate` are in `fields`.
+    pub value: Option<Value>,
+    /// The initial fields of a `SharedCreate`; the row count of an `OwnedBatchCreate` is in
+    /// `count`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, Value>,
+    /// For `OwnedBatchCreate`: how many rows the batch wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+impl Op {
+    /// The op's timestamp.
+    pub fn ts(&self) -> Hlc {
+        Hlc {
+            time: self.time,
+            author: self.author,
+        }
+    }
+
+    /// Its identity: (author, seq).
+    pub fn id(&self) -> OpId {
+        OpId {
+            author: self.author,
+            seq: self.seq,
+        }
+    }
+}
+
+/// The identity of an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpId {
+    /// Author.
+    pub author: Uuid,
+    /// Sequence number.
+    pub seq: u64,
+}
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.author, self.seq)
+    }
+}
+
+/// A row of an owned resource, as it travels expanded from an `OwnedBatchCreate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnedRow {
+    /// The row's UUID.
+    pub uuid: Uuid,
+    /// Column values, in the registry's column order.
+    pub values: Vec<Value>,
+}
+
+/// One item of a sync page: an op, or a page of the rows of an `OwnedBatchCreate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// A whole op (never an `OwnedBatchCreate`, whose rows come as `OwnedRows`).
+    Op(Op),
+    /// Rows of an owned batch. The batch's op counts as applied once the page with `last`
+    /// set has been applied.
+    OwnedRows {
+        /// The `OwnedBatchCreate` op.
+        header: Op,
+        /// Some of its rows, in UUID order.
+        rows: Vec<OwnedRow>,
+        /// Whether this page ends the batch.
+        last: bool,
+    },
+}
+
+impl Change {
+    /// The op this change belongs to.
+    pub fn op(&self) -> &Op {
+        match self {
+            Change::Op(op) => op,
+            Change::OwnedRows { header, .. } => header,
+        }
+    }
+
+    /// How many items it weighs in a page: one per op or row.
+    pub fn weight(&self) -> usize {
+        match self {
+            Change::Op(_) => 1,
+            Change::OwnedRows { rows, .. } => rows.len().max(1),
+        }
+    }
+}
+
+/// What a replica holds of one author's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorVersion {
+    /// Every op with `seq <= contiguous` has been applied.
+    pub contiguous: u64,
+    /// Sequence numbers above `contiguous` that have been applied too (the rest above it,
+    /// up to the highest of these, are gaps).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub extra: BTreeSet<u64>,
+}
+
+impl AuthorVersion {
+    /// Whether `seq` has been applied.
+    pub fn has(&self, seq: u64) -> bool {
+        seq <= self.contiguous || self.extra.contains(&seq)
+    }
+
+    /// Marks `seq` applied, advancing `contiguous` over what is now contiguous.
+    pub fn add(&mut self, seq: u64) {
+        if seq <= self.contiguous {
+            return;
+        }
+        self.extra.insert(seq);
+        while self.extra.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+    }
+
+    /// Raises `contiguous` to at least `to` (after a snapshot import).
+    pub fn raise(&mut self, to: u64) {
+        if to > self.contiguous {
+            self.contiguous = to;
+            self.extra = self.extra.split_off(&(to + 1));
+            while self.extra.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        }
+    }
+
+    /// The highest sequence number applied.
+    pub fn max(&self) -> u64 {
+        self.extra.last().copied().unwrap_or(self.contiguous)
+    }
+
+    /// The missing ranges (inclusive) between `contiguous` and the highest applied seq.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = self.contiguous + 1;
+        for &s in &self.extra {
+            if s > next {
+                out.push((next, s - 1));
+            }
+            next = s + 1;
+        }
+        out
+    }
+}
+
+/// A version vector: per author, what a replica has applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector {
+    /// Per author.
+    pub authors: BTreeMap<Uuid, AuthorVersion>,
+}
+
+impl VersionVector {
+    /// Whether the op has been applied.
+    pub fn has(&self, id: OpId) -> bool {
+        self.authors.get(&id.author).is_some_and(|v| v.has(id.seq))
+    }
+
+    /// The contiguous sequence of an author (0 when unknown).
+    pub fn contiguous(&self, author: &Uuid) -> u64 {
+        self.authors.get(author).map_or(0, |v| v.contiguous)
+    }
+
+    /// Marks an op applied.
+    pub fn add(&mut self, id: OpId) {
+        self.authors.entry(id.author).or_default().add(id.seq);
+    }
+
+    /// Whether any author has a gap.
+    pub fn has_gaps(&self) -> bool {
+        self.authors.values().any(|v| !v.extra.is_empty())
+    }
+
+    /// Whether `self` has applied every op `other` has.
+    pub fn covers(&self, other: &VersionVector) -> bool {
+        other.authors.iter().all(|(a, v)| {
+            let mine = self.authors.get(a);
+            mine.is_some_and(|m| m.contiguous >= v.contiguous)
+                && v.extra.iter().all(|s| mine.is_some_and(|m| m.has(*s)))
+                || (v.contiguous == 0 && v.extra.is_empty())
+        })
+    }
+
+    /// Only the contiguous part, per author, as the pruning horizon uses it.
+    pub fn contiguous_map(&self) -> BTreeMap<Uuid, u64> {
+        self.authors
+            .iter()
+            .map(|(a, v)| (*a, v.contiguous))
+            .collect()
+    }
+
+    /// Bounds the `extra` sets (a request must stay small): keeps at most `cap` per author.
+    /// The sender then sends some ops twice, which the receiver ignores.
+    pub fn truncated(&self, cap: usize) -> VersionVector {
+        VersionVector {
+            authors: self
+                .authors
+                .iter()
+                .map(|(a, v)| {
+                    (
+                        *a,
+                        AuthorVersion {
+                            contiguous: v.contiguous,
+                            extra: v.extra.iter().take(cap).copied().collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where the next page of [`crate::Store::ops_since`] starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpsCursor {
+    /// The author being sent, and the last seq fully sent.
+    pub position: Option<(Uuid, u64)>,
+    /// Inside an `OwnedBatchCreate` (at `position.1 + 1`'s successor): the last row sent.
+    pub row_after: Option<(u64, Uuid)>,
+}
+
+/// A page of ops.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpsPage {
+    /// The changes, in (author, seq, row) order.
+    pub changes: Vec<Change>,
+    /// Where to continue, or `None` when everything was sent.
+    pub next: Option<OpsCursor>,
+}
+
+/// One record of a state snapshot: a row with its merge state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SnapshotRow {
+    /// A shared row: its existence register and every property register.
+    Shared {
+        /// Resource.
+        resource: String,
+        /// Row.
+        uuid: Uuid,
+        /// Existence register: timestamp of the create or delete that set it.
+        exists_ts: Hlc,
+        /// Existence register: alive or deleted.
+        alive: bool,
+        /// Property registers: name, timestamp, value.
+        props: Vec<(String, Hlc, Value)>,
+    },
+    /// A live owned row.
+    Owned {
+        /// Resource.
+        resource: String,
+        /// Row.
+        uuid: Uuid,
+        /// Timestamp of the batch that wrote it (its author is the owner).
+        ts: Hlc,
+        /// Sequence number of that batch.
+        seq: u64,
+        /// Values in column order.
+        values: Vec<Value>,
+    },
+    /// The tombstone of a deleted owned row.
+    OwnedTombstone {
+        /// Resource.
+        resource: String,
+        /// Row.
+        uuid: Uuid,
+        /// Timestamp of the delete (its author is the owner).
+        ts: Hlc,
+    },
+}
+
+/// Why a remote op was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// Its timestamp is too far ahead of this clock; a later catch-up fetches it again.
+    Drift,
+    /// Unknown resource.
+    UnknownResource,
+    /// Unknown field of a known resource.
+    UnknownField,
+    /// A value of the wrong type.
+    WrongType,
+    /// An op on an owned row by a client that does not own it.
+    NotOwner,
+    /// A method on a resource of the other kind, or missing parts.
+    Malformed,
+}
+
+impl RejectReason {
+    /// A short label, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::Drift => "drift",
+            RejectReason::UnknownResource => "unknown_resource",
+            RejectReason::UnknownField => "unknown_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::NotOwner => "not_owner",
+            RejectReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// A row-level change made by a write or an applied batch, for `/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowEvent {
+    /// Resource.
+    pub resource: String,
+    /// Row (`None` for a whole owned batch).
+    pub uuid: Option<Uuid>,
+    /// The method that changed it.
+    pub method: Method,
+    /// The op's author.
+    pub author: Uuid,
+    /// Whether the change came from another client.
+    pub remote: bool,
+    /// For an owned batch: how many rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// What [`crate::Store::apply`] did with a batch.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// Ops applied (each counts once; owned rows are counted in `rows`).
+    pub applied: usize,
+    /// Owned rows written.
+    pub rows: usize,
+    /// Ops already applied before: no-ops.
+    pub duplicates: usize,
+    /// Ops refused, with why.
+    pub rejected: Vec<(OpId, RejectReason, String)>,
+    /// `OwnedBatchCreate` headers whose rows must be pulled from a peer.
+    pub needs_rows: Vec<Op>,
+    /// What changed, for subscribers.
+    pub events: Vec<RowEvent>,
+}

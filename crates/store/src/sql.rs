@@ -1,0 +1,47 @@
+//! Helpers for SQL built at run time from the registry. Table and column names come from
+//! the registry (never from input), and values are always bound, never inlined.
+
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::{AssertSqlSafe, Sqlite};
+
+use crate::error::StoreError;
+
+/// SQLite's limit on bound parameters per statement is 32766; stay well below it.
+pub(crate) const MAX_PARAMS: usize = 30_000;
+/// Rows per multi-row statement: enough to amortise the per-statement cost.
+pub(crate) const MAX_ROWS_PER_STATEMENT: usize = 500;
+
+/// How many rows of `cols` parameters fit in one statement.
+pub(crate) fn rows_per_statement(cols: usize) -> usize {
+    (MAX_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
+}
+
+/// `(?,?,?),(?,?,?)` for `rows` rows of `cols` parameters.
+pub(crate) fn values_list(rows: usize, cols: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(","));
+    vec![one; rows].join(",")
+}
+
+/// `?,?,?` for an IN list.
+pub(crate) fn in_list(n: usize) -> String {
+    vec!["?"; n].join(",")
+}
+
+/// A query over SQL built at run time.
+pub(crate) fn query(sql: String) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    sqlx::query(AssertSqlSafe(sql))
+}
+
+/// Runs a statement built from `sql` with the binds added by `bind`.
+pub(crate) async fn exec<F>(
+    conn: &mut SqliteConnection,
+    sql: String,
+    bind: F,
+) -> Result<u64, StoreError>
+where
+    F: FnOnce(
+        sqlx::query::Query<'static, Sqlite, SqliteArguments>,
+    ) -> sqlx::query::Query<'static, Sqlite, SqliteArguments>,
+{
+    Ok(bind(query(sql)).execute(conn).await?.rows_affected())
+}

@@ -1,0 +1,893 @@
+//! The [`Store`]: opening the database, local writes and remote apply.
+//!
+//! One lock serialises every write: a local write takes its timestamp and sequence number,
+//! writes its rows and its op, and commits, all under that lock and in one transaction, so
+//! commit order equals timestamp order and a returned write is durable. Reads use the pool
+//! directly (WAL lets them run beside the writer).
+//!
+//! ## Cancellation safety
+//! Every write runs in a task of its own: dropping the future of a write does not cancel
+//! it half-way, so the in-memory version vector always matches what was committed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::clock::{Clock, PhysicalClock};
+use crate::engine::{self, parse_uuid};
+use crate::error::StoreError;
+use crate::op::{ApplyReport, Change, Method, Op, OpId, OwnedRow, RowEvent, VersionVector};
+use crate::registry::{Kind, Registry, ResourceDef};
+use crate::sql::{in_list, query, rows_per_statement};
+use crate::validate::validate_change;
+use crate::value::Value;
+
+/// How hard SQLite works to keep a commit across a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives a power loss (the default).
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a crash of the process, not of the machine.
+    Normal,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The SQLite file; created with its directory's permissions if missing.
+    pub path: PathBuf,
+    /// This client's UUID (the author of its ops and the id of its clock).
+    pub client: Uuid,
+    /// Remote timestamps further ahead than this are refused for now (default 100 ms).
+    pub max_drift: Duration,
+    /// The physical clock (tests inject one).
+    pub clock: PhysicalClock,
+    /// The synced resources.
+    pub registry: Registry,
+    /// fsync policy.
+    pub durability: Durability,
+}
+
+impl StoreOptions {
+    /// Options for the default library at `path`, for `client`.
+    pub fn new(path: impl Into<PathBuf>, client: Uuid) -> Self {
+        StoreOptions {
+            path: path.into(),
+            client,
+            max_drift: Duration::from_millis(100),
+            clock: PhysicalClock::System,
+            registry: Registry::default_library(),
+            durability: Durability::Full,
+        }
+    }
+}
+
+/// What a local write did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    /// The rows created (or named), in order.
+    pub uuids: Vec<Uuid>,
+    /// The ops committed, to publish.
+    pub ops: Vec<Op>,
+    /// The row-level changes, for subscribers.
+    pub events: Vec<RowEvent>,
+    /// The ops as applied here, owned rows included (what a peer needs to apply them).
+    pub changes: Vec<Change>,
+}
+
+/// One entry of an atomic batch of shared writes.
+#[derive(Debug, Clone)]
+pub enum BatchEntry {
+    /// Create a row.
+    Create {
+        /// Resource.
+        resource: String,
+        /// Its UUID, or a new one.
+        uuid: Option<Uuid>,
+        /// Fields.
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Update fields of a row.
+    Update {
+        /// Resource.
+        resource: String,
+        /// Row.
+        uuid: Uuid,
+        /// Fields.
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Delete a row.
+    Delete {
+        /// Resource.
+        resource: String,
+        /// Row.
+        uuid: Uuid,
+    },
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: SqlitePool,
+    pub(crate) registry: Registry,
+    pub(crate) clock: Clock,
+    pub(crate) client: Uuid,
+    /// Serialises writes (see the module docs).
+    pub(crate) write: Mutex<()>,
+    /// What this replica has applied; changed only under `write`, after a commit.
+    pub(crate) vv: RwLock<VersionVector>,
+    /// Per author, the highest seq pruned from the log.
+    pub(crate) horizon: RwLock<BTreeMap<Uuid, u64>>,
+}
+
+/// A library: the synced tables, their merge state, the op log and the client pool.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("client", &self.inner.client)
+            .finish()
+    }
+}
+
+/// Tag for the UUIDv5 of rows whose UUID derives from their fields.
+const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_726f77696473);
+
+impl Store {
+    /// Opens (or creates) the store at `options.path`, runs the migrations, checks the
+    /// registry against the schema and loads the version vector.
+    pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        if options.client.is_nil() {
+            return Err(StoreError::Invalid(
+                "the client UUID must not be nil".into(),
+            ));
+        }
+        let connect = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(StoreError::Db)?
+            .filename(&options.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match options.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("../../migrations").run(&pool).await?;
+        check_schema(&pool, &options.registry).await?;
+
+        let mut vv = VersionVector::default();
+        let mut horizon = BTreeMap::new();
+        for r in sqlx::query("SELECT client_uuid, contiguous, pruned_through FROM version_vector")
+            .fetch_all(&pool)
+            .await?
+        {
+            let author = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            vv.authors.entry(author).or_default().contiguous = r.try_get::<i64, _>(1)? as u64;
+            let pruned = r.try_get::<i64, _>(2)? as u64;
+            if pruned > 0 {
+                horizon.insert(author, pruned);
+            }
+        }
+        for r in sqlx::query(
+            "SELECT o.client_uuid, o.seq FROM operations o \
+             LEFT JOIN version_vector v ON v.client_uuid = o.client_uuid \
+             WHERE o.seq > COALESCE(v.contiguous, 0)",
+        )
+        .fetch_all(&pool)
+        .await?
+        {
+            let author = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            vv.add(OpId {
+                author,
+                seq: r.try_get::<i64, _>(1)? as u64,
+            });
+        }
+        let clock = Clock::new(options.client, options.max_drift, options.clock.clone());
+        let store = Store {
+            inner: Arc::new(Inner {
+                pool,
+                registry: options.registry,
+                clock,
+                client: options.client,
+                write: Mutex::new(()),
+                vv: RwLock::new(vv),
+                horizon: RwLock::new(horizon),
+            }),
+        };
+        store.touch_client(options.client, None).await?;
+        Ok(store)
+    }
+
+    /// This client's UUID.
+    pub fn client(&self) -> Uuid {
+        self.inner.client
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The pool, for read-only queries of the application's own.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// Runs `f` in a task of its own (see "Cancellation safety").
+    async fn detached<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Store) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::spawn(f(store))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("write task failed: {e}")))?
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Local writes
+
+    /// Creates a shared row. `uuid` is taken when given (or derived, for resources with
+    /// `uuid_from`), else a new UUIDv7.
+    pub async fn create_shared(
+        &self,
+        resource: &str,
+        uuid: Option<Uuid>,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.batch(vec![BatchEntry::Create {
+            resource: resource.to_owned(),
+            uuid,
+            fields,
+        }])
+        .await
+        .map_err(unwrap_single)
+    }
+
+    /// Updates one or more properties of a live shared row: one SharedUpdate per field.
+    pub async fn update_shared(
+        &self,
+        resource: &str,
+        uuid: Uuid,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.batch(vec![BatchEntry::Update {
+            resource: resource.to_owned(),
+            uuid,
+            fields,
+        }])
+        .await
+        .map_err(unwrap_single)
+    }
+
+    /// Deletes a live shared row.
+    pub async fn delete_shared(
+        &self,
+        resource: &str,
+        uuid: Uuid,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.batch(vec![BatchEntry::Delete {
+            resource: resource.to_owned(),
+            uuid,
+        }])
+        .await
+        .map_err(unwrap_single)
+    }
+
+    /// Applies shared writes atomically: all of them in one transaction, or none (the error
+    /// names the first bad entry).
+    pub async fn batch(&self, entries: Vec<BatchEntry>) -> Result<WriteOutcome, StoreError> {
+        self.detached(move |s| async move { s.batch_inner(entries).await })
+            .await
+    }
+
+    async fn batch_inner(&self, entries: Vec<BatchEntry>) -> Result<WriteOutcome, StoreError> {
+        let inner = &self.inner;
+        // Check what needs no database first, so bad input never takes the lock.
+        let mut prepared = Vec::with_capacity(entries.len());
+        for (index, e) in entries.into_iter().enumerate() {
+            prepared.push(
+                self.prepare_entry(e)
+                    .map_err(|source| StoreError::BatchEntry {
+                        index,
+                        source: Box::new(source),
+                    })?,
+            );
+        }
+        let _guard = inner.write.lock().await;
+        let mut tx = inner.pool.begin().await?;
+        let mut out = WriteOutcome::default();
+        let mut next_seq = self.own_seq();
+        for (index, p) in prepared.into_iter().enumerate() {
+            let at = |source| StoreError::BatchEntry {
+                index,
+                source: Box::new(source),
+            };
+            let alive = shared_alive(&mut tx, &p.resource, p.uuid).await?;
+            let mut ops = Vec::new();
+            match p.method {
+                Method::SharedCreate => {
+                    if alive {
+                        return Err(at(StoreError::AlreadyExists {
+                            resource: p.resource,
+                            uuid: p.uuid,
+                        }));
+                    }
+                    next_seq += 1;
+                    ops.push(self.new_op(
+                        next_seq,
+                        Method::SharedCreate,
+                        &p.resource,
+                        Some(p.uuid),
+                        None,
+                        None,
+                        p.fields,
+                    ));
+                }
+                Method::SharedUpdate => {
+                    if !alive {
+                        return Err(at(StoreError::NotFound {
+                            resource: p.resource,
+                            uuid: p.uuid,
+                        }));
+                    }
+                    for (prop, value) in p.fields {
+                        next_seq += 1;
+                        ops.push(self.new_op(
+                            next_seq,
+                            Method::SharedUpdate,
+                            &p.resource,
+                            Some(p.uuid),
+                            Some(prop),
+                            Some(value),
+                            BTreeMap::new(),
+                        ));
+                    }
+                }
+                _ => {
+                    if !alive {
+                        return Err(at(StoreError::NotFound {
+                            resource: p.resource,
+                            uuid: p.uuid,
+                        }));
+                    }
+                    next_seq += 1;
+                    ops.push(self.new_op(
+                        next_seq,
+                        Method::SharedDelete,
+                        &p.resource,
+                        Some(p.uuid),
+                        None,
+                        None,
+                        BTreeMap::new(),
+                    ));
+                }
+            }
+            let changes: Vec<Change> = ops.iter().cloned().map(Change::Op).collect();
+            let res = engine::apply(&mut tx, &inner.registry, &changes, true).await?;
+            out.events.extend(res.events);
+            out.changes.extend(changes);
+            out.uuids.push(p.uuid);
+            out.ops.extend(ops);
+        }
+        self.commit_local(tx, &out.ops).await?;
+        Ok(out)
+    }
+
+    fn prepare_entry(&self, e: BatchEntry) -> Result<Prepared, StoreError> {
+        let (resource, uuid, fields, method) = match e {
+            BatchEntry::Create {
+                resource,
+                uuid,
+                fields,
+            } => (resource, uuid, Some(fields), Method::SharedCreate),
+            BatchEntry::Update {
+                resource,
+                uuid,
+                fields,
+            } => (resource, Some(uuid), Some(fields), Method::SharedUpdate),
+            BatchEntry::Delete { resource, uuid } => {
+                (resource, Some(uuid), None, Method::SharedDelete)
+            }
+        };
+        let def = self.shared_def(&resource)?;
+        let fields = match fields {
+            Some(f) => convert_fields(def, &f)?,
+            None => BTreeMap::new(),
+        };
+        if method == Method::SharedUpdate && fields.is_empty() {
+            return Err(StoreError::Invalid(
+                "an update needs at least one field".into(),
+            ));
+        }
+        let uuid = match (uuid, &def.uuid_from) {
+            (Some(u), _) => u,
+            (None, Some(cols)) => derive_uuid(def, cols, &fields)?,
+            (None, None) => Uuid::now_v7(),
+        };
+        Ok(Prepared {
+            resource,
+            uuid,
+            fields,
+            method,
+        })
+    }
+
+    fn shared_def(&self, resource: &str) -> Result<&ResourceDef, StoreError> {
+        let def = self.inner.registry.get(resource)?;
+        if def.kind != Kind::Shared {
+            return Err(StoreError::WrongKind {
+                resource: resource.to_owned(),
+                expected: "shared",
+                actual: "owned",
+            });
+        }
+        Ok(def)
+    }
+
+    fn owned_def(&self, resource: &str) -> Result<&ResourceDef, StoreError> {
+        let def = self.inner.registry.get(resource)?;
+        if def.kind != Kind::Owned {
+            return Err(StoreError::WrongKind {
+                resource: resource.to_owned(),
+                expected: "owned",
+                actual: "shared",
+            });
+        }
+        Ok(def)
+    }
+
+    fn own_seq(&self) -> u64 {
+        self.read_vv().contiguous(&self.inner.client)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_op(
+        &self,
+        seq: u64,
+        method: Method,
+        resource: &str,
+        uuid: Option<Uuid>,
+        property: Option<String>,
+        value: Option<Value>,
+        fields: BTreeMap<String, Value>,
+    ) -> Op {
+        let ts = self.inner.clock.now();
+        Op {
+            author: self.inner.client,
+            seq,
+            time: ts.time,
+            method,
+            resource: resource.to_owned(),
+            uuid,
+            property,
+            value,
+            fields,
+            count: None,
+        }
+    }
+
+    /// Persists the version vector of this client's new ops, commits, then records them in
+    /// memory. Call with the write lock held.
+    async fn commit_local(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        ops: &[Op],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<OpId> = ops.iter().map(Op::id).collect();
+        let mut vv = self.read_vv();
+        for id in &ids {
+            vv.add(*id);
+        }
+        persist_vv(&mut tx, &vv, ids.iter().map(|i| i.author)).await?;
+        tx.commit().await?;
+        *self.inner.vv.write().unwrap_or_else(|e| e.into_inner()) = vv;
+        Ok(())
+    }
+
+    /// Writes owned rows (new or this client's own) with ONE `OwnedBatchCreate` op. Each
+    /// row is an object of fields with an optional `uuid`.
+    pub async fn write_owned(
+        &self,
+        resource: &str,
+        rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let def = self.owned_def(resource)?.clone();
+        let mut owned = Vec::with_capacity(rows.len());
+        for (index, mut r) in rows.into_iter().enumerate() {
+            let at = |source| StoreError::BatchEntry {
+                index,
+                source: Box::new(source),
+            };
+            let uuid = match r.remove("uuid") {
+                None | Some(serde_json::Value::Null) => Uuid::now_v7(),
+                Some(serde_json::Value::String(s)) => Uuid::parse_str(&s).map_err(|_| {
+                    at(StoreError::WrongType {
+                        resource: def.name.clone(),
+                        field: "uuid".into(),
+                        expected: "uuid",
+                    })
+                })?,
+                Some(_) => {
+                    return Err(at(StoreError::WrongType {
+                        resource: def.name.clone(),
+                        field: "uuid".into(),
+                        expected: "uuid",
+                    }));
+                }
+            };
+            let fields = convert_fields(&def, &r).map_err(at)?;
+            let values = def
+                .columns
+                .iter()
+                .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null))
+                .collect();
+            owned.push(OwnedRow { uuid, values });
+        }
+        if owned.is_empty() {
+            return Err(StoreError::Invalid(
+                "an owned batch needs at least one row".into(),
+            ));
+        }
+        self.detached(move |s| async move { s.write_owned_inner(def, owned).await })
+            .await
+    }
+
+    async fn write_owned_inner(
+        &self,
+        def: ResourceDef,
+        rows: Vec<OwnedRow>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let inner = &self.inner;
+        let _guard = inner.write.lock().await;
+        let mut tx = inner.pool.begin().await?;
+        // Rows that exist must be ours.
+        let uuids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
+        for (u, owner) in owned_owners(&mut tx, &def.name, &uuids).await? {
+            if owner != inner.client {
+                return Err(StoreError::NotOwner {
+                    resource: def.name.clone(),
+                    uuid: u,
+                    owner,
+                    author: inner.client,
+                });
+            }
+        }
+        let mut op = self.new_op(
+            self.own_seq() + 1,
+            Method::OwnedBatchCreate,
+            &def.name,
+            None,
+            None,
+            None,
+            BTreeMap::new(),
+        );
+        op.count = Some(rows.len() as u64);
+        let change = Change::OwnedRows {
+            header: op.clone(),
+            rows,
+            last: true,
+        };
+        let res = engine::apply(
+            &mut tx,
+            &inner.registry,
+            std::slice::from_ref(&change),
+            true,
+        )
+        .await?;
+        let ops = vec![op];
+        self.commit_local(tx, &ops).await?;
+        Ok(WriteOutcome {
+            uuids,
+            ops,
+            events: res.events,
+            changes: vec![change],
+        })
+    }
+
+    /// Deletes one of this client's owned rows.
+    pub async fn delete_owned(
+        &self,
+        resource: &str,
+        uuid: Uuid,
+    ) -> Result<WriteOutcome, StoreError> {
+        let def = self.owned_def(resource)?.clone();
+        self.detached(move |s| async move {
+            let inner = &s.inner;
+            let _guard = inner.write.lock().await;
+            let mut tx = inner.pool.begin().await?;
+            let owners = owned_owners(&mut tx, &def.name, &[uuid]).await?;
+            match owners.first() {
+                None => {
+                    return Err(StoreError::NotFound {
+                        resource: def.name.clone(),
+                        uuid,
+                    });
+                }
+                Some((_, owner)) if *owner != inner.client => {
+                    return Err(StoreError::NotOwner {
+                        resource: def.name.clone(),
+                        uuid,
+                        owner: *owner,
+                        author: inner.client,
+                    });
+                }
+                Some(_) => {}
+            }
+            let op = s.new_op(
+                s.own_seq() + 1,
+                Method::OwnedDelete,
+                &def.name,
+                Some(uuid),
+                None,
+                None,
+                BTreeMap::new(),
+            );
+            let changes = vec![Change::Op(op.clone())];
+            let res = engine::apply(&mut tx, &inner.registry, &changes, true).await?;
+            let ops = vec![op];
+            s.commit_local(tx, &ops).await?;
+            Ok(WriteOutcome {
+                uuids: vec![uuid],
+                ops,
+                events: res.events,
+                changes,
+            })
+        })
+        .await
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Remote apply
+
+    /// Applies a batch of remote changes in one transaction. Each change is validated
+    /// (schema, drift, ownership); duplicates are no-ops; delivery order does not matter.
+    /// An `OwnedBatchCreate` that arrives without its rows is returned in `needs_rows`.
+    pub async fn apply(&self, batch: Vec<Change>) -> Result<ApplyReport, StoreError> {
+        self.detached(move |s| async move { s.apply_inner(batch).await })
+            .await
+    }
+
+    async fn apply_inner(&self, batch: Vec<Change>) -> Result<ApplyReport, StoreError> {
+        let inner = &self.inner;
+        let mut report = ApplyReport::default();
+        let _guard = inner.write.lock().await;
+        let mut vv = self.read_vv();
+        let mut seen = std::collections::HashSet::new();
+        let mut accepted = Vec::with_capacity(batch.len());
+        for change in batch {
+            let op = change.op();
+            let id = op.id();
+            if let Err((reason, why)) = validate_change(&inner.registry, &change) {
+                report.rejected.push((id, reason, why));
+                continue;
+            }
+            let complete = matches!(change, Change::Op(_) | Change::OwnedRows { last: true, .. });
+            if vv.has(id) || (complete && !seen.insert(id)) {
+                report.duplicates += 1;
+                continue;
+            }
+            if let Change::Op(op) = &change
+                && op.method == Method::OwnedBatchCreate
+            {
+                report.needs_rows.push(op.clone());
+                continue;
+            }
+            if let Err(e) = inner.clock.observe(op.ts()) {
+                report
+                    .rejected
+                    .push((id, crate::op::RejectReason::Drift, e.to_string()));
+                continue;
+            }
+            accepted.push(change);
+        }
+        if accepted.is_empty() {
+            return Ok(report);
+        }
+        let mut tx = inner.pool.begin().await?;
+        let res = engine::apply(&mut tx, &inner.registry, &accepted, false).await?;
+        for id in &res.logged {
+            vv.add(*id);
+        }
+        let authors: std::collections::BTreeSet<Uuid> =
+            res.logged.iter().map(|i| i.author).collect();
+        persist_vv(&mut tx, &vv, authors.into_iter()).await?;
+        tx.commit().await?;
+        *inner.vv.write().unwrap_or_else(|e| e.into_inner()) = vv;
+        report.applied = res.logged.len();
+        report.rows = res.rows;
+        report.events = res.events;
+        report.rejected.extend(res.rejected);
+        Ok(report)
+    }
+
+    /// This replica's version vector.
+    pub fn version_vector(&self) -> VersionVector {
+        self.read_vv()
+    }
+
+    pub(crate) fn read_vv(&self) -> VersionVector {
+        self.inner
+            .vv
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+struct Prepared {
+    resource: String,
+    uuid: Uuid,
+    fields: BTreeMap<String, Value>,
+    method: Method,
+}
+
+fn unwrap_single(e: StoreError) -> StoreError {
+    match e {
+        StoreError::BatchEntry { source, .. } => *source,
+        other => other,
+    }
+}
+
+/// Converts API fields to column values, refusing unknown fields and wrong types.
+pub(crate) fn convert_fields(
+    def: &ResourceDef,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> Result<BTreeMap<String, Value>, StoreError> {
+    let mut out = BTreeMap::new();
+    for (name, json) in fields {
+        let col = def.column(name)?;
+        out.insert(
+            name.clone(),
+            Value::from_json(&def.name, name, col.ty, json)?,
+        );
+    }
+    Ok(out)
+}
+
+fn derive_uuid(
+    def: &ResourceDef,
+    cols: &[String],
+    fields: &BTreeMap<String, Value>,
+) -> Result<Uuid, StoreError> {
+    let mut key = String::new();
+    for c in cols {
+        let v = fields.get(c).and_then(Value::as_text).ok_or_else(|| {
+            StoreError::Invalid(format!("`{}` needs `{c}` to derive its row UUID", def.name))
+        })?;
+        key.push_str(v);
+        key.push('\u{1f}');
+    }
+    Ok(Uuid::new_v5(
+        &UUID_NAMESPACE,
+        format!("{}\u{1e}{key}", def.name).as_bytes(),
+    ))
+}
+
+async fn shared_alive(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    uuid: Uuid,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT alive FROM crdt_rows WHERE resource = ? AND uuid = ?")
+        .bind(resource)
+        .bind(uuid.hyphenated().to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64, _>(0)? != 0,
+        None => false,
+    })
+}
+
+async fn owned_owners(
+    conn: &mut SqliteConnection,
+    table: &str,
+    uuids: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in uuids.chunks(rows_per_statement(1)) {
+        let sql = format!(
+            "SELECT uuid, owner FROM {table} WHERE uuid IN ({})",
+            in_list(chunk.len())
+        );
+        let mut q = query(sql);
+        for u in chunk {
+            q = q.bind(u.hyphenated().to_string());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.push((
+                parse_uuid(&r.try_get::<String, _>(0)?)?,
+                parse_uuid(&r.try_get::<String, _>(1)?)?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn persist_vv(
+    conn: &mut SqliteConnection,
+    vv: &VersionVector,
+    authors: impl Iterator<Item = Uuid>,
+) -> Result<(), StoreError> {
+    let mut last = None;
+    for a in authors {
+        if last == Some(a) {
+            continue;
+        }
+        last = Some(a);
+        sqlx::query(
+            "INSERT INTO version_vector (client_uuid, contiguous) VALUES (?, ?) \
+             ON CONFLICT (client_uuid) DO UPDATE SET contiguous = excluded.contiguous",
+        )
+        .bind(a.hyphenated().to_string())
+        .bind(vv.contiguous(&a) as i64)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn check_schema(pool: &SqlitePool, registry: &Registry) -> Result<(), StoreError> {
+    for def in registry.iter() {
+        let rows = sqlx::query("SELECT name FROM pragma_table_info(?)")
+            .bind(def.name.clone())
+            .fetch_all(pool)
+            .await?;
+        let have: std::collections::HashSet<String> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .collect();
+        if have.is_empty() {
+            return Err(StoreError::Schema(format!(
+                "resource `{}` has no table",
+                def.name
+            )));
+        }
+        let mut need: Vec<&str> = vec!["uuid"];
+        if def.kind == Kind::Owned {
+            need.extend(["owner", "crdt_ts", "crdt_seq"]);
+        }
+        need.extend(def.columns.iter().map(|c| c.name.as_str()));
+        for n in need {
+            if !have.contains(n) {
+                return Err(StoreError::Schema(format!(
+                    "table `{}` has no column `{n}`",
+                    def.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,625 @@
+//! What the node needs to sync: ops a peer lacks (paged, owned batches expanded into their
+//! rows page by page), state snapshots (exported and imported in pages), pruning, and the
+//! digest of all synced state.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+use uuid::Uuid;
+
+use crate::clock::Hlc;
+use crate::engine::parse_uuid;
+use crate::error::StoreError;
+use crate::op::{Change, Method, Op, OpsCursor, OpsPage, OwnedRow, SnapshotRow, VersionVector};
+use crate::registry::{Kind, ResourceDef};
+use crate::store::{Store, persist_vv};
+use crate::value::Value;
+
+/// The largest page a caller may ask for (ops plus rows).
+pub const MAX_PAGE: usize = 20_000;
+
+/// Where a snapshot export continues: resource, phase (0 rows, 1 owned tombstones) and the
+/// last UUID sent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotPosition {
+    /// Resource being exported.
+    pub resource: String,
+    /// 0: rows; 1: tombstones of an owned resource.
+    pub phase: u8,
+    /// Last UUID sent in this resource and phase.
+    pub after: Option<Uuid>,
+}
+
+/// The digest of a store's synced state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Digest {
+    /// Hex blake3 of the state.
+    pub digest: String,
+    /// Live rows counted (shared and owned).
+    pub rows: u64,
+}
+
+fn op_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Op, StoreError> {
+    let author = parse_uuid(&r.try_get::<String, _>(0)?)?;
+    let seq = r.try_get::<i64, _>(1)? as u64;
+    let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+    let method_s: String = r.try_get(3)?;
+    let method = Method::parse(&method_s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown method {method_s}")))?;
+    let resource: String = r.try_get(4)?;
+    let uuid = r
+        .try_get::<Option<String>, _>(5)?
+        .map(|s| parse_uuid(&s))
+        .transpose()?;
+    let property: Option<String> = r.try_get(6)?;
+    let raw: Option<Vec<u8>> = r.try_get(7)?;
+    let corrupt =
+        |e: ciborium::de::Error<std::io::Error>| StoreError::Corrupt(format!("op value: {e}"));
+    let mut op = Op {
+        author,
+        seq,
+        time: ts.time,
+        method,
+        resource,
+        uuid,
+        property,
+        value: None,
+        fields: BTreeMap::new(),
+        count: None,
+    };
+    if let Some(raw) = raw {
+        match method {
+            Method::SharedCreate => {
+                op.fields = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
+            }
+            Method::SharedUpdate => {
+                op.value = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
+            }
+            Method::OwnedBatchCreate => {
+                op.count = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
+            }
+            _ => {}
+        }
+    }
+    Ok(op)
+}
+
+const OP_COLUMNS: &str = "client_uuid, seq, uhlc_timestamp, method, resource_type, resource_uuid, resource_property, value";
+
+impl Store {
+    /// Whether a peer with version vector `theirs` is behind this log's horizon (it lacks
+    /// ops that were pruned here) and so needs a snapshot before ops.
+    pub fn needs_snapshot(&self, theirs: &VersionVector) -> bool {
+        let horizon = self.inner.horizon.read().unwrap_or_else(|e| e.into_inner());
+        horizon.iter().any(|(a, h)| theirs.contiguous(a) < *h)
+    }
+
+    /// The per-author horizon: the highest seq pruned from this log.
+    pub fn horizon(&self) -> BTreeMap<Uuid, u64> {
+        self.inner
+            .horizon
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A page of the ops a peer with version vector `theirs` lacks, including other
+    /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows).
+    /// An `OwnedBatchCreate` is expanded into its rows, page by page, read from the owned
+    /// table. Start with `OpsCursor::default()` and pass `next` back until it is `None`.
+    pub async fn ops_since(
+        &self,
+        theirs: &VersionVector,
+        cursor: &OpsCursor,
+        limit: usize,
+    ) -> Result<OpsPage, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mine = self.read_vv();
+        let mut conn = self.inner.pool.acquire().await?;
+        let mut page = OpsPage::default();
+        let mut budget = limit;
+        let start_author = cursor.position.map(|(a, _)| a);
+        for (author, have) in mine.authors.range(start_author.unwrap_or(Uuid::nil())..) {
+            let their = theirs.authors.get(author).cloned().unwrap_or_default();
+            let mut after = their.contiguous;
+            let mut row_after = None;
+            if let Some((a, s)) = cursor.position
+                && a == *author
+            {
+                after = after.max(s);
+                row_after = cursor.row_after;
+            }
+            if have.max() <= after {
+                continue;
+            }
+            loop {
+                if budget == 0 {
+                    page.next = Some(OpsCursor {
+                        position: Some((*author, after)),
+                        row_after: None,
+                    });
+                    return Ok(page);
+                }
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {OP_COLUMNS} FROM operations WHERE client_uuid = ? AND seq > ? \
+                     ORDER BY seq LIMIT ?"
+                )))
+                .bind(author.hyphenated().to_string())
+                .bind(after as i64)
+                .bind(budget as i64)
+                .fetch_all(&mut *conn)
+                .await?;
+                if rows.is_empty() {
+                    break;
+                }
+                for r in &rows {
+                    let op = op_from_row(r)?;
+                    if their.has(op.seq) {
+                        after = op.seq;
+                        continue;
+                    }
+                    if op.method == Method::OwnedBatchCreate {
+                        let start = match row_after.take() {
+                            Some((seq, u)) if seq == op.seq => Some(u),
+                            _ => None,
+                        };
+                        let (done, last_uuid) = self
+                            .expand_batch(&mut conn, &op, start, &mut budget, &mut page)
+                            .await?;
+                        if !done {
+                            page.next = Some(OpsCursor {
+                                position: Some((*author, after)),
+                                row_after: last_uuid
+                                    .map(|u| (op.seq, u))
+                                    .or(start.map(|u| (op.seq, u))),
+                            });
+                            return Ok(page);
+                        }
+                    } else {
+                        page.changes.push(Change::Op(op.clone()));
+                        budget -= 1;
+                    }
+                    after = op.seq;
+                    if budget == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Appends rows of an owned batch to `page`. Returns whether the batch ended, and the
+    /// last row UUID sent.
+    async fn expand_batch(
+        &self,
+        conn: &mut SqliteConnection,
+        op: &Op,
+        start: Option<Uuid>,
+        budget: &mut usize,
+        page: &mut OpsPage,
+    ) -> Result<(bool, Option<Uuid>), StoreError> {
+        let def = self.inner.registry.get(&op.resource)?;
+        let cols = column_list(def);
+        let want = (*budget).max(1);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND uuid > ? ORDER BY uuid LIMIT ?",
+            def.name
+        )))
+        .bind(op.author.hyphenated().to_string())
+        .bind(op.seq as i64)
+        .bind(start.map(|u| u.hyphenated().to_string()).unwrap_or_default())
+        .bind(want as i64 + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        let done = rows.len() <= want;
+        let mut out = Vec::with_capacity(rows.len().min(want));
+        for r in rows.iter().take(want) {
+            out.push(owned_row_from(r, def, 1)?);
+        }
+        let last_uuid = out.last().map(|r| r.uuid);
+        *budget = budget.saturating_sub(out.len().max(1));
+        page.changes.push(Change::OwnedRows {
+            header: op.clone(),
+            rows: out,
+            last: done,
+        });
+        Ok((done, last_uuid))
+    }
+
+    /// Removes from the log every op covered by `horizon` (per author, a seq) and not above
+    /// this replica's own contiguous seq, and records the new horizon. Returns how many ops
+    /// were removed. Merges are unaffected: the registers live beside the data.
+    pub async fn prune(&self, horizon: &BTreeMap<Uuid, u64>) -> Result<u64, StoreError> {
+        let horizon = horizon.clone();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let inner = &store.inner;
+            let _guard = inner.write.lock().await;
+            let vv = store.read_vv();
+            let mut tx = inner.pool.begin().await?;
+            let mut removed = 0;
+            let mut new_h = store.horizon();
+            for (author, h) in horizon {
+                let h = h.min(vv.contiguous(&author));
+                if h == 0 || new_h.get(&author).is_some_and(|cur| *cur >= h) {
+                    continue;
+                }
+                removed += sqlx::query("DELETE FROM operations WHERE client_uuid = ? AND seq <= ?")
+                    .bind(author.hyphenated().to_string())
+                    .bind(h as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(
+                    "INSERT INTO version_vector (client_uuid, contiguous, pruned_through) VALUES (?, ?, ?) \
+                     ON CONFLICT (client_uuid) DO UPDATE SET pruned_through = excluded.pruned_through",
+                )
+                .bind(author.hyphenated().to_string())
+                .bind(vv.contiguous(&author) as i64)
+                .bind(h as i64)
+                .execute(&mut *tx)
+                .await?;
+                new_h.insert(author, h);
+            }
+            tx.commit().await?;
+            *inner.horizon.write().unwrap_or_else(|e| e.into_inner()) = new_h;
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("prune task failed: {e}")))?
+    }
+
+    /// How many ops the log holds.
+    pub async fn pending_operations(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operations")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Snapshots
+
+    /// A page of the state snapshot after `position` (None: from the start), at most
+    /// `limit` rows. A snapshot is exact for the version vector read before its first page
+    /// (pages may also hold later changes, which merge harmlessly).
+    pub async fn snapshot_page(
+        &self,
+        position: Option<&SnapshotPosition>,
+        limit: usize,
+    ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        self.snapshot_page_on(&mut conn, position, limit).await
+    }
+
+    async fn snapshot_page_on(
+        &self,
+        conn: &mut SqliteConnection,
+        position: Option<&SnapshotPosition>,
+        limit: usize,
+    ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let reg = &self.inner.registry;
+        let mut pos = match position {
+            Some(p) => {
+                reg.get(&p.resource)?;
+                p.clone()
+            }
+            None => match reg.next_after(None) {
+                Some(d) => SnapshotPosition {
+                    resource: d.name.clone(),
+                    phase: 0,
+                    after: None,
+                },
+                None => return Ok((Vec::new(), None)),
+            },
+        };
+        let mut out = Vec::new();
+        loop {
+            let def = reg.get(&pos.resource)?;
+            let want = limit - out.len();
+            let got = match (def.kind, pos.phase) {
+                (Kind::Shared, _) => read_shared_rows(conn, def, pos.after, want).await?,
+                (Kind::Owned, 0) => read_owned_rows(conn, def, pos.after, want).await?,
+                (Kind::Owned, _) => read_owned_tombstones(conn, def, pos.after, want).await?,
+            };
+            let n = got.len();
+            if let Some(last) = got.last() {
+                pos.after = Some(snapshot_uuid(last));
+            }
+            out.extend(got);
+            if n == want {
+                return Ok((out, Some(pos)));
+            }
+            // This resource (or phase) is done: move on.
+            if def.kind == Kind::Owned && pos.phase == 0 {
+                pos.phase = 1;
+                pos.after = None;
+                continue;
+            }
+            match reg.next_after(Some(&pos.resource)) {
+                Some(d) => {
+                    pos = SnapshotPosition {
+                        resource: d.name.clone(),
+                        phase: 0,
+                        after: None,
+                    }
+                }
+                None => return Ok((out, None)),
+            }
+        }
+    }
+
+    /// Merges a page of snapshot rows into this store, register by register, in one
+    /// transaction. Importing into a non-empty store is safe: newer registers win.
+    pub async fn import_snapshot_page(&self, rows: Vec<SnapshotRow>) -> Result<usize, StoreError> {
+        // A snapshot page is rewritten as changes the engine already knows how to merge.
+        for r in &rows {
+            crate::validate::validate_snapshot_row(&self.inner.registry, r).map_err(
+                |(_, why)| StoreError::Decode {
+                    what: "snapshot row",
+                    reason: why,
+                },
+            )?;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let inner = &store.inner;
+            let _guard = inner.write.lock().await;
+            let mut tx = inner.pool.begin().await?;
+            let n = rows.len();
+            crate::engine::import_rows(&mut tx, &inner.registry, rows).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("import task failed: {e}")))?
+    }
+
+    /// Ends a snapshot import: this replica now holds every op `vv` covers.
+    pub async fn finish_snapshot(&self, vv: &VersionVector) -> Result<(), StoreError> {
+        let vv = vv.clone();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let inner = &store.inner;
+            let _guard = inner.write.lock().await;
+            let mut mine = store.read_vv();
+            for (a, v) in &vv.authors {
+                mine.authors.entry(*a).or_default().raise(v.contiguous);
+            }
+            let mut tx = inner.pool.begin().await?;
+            persist_vv(&mut tx, &mine, vv.authors.keys().copied()).await?;
+            tx.commit().await?;
+            *inner.vv.write().unwrap_or_else(|e| e.into_inner()) = mine;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("snapshot task failed: {e}")))?
+    }
+
+    /// A deterministic hash of all synced state (every register, tombstones included, and
+    /// no op log), equal on two stores exactly when their synced state is equal. Read in one
+    /// transaction, so it is consistent while writes go on.
+    pub async fn digest(&self) -> Result<Digest, StoreError> {
+        let mut tx = self.inner.pool.begin().await?;
+        let mut h = blake3::Hasher::new();
+        let mut rows = 0u64;
+        let mut pos: Option<SnapshotPosition> = None;
+        loop {
+            let (page, next) = self.snapshot_page_on(&mut tx, pos.as_ref(), 5_000).await?;
+            for r in &page {
+                hash_row(&mut h, r);
+                rows += match r {
+                    SnapshotRow::Shared { alive, .. } => *alive as u64,
+                    SnapshotRow::Owned { .. } => 1,
+                    SnapshotRow::OwnedTombstone { .. } => 0,
+                };
+            }
+            match next {
+                Some(p) => pos = Some(p),
+                None => break,
+            }
+        }
+        tx.rollback().await?;
+        Ok(Digest {
+            digest: h.finalize().to_hex().to_string(),
+            rows,
+        })
+    }
+}
+
+fn snapshot_uuid(r: &SnapshotRow) -> Uuid {
+    match r {
+        SnapshotRow::Shared { uuid, .. }
+        | SnapshotRow::Owned { uuid, .. }
+        | SnapshotRow::OwnedTombstone { uuid, .. } => *uuid,
+    }
+}
+
+fn hash_str(h: &mut blake3::Hasher, s: &str) {
+    h.update(&(s.len() as u64).to_be_bytes());
+    h.update(s.as_bytes());
+}
+
+fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
+    match r {
+        SnapshotRow::Shared {
+            resource,
+            uuid,
+            exists_ts,
+            alive,
+            props,
+        } => {
+            h.update(b"S");
+            hash_str(h, resource);
+            h.update(uuid.as_bytes());
+            h.update(&exists_ts.to_bytes());
+            h.update(&[*alive as u8]);
+            h.update(&(props.len() as u64).to_be_bytes());
+            for (name, ts, v) in props {
+                hash_str(h, name);
+                h.update(&ts.to_bytes());
+                v.hash_into(h);
+            }
+        }
+        SnapshotRow::Owned {
+            resource,
+            uuid,
+            ts,
+            seq,
+            values,
+        } => {
+            h.update(b"O");
+            hash_str(h, resource);
+            h.update(uuid.as_bytes());
+            h.update(&ts.to_bytes());
+            h.update(&seq.to_be_bytes());
+            for v in values {
+                v.hash_into(h);
+            }
+        }
+        SnapshotRow::OwnedTombstone { resource, uuid, ts } => {
+            h.update(b"T");
+            hash_str(h, resource);
+            h.update(uuid.as_bytes());
+            h.update(&ts.to_bytes());
+        }
+    }
+}
+
+pub(crate) fn column_list(def: &ResourceDef) -> String {
+    def.columns
+        .iter()
+        .map(|c| format!(", {}", c.name))
+        .collect()
+}
+
+pub(crate) fn owned_row_from(
+    r: &sqlx::sqlite::SqliteRow,
+    def: &ResourceDef,
+    first: usize,
+) -> Result<OwnedRow, StoreError> {
+    let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+    let mut values = Vec::with_capacity(def.columns.len());
+    for i in 0..def.columns.len() {
+        values.push(r.try_get::<Value, _>(first + i)?);
+    }
+    Ok(OwnedRow { uuid, values })
+}
+
+async fn read_shared_rows(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    let heads = sqlx::query("SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? ORDER BY uuid LIMIT ?")
+        .bind(def.name.clone())
+        .bind(after.map(|u| u.hyphenated().to_string()).unwrap_or_default())
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out: Vec<SnapshotRow> = Vec::with_capacity(heads.len());
+    let mut index = BTreeMap::new();
+    for r in &heads {
+        let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+        index.insert(uuid, out.len());
+        out.push(SnapshotRow::Shared {
+            resource: def.name.clone(),
+            uuid,
+            exists_ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
+            alive: r.try_get::<i64, _>(2)? != 0,
+            props: Vec::new(),
+        });
+    }
+    if let (Some(first), Some(last)) = (index.keys().next(), index.keys().next_back()) {
+        let mut props = sqlx::query(
+            "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid >= ? AND uuid <= ? \
+             ORDER BY uuid, property",
+        )
+        .bind(def.name.clone())
+        .bind(first.hyphenated().to_string())
+        .bind(last.hyphenated().to_string())
+        .fetch(&mut *conn);
+        while let Some(r) = props.try_next().await? {
+            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            if let Some(&i) = index.get(&uuid)
+                && let SnapshotRow::Shared { props, .. } = &mut out[i]
+            {
+                props.push((
+                    r.try_get(1)?,
+                    Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?,
+                    r.try_get::<Value, _>(3)?,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn read_owned_rows(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid, owner, crdt_ts, crdt_seq{} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+        column_list(def),
+        def.name
+    )))
+    .bind(
+        after
+            .map(|u| u.hyphenated().to_string())
+            .unwrap_or_default(),
+    )
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let row = owned_row_from(r, def, 4)?;
+        let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+        let owner = parse_uuid(&r.try_get::<String, _>(1)?)?;
+        if owner != ts.author {
+            return Err(StoreError::Corrupt(format!(
+                "owned row {} has owner {owner} but ts author {}",
+                row.uuid, ts.author
+            )));
+        }
+        out.push(SnapshotRow::Owned {
+            resource: def.name.clone(),
+            uuid: row.uuid,
+            ts,
+            seq: r.try_get::<i64, _>(3)? as u64,
+            values: row.values,
+        });
+    }
+    Ok(out)
+}
+
+async fn read_owned_tombstones(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    let rows = sqlx::query("SELECT uuid, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid > ? ORDER BY uuid LIMIT ?")
+        .bind(def.name.clone())
+        .bind(after.map(|u| u.hyphenated().to_string()).unwrap_or_default())
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(SnapshotRow::OwnedTombstone {
+            resource: def.name.clone(),
+            uuid: parse_uuid(&r.try_get::<String, _>(0)?)?,
+            ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,199 @@
+//! Checks of ops that arrive from the network against the registry: everything an op needs
+//! to be applied safely, before any of it touches SQLite.
+
+use crate::op::{Change, Method, Op, RejectReason, SnapshotRow};
+use crate::registry::{Kind, Registry};
+
+/// The largest sequence number SQLite can store (it is an i64 there).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Checks one change; the error says why it is refused.
+pub fn validate_change(registry: &Registry, change: &Change) -> Result<(), (RejectReason, String)> {
+    let op = change.op();
+    validate_op(registry, op)?;
+    match change {
+        Change::Op(op) if op.method == Method::OwnedBatchCreate => Ok(()),
+        Change::Op(_) => Ok(()),
+        Change::OwnedRows { header, rows, .. } => {
+            if header.method != Method::OwnedBatchCreate {
+                return Err((
+                    RejectReason::Malformed,
+                    "owned rows without an OwnedBatchCreate header".into(),
+                ));
+            }
+            let def = registry
+                .get(&header.resource)
+                .map_err(|e| (RejectReason::UnknownResource, e.to_string()))?;
+            for row in rows {
+                if row.values.len() != def.columns.len() {
+                    return Err((
+                        RejectReason::Malformed,
+                        format!(
+                            "row {} of {} has {} values, expected {}",
+                            row.uuid,
+                            def.name,
+                            row.values.len(),
+                            def.columns.len()
+                        ),
+                    ));
+                }
+                for (v, col) in row.values.iter().zip(&def.columns) {
+                    if !v.check_type(col.ty) {
+                        return Err((
+                            RejectReason::WrongType,
+                            format!(
+                                "field `{}` of `{}` must be {}",
+                                col.name,
+                                def.name,
+                                col.ty.name()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks one op.
+pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), (RejectReason, String)> {
+    let malformed = |why: &str| {
+        Err((
+            RejectReason::Malformed,
+            format!("{} {}: {why}", op.method.as_str(), op.id()),
+        ))
+    };
+    if op.seq == 0 || op.seq > MAX_SEQ {
+        return malformed("sequence number out of range");
+    }
+    if op.author.is_nil() {
+        return malformed("nil author");
+    }
+    let def = registry
+        .get(&op.resource)
+        .map_err(|e| (RejectReason::UnknownResource, e.to_string()))?;
+    let kind_ok = match op.method {
+        Method::SharedCreate | Method::SharedUpdate | Method::SharedDelete => {
+            def.kind == Kind::Shared
+        }
+        Method::OwnedBatchCreate | Method::OwnedDelete => def.kind == Kind::Owned,
+    };
+    if !kind_ok {
+        return malformed(&format!("method does not apply to resource `{}`", def.name));
+    }
+    match op.method {
+        Method::OwnedBatchCreate => {
+            if op.uuid.is_some() || op.property.is_some() || op.value.is_some() {
+                return malformed("a batch names no row, property or value");
+            }
+        }
+        Method::SharedDelete | Method::OwnedDelete => {
+            if op.uuid.is_none() {
+                return malformed("missing row uuid");
+            }
+        }
+        Method::SharedCreate => {
+            if op.uuid.is_none() {
+                return malformed("missing row uuid");
+            }
+            for (name, v) in &op.fields {
+                let col = def
+                    .column(name)
+                    .map_err(|e| (RejectReason::UnknownField, e.to_string()))?;
+                if !v.check_type(col.ty) {
+                    return Err((
+                        RejectReason::WrongType,
+                        format!("field `{name}` of `{}` must be {}", def.name, col.ty.name()),
+                    ));
+                }
+            }
+        }
+        Method::SharedUpdate => {
+            let (Some(_), Some(prop), Some(v)) = (&op.uuid, &op.property, &op.value) else {
+                return malformed("an update needs a row, a property and a value");
+            };
+            let col = def
+                .column(prop)
+                .map_err(|e| (RejectReason::UnknownField, e.to_string()))?;
+            if !v.check_type(col.ty) {
+                return Err((
+                    RejectReason::WrongType,
+                    format!("field `{prop}` of `{}` must be {}", def.name, col.ty.name()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one snapshot row against the registry.
+pub fn validate_snapshot_row(
+    registry: &Registry,
+    row: &SnapshotRow,
+) -> Result<(), (RejectReason, String)> {
+    let (resource, kind) = match row {
+        SnapshotRow::Shared { resource, .. } => (resource, Kind::Shared),
+        SnapshotRow::Owned { resource, .. } | SnapshotRow::OwnedTombstone { resource, .. } => {
+            (resource, Kind::Owned)
+        }
+    };
+    let def = registry
+        .get(resource)
+        .map_err(|e| (RejectReason::UnknownResource, e.to_string()))?;
+    if def.kind != kind {
+        return Err((
+            RejectReason::Malformed,
+            format!("snapshot row of the wrong kind for `{resource}`"),
+        ));
+    }
+    match row {
+        SnapshotRow::Shared { props, .. } => {
+            for (name, _, v) in props {
+                let col = def
+                    .column(name)
+                    .map_err(|e| (RejectReason::UnknownField, e.to_string()))?;
+                if !v.check_type(col.ty) {
+                    return Err((
+                        RejectReason::WrongType,
+                        format!("field `{name}` of `{resource}` must be {}", col.ty.name()),
+                    ));
+                }
+            }
+        }
+        SnapshotRow::Owned {
+            values, seq, ts, ..
+        } => {
+            if *seq == 0 || *seq > MAX_SEQ || ts.author.is_nil() {
+                return Err((
+                    RejectReason::Malformed,
+                    "owned snapshot row with a bad seq or owner".into(),
+                ));
+            }
+            if values.len() != def.columns.len() {
+                return Err((
+                    RejectReason::Malformed,
+                    format!("row of `{resource}` with {} values", values.len()),
+                ));
+            }
+            for (v, col) in values.iter().zip(&def.columns) {
+                if !v.check_type(col.ty) {
+                    return Err((
+                        RejectReason::WrongType,
+                        format!(
+                            "field `{}` of `{resource}` must be {}",
+                            col.name,
+                            col.ty.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        SnapshotRow::OwnedTombstone { ts, .. } => {
+            if ts.author.is_nil() {
+                return Err((RejectReason::Malformed, "tombstone without an owner".into()));
+            }
+        }
+    }
+    Ok(())
+}

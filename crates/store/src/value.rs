@@ -1,0 +1,214 @@
+//! Values of resource columns, as they cross the API (JSON), the wire (CBOR) and SQLite.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+/// The type of a resource column. It decides what JSON a write may carry and how the value
+/// is stored in SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColumnType {
+    /// UTF-8 text.
+    Text,
+    /// A 64-bit signed integer.
+    Integer,
+    /// A finite 64-bit float.
+    Real,
+    /// `true`/`false` on the API, 0/1 in SQLite.
+    Bool,
+    /// A UUID in its hyphenated text form.
+    Uuid,
+}
+
+impl ColumnType {
+    /// The name used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::Text => "text",
+            ColumnType::Integer => "integer",
+            ColumnType::Real => "real",
+            ColumnType::Bool => "bool",
+            ColumnType::Uuid => "uuid",
+        }
+    }
+}
+
+/// One column value. On the wire it is untagged CBOR (null, integer, float or text); in
+/// SQLite it is the matching storage class. Booleans are stored as integers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// SQL NULL / JSON null.
+    Null,
+    /// An integer (also booleans, as 0/1).
+    Int(i64),
+    /// A finite float.
+    Real(f64),
+    /// Text (also UUIDs).
+    Text(String),
+}
+
+impl Value {
+    /// Converts an API value to a column value, checking it against the column's type.
+    pub fn from_json(
+        resource: &str,
+        column: &str,
+        ty: ColumnType,
+        json: &serde_json::Value,
+    ) -> Result<Value, StoreError> {
+        use serde_json::Value as J;
+        let wrong = || StoreError::WrongType {
+            resource: resource.to_owned(),
+            field: column.to_owned(),
+            expected: ty.name(),
+        };
+        Ok(match (ty, json) {
+            (_, J::Null) => Value::Null,
+            (ColumnType::Text, J::String(s)) => Value::Text(s.clone()),
+            (ColumnType::Uuid, J::String(s)) => {
+                let uuid = uuid::Uuid::parse_str(s).map_err(|_| wrong())?;
+                Value::Text(uuid.hyphenated().to_string())
+            }
+            (ColumnType::Integer, J::Number(n)) => Value::Int(n.as_i64().ok_or_else(wrong)?),
+            (ColumnType::Real, J::Number(n)) => {
+                let f = n.as_f64().ok_or_else(wrong)?;
+                if !f.is_finite() {
+                    return Err(wrong());
+                }
+                Value::Real(f)
+            }
+            (ColumnType::Bool, J::Bool(b)) => Value::Int(i64::from(*b)),
+            _ => return Err(wrong()),
+        })
+    }
+
+    /// Converts a stored value back to JSON for the API.
+    pub fn to_json(&self, ty: ColumnType) -> serde_json::Value {
+        use serde_json::Value as J;
+        match (self, ty) {
+            (Value::Null, _) => J::Null,
+            (Value::Int(i), ColumnType::Bool) => J::Bool(*i != 0),
+            (Value::Int(i), _) => J::from(*i),
+            (Value::Real(f), _) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            (Value::Text(s), _) => J::String(s.clone()),
+        }
+    }
+
+    /// Checks a value that arrived from the network against the column's type.
+    pub fn check_type(&self, ty: ColumnType) -> bool {
+        match (self, ty) {
+            (Value::Null, _) => true,
+            (Value::Int(_), ColumnType::Integer) => true,
+            (Value::Int(i), ColumnType::Bool) => *i == 0 || *i == 1,
+            (Value::Real(f), ColumnType::Real) => f.is_finite(),
+            (Value::Text(_), ColumnType::Text) => true,
+            (Value::Text(s), ColumnType::Uuid) => uuid::Uuid::parse_str(s).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The value as text, if it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Feeds the value into a digest, with a tag per kind so that 1 and "1" differ.
+    pub(crate) fn hash_into(&self, h: &mut blake3::Hasher) {
+        match self {
+            Value::Null => {
+                h.update(&[0]);
+            }
+            Value::Int(i) => {
+                h.update(&[1]);
+                h.update(&i.to_be_bytes());
+            }
+            Value::Real(f) => {
+                h.update(&[2]);
+                h.update(&f.to_bits().to_be_bytes());
+            }
+            Value::Text(s) => {
+                h.update(&[3]);
+                h.update(&(s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for Value {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <Vec<u8> as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+    fn compatible(_ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        true
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Value {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self {
+            Value::Null => Ok(sqlx::encode::IsNull::Yes),
+            Value::Int(i) => <i64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(i, buf),
+            Value::Real(f) => <f64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(f, buf),
+            Value::Text(s) => <String as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(s, buf),
+        }
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for Value {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::{TypeInfo, ValueRef};
+        if value.is_null() {
+            return Ok(Value::Null);
+        }
+        let ty = value.type_info().name().to_owned();
+        match ty.as_str() {
+            "INTEGER" | "BOOLEAN" => Ok(Value::Int(<i64 as sqlx::Decode<sqlx::Sqlite>>::decode(
+                value,
+            )?)),
+            "REAL" => Ok(Value::Real(<f64 as sqlx::Decode<sqlx::Sqlite>>::decode(
+                value,
+            )?)),
+            "TEXT" => Ok(Value::Text(<String as sqlx::Decode<sqlx::Sqlite>>::decode(
+                value,
+            )?)),
+            other => Err(format!("unsupported stored value type {other}").into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cbor_round_trip_keeps_kinds() {
+        for v in [
+            Value::Null,
+            Value::Int(-5),
+            Value::Real(1.5),
+            Value::Text("1".into()),
+        ] {
+            let mut buf = Vec::new();
+            ciborium::into_writer(&v, &mut buf).unwrap();
+            let back: Value = ciborium::from_reader(buf.as_slice()).unwrap();
+            assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn json_types_are_checked() {
+        let j = serde_json::json!("x");
+        assert!(Value::from_json("tags", "n", ColumnType::Integer, &j).is_err());
+        assert!(Value::from_json("tags", "n", ColumnType::Uuid, &j).is_err());
+        let b = Value::from_json("a", "h", ColumnType::Bool, &serde_json::json!(true)).unwrap();
+        assert_eq!(b, Value::Int(1));
+        assert_eq!(b.to_json(ColumnType::Bool), serde_json::json!(true));
+    }
+}

@@ -1,0 +1,287 @@
+//! Convergence under any delivery order: a proptest over random writes on 3 to 5
+//! replicas, and the snapshot and prune paths.
+//!
+//! The proptest draws a seed and derives every choice from it; on failure proptest prints
+//! the failing seed. Replay one with `MURMUR_SEED=<seed> cargo test -p murmur-store --test
+//! convergence replay`.
+
+mod common;
+
+use common::*;
+use murmur_store::{Change, Store};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+const CAS: [&str; 4] = ["cas-a", "cas-b", "cas-c", "cas-d"];
+
+async fn some_row(s: &Store, resource: &str, rng: &mut StdRng, own: bool) -> Option<Uuid> {
+    let owner = own.then(|| s.client());
+    let rows = s.list_rows(resource, owner, None, 1000).await.ok()?;
+    let r = rows.choose(rng)?;
+    r["uuid"].as_str().and_then(|u| Uuid::parse_str(u).ok())
+}
+
+/// One random local write on `s`; returns what it produced (maybe nothing: e.g. no row to
+/// update yet).
+async fn random_write(s: &Store, rng: &mut StdRng) -> Vec<Change> {
+    let shared = ["tags", "albums", "comments", "jobs"];
+    let res = match rng.random_range(0..10) {
+        0 | 1 => {
+            let r = *shared.choose(rng).unwrap();
+            let f = match r {
+                "tags" => {
+                    json!({"name": format!("t{}", rng.random_range(0..100)), "color": "blue"})
+                }
+                "albums" => json!({"name": "a", "is_hidden": rng.random_bool(0.5)}),
+                "comments" => json!({"content": "c", "cas_id": *CAS.choose(rng).unwrap()}),
+                _ => json!({"name": "j", "status": "queued"}),
+            };
+            s.create_shared(r, None, fields(f)).await
+        }
+        2..=4 => {
+            let r = *shared.choose(rng).unwrap();
+            let Some(u) = some_row(s, r, rng, false).await else {
+                return vec![];
+            };
+            let f = match r {
+                "tags" => json!({"color": format!("c{}", rng.random_range(0..1000))}),
+                "albums" => {
+                    json!({"is_hidden": rng.random_bool(0.5), "name": format!("n{}", rng.random_range(0..1000))})
+                }
+                "comments" => json!({"content": format!("x{}", rng.random_range(0..1000))}),
+                _ => json!({"status": format!("s{}", rng.random_range(0..1000))}),
+            };
+            s.update_shared(r, u, fields(f)).await
+        }
+        5 => {
+            let r = *shared.choose(rng).unwrap();
+            let Some(u) = some_row(s, r, rng, false).await else {
+                return vec![];
+            };
+            s.delete_shared(r, u).await
+        }
+        6 => {
+            // A relation; the same (tag, file) on two replicas makes one row.
+            let Some(t) = some_row(s, "tags", rng, false).await else {
+                return vec![];
+            };
+            let f = json!({"tag_uuid": t.to_string(), "cas_id": *CAS.choose(rng).unwrap()});
+            match rng.random_bool(0.7) {
+                true => s.create_shared("tags_on_files", None, fields(f)).await,
+                false => match some_row(s, "tags_on_files", rng, false).await {
+                    Some(u) => s.delete_shared("tags_on_files", u).await,
+                    None => return vec![],
+                },
+            }
+        }
+        7 | 8 => {
+            // An owned batch: new rows and maybe a rewrite of one of ours.
+            let mut rows = Vec::new();
+            for i in 0..rng.random_range(1..5) {
+                rows.push(fields(json!({
+                    "name": format!("f{i}"), "cas_id": *CAS.choose(rng).unwrap(),
+                    "size_bytes": rng.random_range(0..100), "materialized_path": "/p/"
+                })));
+            }
+            if let Some(u) = some_row(s, "file_paths", rng, true).await {
+                rows.push(fields(json!({"uuid": u.to_string(), "name": "rewritten", "cas_id": "cas-a", "size_bytes": 1})));
+            }
+            s.write_owned("file_paths", rows).await
+        }
+        _ => {
+            let Some(u) = some_row(s, "file_paths", rng, true).await else {
+                return vec![];
+            };
+            s.delete_owned("file_paths", u).await
+        }
+    };
+    match res {
+        Ok(out) => out.changes,
+        // e.g. a create of a relation that exists: a refused local write changes nothing.
+        Err(_) => vec![],
+    }
+}
+
+fn ts_of(c: &Change) -> murmur_store::Hlc {
+    c.op().ts()
+}
+
+async fn run_case(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = rng.random_range(3..=5usize);
+    let mut replicas: Vec<(Store, TempDir)> = Vec::new();
+    for i in 0..n {
+        replicas.push(store(i as u128 + 1).await);
+    }
+    // Every change made, and per replica the ones it has not received yet.
+    let mut made: Vec<Change> = Vec::new();
+    let mut inbox: Vec<Vec<Change>> = vec![Vec::new(); n];
+    for _ in 0..rng.random_range(10..60) {
+        let i = rng.random_range(0..n);
+        if rng.random_bool(0.25) && !inbox[i].is_empty() {
+            // Deliver part of the inbox now, so later writes build on remote rows.
+            inbox[i].shuffle(&mut rng);
+            let k = rng.random_range(1..=inbox[i].len());
+            let batch: Vec<Change> = inbox[i].drain(..k).collect();
+            replicas[i].0.apply(batch).await.expect("apply");
+        }
+        let changes = random_write(&replicas[i].0, &mut rng).await;
+        for (j, ib) in inbox.iter_mut().enumerate() {
+            if j != i {
+                ib.extend(changes.iter().cloned());
+            }
+        }
+        made.extend(changes);
+    }
+    // Deliver the rest in random order, in random batches, with random duplicates.
+    for (i, ib) in inbox.iter_mut().enumerate() {
+        let mut all: Vec<Change> = std::mem::take(ib);
+        let dups: Vec<Change> = all
+            .iter()
+            .filter(|_| rng.random_bool(0.2))
+            .cloned()
+            .collect();
+        all.extend(dups);
+        all.shuffle(&mut rng);
+        while !all.is_empty() {
+            let k = rng.random_range(1..=all.len());
+            let batch: Vec<Change> = all.drain(..k).collect();
+            replicas[i].0.apply(batch).await.expect("apply");
+        }
+    }
+    // A reference replica that gets every op in timestamp order.
+    let (reference, _rd) = store(99).await;
+    let mut ordered = made.clone();
+    ordered.sort_by_key(ts_of);
+    for c in ordered {
+        reference.apply(vec![c]).await.expect("apply");
+    }
+    let want = reference.digest().await.unwrap();
+    for (i, (s, _)) in replicas.iter().enumerate() {
+        let got = s.digest().await.unwrap();
+        assert_eq!(
+            got,
+            want,
+            "replica {i} of {n} diverged (seed {seed}, {} changes)",
+            made.len()
+        );
+        let vv = s.version_vector();
+        assert!(!vv.has_gaps(), "replica {i} has gaps: {vv:?}");
+    }
+    // Derived data agrees too.
+    let files = reference.files(None, 100).await.unwrap();
+    for (s, _) in &replicas {
+        assert_eq!(s.files(None, 100).await.unwrap(), files, "seed {seed}");
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn replicas_converge_whatever_the_delivery_order(seed in any::<u64>()) {
+        block_on(run_case(seed));
+    }
+}
+
+#[test]
+fn replay() {
+    if let Ok(seed) = std::env::var("MURMUR_SEED") {
+        let seed: u64 = seed.parse().expect("MURMUR_SEED must be a u64");
+        block_on(run_case(seed));
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_later_ops_equals_every_op() {
+    let (a, _da) = store(1).await;
+    let (b, _db) = store(2).await;
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..80 {
+        let s = if rng.random_bool(0.5) { &a } else { &b };
+        let ch = random_write(s, &mut rng).await;
+        let other = if std::ptr::eq(s, &a) { &b } else { &a };
+        other.apply(ch).await.unwrap();
+    }
+    // New replica: snapshot of a, in small pages.
+    let (c, _dc) = store(3).await;
+    let covers = a.version_vector();
+    let mut pos = None;
+    loop {
+        let (rows, next) = a.snapshot_page(pos.as_ref(), 7).await.unwrap();
+        c.import_snapshot_page(rows).await.unwrap();
+        match next {
+            Some(p) => pos = Some(p),
+            None => break,
+        }
+    }
+    c.finish_snapshot(&covers).await.unwrap();
+    assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
+    // Later ops on a and b reach c through ops_since.
+    let mut later = Vec::new();
+    for _ in 0..40 {
+        let s = if rng.random_bool(0.5) { &a } else { &b };
+        later.extend(random_write(s, &mut rng).await);
+    }
+    a.apply(later.clone()).await.unwrap();
+    b.apply(later).await.unwrap();
+    let mut cursor = murmur_store::OpsCursor::default();
+    let have = c.version_vector();
+    loop {
+        let page = a.ops_since(&have, &cursor, 5).await.unwrap();
+        c.apply(page.changes).await.unwrap();
+        match page.next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    let want = a.digest().await.unwrap();
+    assert_eq!(b.digest().await.unwrap(), want);
+    assert_eq!(c.digest().await.unwrap(), want);
+    assert_eq!(
+        c.version_vector().contiguous_map(),
+        a.version_vector().contiguous_map()
+    );
+}
+
+#[tokio::test]
+async fn merging_after_a_prune_equals_merging_without_it() {
+    let (a, _da) = store(1).await;
+    let (b, _db) = store(2).await;
+    let (a2, _da2) = store(1).await; // same client as a, never pruned
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut first = Vec::new();
+    for _ in 0..40 {
+        first.extend(random_write(&a, &mut rng).await);
+    }
+    a2.apply(first.clone()).await.unwrap();
+    b.apply(first).await.unwrap();
+    let horizon = a.version_vector().contiguous_map();
+    let removed = a.prune(&horizon).await.unwrap();
+    assert!(removed > 0);
+    assert_eq!(a.pending_operations().await.unwrap(), 0);
+    // b now writes over the same rows; both a (pruned) and a2 (not) merge it.
+    let mut second = Vec::new();
+    for _ in 0..40 {
+        second.extend(random_write(&b, &mut rng).await);
+    }
+    a.apply(second.clone()).await.unwrap();
+    a2.apply(second).await.unwrap();
+    assert_eq!(a.digest().await.unwrap(), a2.digest().await.unwrap());
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    // A peer behind the horizon is told to take a snapshot.
+    assert!(a.needs_snapshot(&murmur_store::VersionVector::default()));
+    assert!(!a.needs_snapshot(&a.version_vector()));
+}
