@@ -74,6 +74,7 @@ impl Store {
     /// Records a completed catch-up with `client`.
     pub async fn mark_synchronized(&self, client: Uuid) -> Result<(), StoreError> {
         let now = millis(Utc::now());
+        let _guard = self.inner.write.lock().await;
         sqlx::query("UPDATE clients SET last_synchronized = ?, last_seen = ? WHERE uuid = ?")
             .bind(now)
             .bind(now)
@@ -89,7 +90,7 @@ impl Store {
         client: Uuid,
         vv: &BTreeMap<Uuid, u64>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (author, seq) in vv {
             sqlx::query(
                 "INSERT INTO client_versions (client_uuid, author, contiguous) VALUES (?, ?, ?) \
@@ -176,6 +177,7 @@ impl Store {
 
     /// Writes a node-local setting.
     pub async fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.inner.write.lock().await;
         sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .bind(key.to_owned())
             .bind(value.to_vec())

@@ -88,12 +88,13 @@ pub enum PhysicalClock {
 }
 
 const SLOTS: usize = 32;
+/// Per slot: the offset from the system clock, in NTP64 units (two's complement).
 static SLOT_TIME: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 static SLOT_USED: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
 
 macro_rules! slot_fns {
     ($($i:literal),*) => {
-        const SLOT_FNS: [fn() -> NTP64; SLOTS] = [$(|| NTP64(SLOT_TIME[$i].load(Ordering::SeqCst))),*];
+        const SLOT_FNS: [fn() -> NTP64; SLOTS] = [$(|| NTP64(system_now().0.wrapping_add(SLOT_TIME[$i].load(Ordering::SeqCst)))),*];
     };
 }
 slot_fns!(
@@ -101,40 +102,40 @@ slot_fns!(
     26, 27, 28, 29, 30, 31
 );
 
-/// A physical clock that only moves when told to, for tests. Clones share the time; the
-/// slot is freed when the last clone... is never freed implicitly: call [`ManualClock::release`]
-/// or let the process end. At most 32 exist at once.
+/// A physical clock for tests: the system clock shifted by an offset the test moves, so a
+/// node can be put behind or ahead of the others. Clones share the offset. At most 32
+/// exist at once; [`ManualClock::release`] frees a slot.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     slot: usize,
 }
 
 impl ManualClock {
-    /// A manual clock starting at the current system time. `None` when all slots are taken.
+    /// A clock equal to the system clock (offset zero). `None` when all slots are taken.
     pub fn new() -> Option<ManualClock> {
         for slot in 0..SLOTS {
             if SLOT_USED[slot]
                 .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                SLOT_TIME[slot].store(system_now().0, Ordering::SeqCst);
+                SLOT_TIME[slot].store(0, Ordering::SeqCst);
                 return Some(ManualClock { slot });
             }
         }
         None
     }
 
-    /// The current manual time.
+    /// The clock's current time.
     pub fn now(&self) -> NTP64 {
-        NTP64(SLOT_TIME[self.slot].load(Ordering::SeqCst))
+        (SLOT_FNS[self.slot])()
     }
 
-    /// Moves the clock forward (or back) by a duration.
+    /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         SLOT_TIME[self.slot].fetch_add(NTP64::from(by).0, Ordering::SeqCst);
     }
 
-    /// Moves the clock back by a duration.
+    /// Moves the clock back.
     pub fn rewind(&self, by: Duration) {
         SLOT_TIME[self.slot].fetch_sub(NTP64::from(by).0, Ordering::SeqCst);
     }
@@ -276,8 +277,8 @@ mod tests {
             author: Uuid::from_u128(2),
         };
         let err = me.observe(ahead).unwrap_err();
-        assert!(err.ahead_ms >= 999, "{err}");
-        manual.advance(Duration::from_millis(950));
+        assert!(err.ahead_ms >= 900, "{err}");
+        manual.advance(Duration::from_millis(1000));
         me.observe(ahead).unwrap();
         assert!(me.now() > ahead);
         manual.release();

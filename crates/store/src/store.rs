@@ -326,7 +326,7 @@ impl Store {
             );
         }
         let _guard = inner.write.lock().await;
-        let mut tx = inner.pool.begin().await?;
+        let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = WriteOutcome::default();
         let mut next_seq = self.own_seq();
         for (index, p) in prepared.into_iter().enumerate() {
@@ -571,7 +571,7 @@ impl Store {
     ) -> Result<WriteOutcome, StoreError> {
         let inner = &self.inner;
         let _guard = inner.write.lock().await;
-        let mut tx = inner.pool.begin().await?;
+        let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         // Rows that exist must be ours.
         let uuids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
         for (u, owner) in owned_owners(&mut tx, &def.name, &uuids).await? {
@@ -626,7 +626,7 @@ impl Store {
         self.detached(move |s| async move {
             let inner = &s.inner;
             let _guard = inner.write.lock().await;
-            let mut tx = inner.pool.begin().await?;
+            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
             let owners = owned_owners(&mut tx, &def.name, &[uuid]).await?;
             match owners.first() {
                 None => {
@@ -715,7 +715,7 @@ impl Store {
         if accepted.is_empty() {
             return Ok(report);
         }
-        let mut tx = inner.pool.begin().await?;
+        let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let res = engine::apply(&mut tx, &inner.registry, &accepted, false).await?;
         for id in &res.logged {
             vv.add(*id);

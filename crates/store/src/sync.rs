@@ -239,7 +239,7 @@ impl Store {
             let inner = &store.inner;
             let _guard = inner.write.lock().await;
             let vv = store.read_vv();
-            let mut tx = inner.pool.begin().await?;
+            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
             let mut removed = 0;
             let mut new_h = store.horizon();
             for (author, h) in horizon {
@@ -369,7 +369,7 @@ impl Store {
         tokio::spawn(async move {
             let inner = &store.inner;
             let _guard = inner.write.lock().await;
-            let mut tx = inner.pool.begin().await?;
+            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
             let n = rows.len();
             crate::engine::import_rows(&mut tx, &inner.registry, rows).await?;
             tx.commit().await?;
@@ -390,7 +390,7 @@ impl Store {
             for (a, v) in &vv.authors {
                 mine.authors.entry(*a).or_default().raise(v.contiguous);
             }
-            let mut tx = inner.pool.begin().await?;
+            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
             persist_vv(&mut tx, &mine, vv.authors.keys().copied()).await?;
             tx.commit().await?;
             *inner.vv.write().unwrap_or_else(|e| e.into_inner()) = mine;

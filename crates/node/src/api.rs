@@ -1,0 +1,450 @@
+//! The local HTTP API (JSON), as DESIGN.md specifies it. Bad input gets a 4xx with
+//! `{"error": ...}` saying what is wrong, and changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::Stream;
+use murmur_store::{BatchEntry, Store, StoreError, WriteOutcome};
+use serde::Deserialize;
+use serde_json::{Value as J, json};
+use tokio::sync::broadcast;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::status::StatusSource;
+use crate::sync::SyncHandle;
+
+/// Largest request body: an owned batch of 100k file_paths fits.
+pub const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Publishes committed ops.
+    pub sync: SyncHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Row changes, for `/v1/events`.
+    pub events: broadcast::Sender<murmur_store::RowEvent>,
+    /// Status.
+    pub status: Arc<StatusSource>,
+}
+
+/// An API error: a status and a message for `{"error": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::UnknownResource(_) | StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            StoreError::NotOwner { .. } => StatusCode::FORBIDDEN,
+            StoreError::BatchEntry { source, .. } => {
+                return ApiError::new(ApiError::from_ref(source), e.to_string());
+            }
+            e if e.is_bad_input() => StatusCode::BAD_REQUEST,
+            _ => {
+                // Never leak SQL details to the client; the log has them.
+                tracing::error!("store error: {e}");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error, see the node's log",
+                );
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl ApiError {
+    fn from_ref(e: &StoreError) -> StatusCode {
+        match e {
+            StoreError::UnknownResource(_) | StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            StoreError::NotOwner { .. } => StatusCode::FORBIDDEN,
+            e if e.is_bad_input() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body ourselves, so malformed JSON gets our error shape.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
+}
+
+fn parse_uuid(s: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(s)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("`{s}` is not a UUID")))
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/shared/{resource}",
+            get(list_shared).post(create_shared),
+        )
+        .route(
+            "/v1/shared/{resource}/{uuid}",
+            get(get_shared).patch(update_shared).delete(delete_shared),
+        )
+        .route("/v1/owned/{resource}", get(list_owned).post(write_owned))
+        .route(
+            "/v1/owned/{resource}/{uuid}",
+            get(get_owned).delete(delete_owned),
+        )
+        .route("/v1/batch", axum::routing::post(batch))
+        .route("/v1/files", get(files))
+        .route("/v1/digest", get(digest))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route; see the README for the API",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn health() -> Json<J> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<Json<J>> {
+    Ok(Json(s.status.status().await?))
+}
+
+/// Commits are done; now publish and count.
+async fn done(s: &AppState, out: WriteOutcome) -> WriteOutcome {
+    s.metrics.local_writes.inc();
+    s.metrics.applied("local", out.ops.len());
+    for e in &out.events {
+        let _ = s.events.send(e.clone());
+    }
+    s.sync.publish(out.ops.clone()).await;
+    out
+}
+
+fn object(body: J, what: &str) -> ApiResult<serde_json::Map<String, J>> {
+    match body {
+        J::Object(m) => Ok(m),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be a JSON object"),
+        )),
+    }
+}
+
+async fn create_shared(
+    State(s): State<AppState>,
+    Path(resource): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let mut fields = object(parse_json(&body)?, "the body")?;
+    let uuid = match fields.remove("uuid") {
+        None | Some(J::Null) => None,
+        Some(J::String(u)) => Some(parse_uuid(&u)?),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`uuid` must be a UUID string",
+            ));
+        }
+    };
+    let out = s.store.create_shared(&resource, uuid, fields).await?;
+    let out = done(&s, out).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"uuid": out.uuids.first()})),
+    ))
+}
+
+async fn update_shared(
+    State(s): State<AppState>,
+    Path((resource, uuid)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<J>> {
+    let uuid = parse_uuid(&uuid)?;
+    let fields = object(parse_json(&body)?, "the body")?;
+    let out = s.store.update_shared(&resource, uuid, fields).await?;
+    let out = done(&s, out).await;
+    Ok(Json(json!({"uuid": uuid, "updated": out.ops.len()})))
+}
+
+async fn delete_shared(
+    State(s): State<AppState>,
+    Path((resource, uuid)): Path<(String, String)>,
+) -> ApiResult<Json<J>> {
+    let uuid = parse_uuid(&uuid)?;
+    let out = s.store.delete_shared(&resource, uuid).await?;
+    done(&s, out).await;
+    Ok(Json(json!({"uuid": uuid, "deleted": true})))
+}
+
+/// Paging of list reads.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    /// Only rows after this UUID.
+    after: Option<String>,
+    /// At most this many rows (default 1000).
+    limit: Option<usize>,
+    /// Owned rows of this owner only.
+    owner: Option<String>,
+}
+
+async fn list(s: &AppState, resource: &str, q: ListQuery, owned: bool) -> ApiResult<Json<J>> {
+    let def = s.store.registry().get(resource)?;
+    if (def.kind == murmur_store::Kind::Owned) != owned {
+        return Err(StoreError::WrongKind {
+            resource: resource.to_owned(),
+            expected: if owned { "owned" } else { "shared" },
+            actual: if owned { "shared" } else { "owned" },
+        }
+        .into());
+    }
+    let after = q.after.as_deref().map(parse_uuid).transpose()?;
+    let owner = q.owner.as_deref().map(parse_uuid).transpose()?;
+    let rows = s
+        .store
+        .list_rows(resource, owner, after, q.limit.unwrap_or(1000))
+        .await?;
+    Ok(Json(J::Array(rows)))
+}
+
+async fn list_shared(
+    State(s): State<AppState>,
+    Path(resource): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<J>> {
+    list(&s, &resource, q, false).await
+}
+
+async fn list_owned(
+    State(s): State<AppState>,
+    Path(resource): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<J>> {
+    list(&s, &resource, q, true).await
+}
+
+async fn get_row(s: &AppState, resource: &str, uuid: &str) -> ApiResult<Json<J>> {
+    let uuid = parse_uuid(uuid)?;
+    match s.store.get_row(resource, uuid).await? {
+        Some(r) => Ok(Json(r)),
+        None => Err(StoreError::NotFound {
+            resource: resource.to_owned(),
+            uuid,
+        }
+        .into()),
+    }
+}
+
+async fn get_shared(
+    State(s): State<AppState>,
+    Path((resource, uuid)): Path<(String, String)>,
+) -> ApiResult<Json<J>> {
+    get_row(&s, &resource, &uuid).await
+}
+
+async fn get_owned(
+    State(s): State<AppState>,
+    Path((resource, uuid)): Path<(String, String)>,
+) -> ApiResult<Json<J>> {
+    get_row(&s, &resource, &uuid).await
+}
+
+async fn write_owned(
+    State(s): State<AppState>,
+    Path(resource): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let rows = match parse_json::<J>(&body)? {
+        J::Array(rows) => rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| object(r, &format!("row {i}")))
+            .collect::<ApiResult<Vec<_>>>()?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON array of rows",
+            ));
+        }
+    };
+    let out = s.store.write_owned(&resource, rows).await?;
+    let count = out.uuids.len();
+    done(&s, out).await;
+    Ok((StatusCode::CREATED, Json(json!({"count": count}))))
+}
+
+async fn delete_owned(
+    State(s): State<AppState>,
+    Path((resource, uuid)): Path<(String, String)>,
+) -> ApiResult<Json<J>> {
+    let uuid = parse_uuid(&uuid)?;
+    let out = s.store.delete_owned(&resource, uuid).await?;
+    done(&s, out).await;
+    Ok(Json(json!({"uuid": uuid, "deleted": true})))
+}
+
+/// One entry of `POST /v1/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    op: String,
+    resource: String,
+    uuid: Option<String>,
+    fields: Option<serde_json::Map<String, J>>,
+}
+
+async fn batch(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<J>> {
+    let items: Vec<J> = match parse_json::<J>(&body)? {
+        J::Array(a) => a,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON array",
+            ));
+        }
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let bad = |m: String| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("entry {i} of the batch: {m}"),
+            )
+        };
+        let it: BatchItem = serde_json::from_value(item).map_err(|e| bad(e.to_string()))?;
+        let uuid = it
+            .uuid
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()
+            .map_err(|e| bad(e.message))?;
+        let need_uuid = || uuid.ok_or_else(|| bad(format!("`{}` needs a uuid", it.op)));
+        entries.push(match it.op.as_str() {
+            "create" => BatchEntry::Create {
+                resource: it.resource,
+                uuid,
+                fields: it.fields.unwrap_or_default(),
+            },
+            "update" => BatchEntry::Update {
+                resource: it.resource.clone(),
+                uuid: need_uuid()?,
+                fields: it.fields.unwrap_or_default(),
+            },
+            "delete" => BatchEntry::Delete {
+                resource: it.resource.clone(),
+                uuid: need_uuid()?,
+            },
+            other => {
+                return Err(bad(format!(
+                    "unknown op `{other}`: use create, update or delete"
+                )));
+            }
+        });
+    }
+    if entries.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the batch is empty"));
+    }
+    let out = s.store.batch(entries).await?;
+    let out = done(&s, out).await;
+    Ok(Json(json!({"uuids": out.uuids})))
+}
+
+/// Paging of `/v1/files`.
+#[derive(Debug, Deserialize)]
+struct FilesQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn files(State(s): State<AppState>, Query(q): Query<FilesQuery>) -> ApiResult<Json<J>> {
+    Ok(Json(J::Array(
+        s.store
+            .files(q.after.as_deref(), q.limit.unwrap_or(1000))
+            .await?,
+    )))
+}
+
+async fn digest(State(s): State<AppState>) -> ApiResult<Json<J>> {
+    let d = s.store.digest().await?;
+    Ok(Json(json!({"digest": d.digest, "rows": d.rows})))
+}
+
+async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = BroadcastStream::new(s.events.subscribe()).map(|e| {
+        Ok(match e {
+            Ok(ev) => SseEvent::default()
+                .event("change")
+                .json_data(&ev)
+                .unwrap_or_default(),
+            // A slow subscriber missed events: tell it, so it can re-read.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                SseEvent::default().event("lagged").data(n.to_string())
+            }
+        })
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    if let Ok(n) = s.store.pending_operations().await {
+        s.metrics.pending_operations.set(n as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}

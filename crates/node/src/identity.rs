@@ -1,0 +1,201 @@
+//! The node's files in its data dir: the client identity (libp2p keypair, from which the
+//! client UUID derives) and the library secret.
+//!
+//! The client UUID is a UUIDv5 of the peer id. Any node can therefore check that a gossip
+//! message's ops were written by the peer that signed it.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use uuid::Uuid;
+
+/// Namespace of client UUIDs derived from peer ids.
+const CLIENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_636c69656e74);
+
+/// The client UUID of a peer.
+pub fn client_uuid(peer: &PeerId) -> Uuid {
+    Uuid::new_v5(&CLIENT_NAMESPACE, &peer.to_bytes())
+}
+
+/// A library's 32-byte secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LibrarySecret(pub [u8; 32]);
+
+impl std::fmt::Debug for LibrarySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LibrarySecret({})", self.library_id())
+    }
+}
+
+impl LibrarySecret {
+    /// A new random secret.
+    pub fn generate() -> Self {
+        LibrarySecret(rand::random())
+    }
+
+    /// Parses 64 hexadecimal characters (surrounding whitespace ignored).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let text = text.trim();
+        if text.len() != 64 {
+            bail!(
+                "a library secret is 64 hexadecimal characters, this one has {}",
+                text.len()
+            );
+        }
+        let bytes = hex::decode(text).context("a library secret is 64 hexadecimal characters")?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&bytes);
+        Ok(LibrarySecret(out))
+    }
+
+    /// Reads a secret file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read library secret file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("bad library secret file {}", path.display()))
+    }
+
+    /// A public id of the library (not secret): the first 16 hex characters of a hash.
+    pub fn library_id(&self) -> String {
+        let h = blake3::keyed_hash(&self.0, b"murmur library id");
+        h.to_hex()[..16].to_owned()
+    }
+
+    /// The hex form written to `library.key`.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// What the data dir holds.
+#[derive(Debug)]
+pub struct DataDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// The node's keypair.
+    pub keypair: Keypair,
+    /// The library secret.
+    pub secret: LibrarySecret,
+    /// Whether this run created the library.
+    pub created_library: bool,
+}
+
+impl DataDir {
+    /// The SQLite file.
+    pub fn database(&self) -> PathBuf {
+        self.path.join("library.db")
+    }
+}
+
+/// Opens the data dir, creating it, the identity and (without `secret_file`) a new library
+/// on the first run.
+pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<DataDir> {
+    fs::create_dir_all(path)
+        .with_context(|| format!("cannot create data dir {}", path.display()))?;
+    let key_path = path.join("identity.key");
+    let keypair = if key_path.exists() {
+        let bytes =
+            fs::read(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+        Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("corrupt identity file {}", key_path.display()))?
+    } else {
+        let kp = Keypair::generate_ed25519();
+        let bytes = kp
+            .to_protobuf_encoding()
+            .context("cannot encode the new identity")?;
+        write_private(&key_path, &bytes)?;
+        kp
+    };
+    let lib_path = path.join("library.key");
+    let (secret, created_library) = match secret_file {
+        Some(f) => {
+            let s = LibrarySecret::read(f)?;
+            if lib_path.exists() {
+                let mine = LibrarySecret::read(&lib_path)?;
+                if mine != s {
+                    bail!(
+                        "{} belongs to library {}, but {} is the secret of library {}: use another data dir",
+                        path.display(),
+                        mine.library_id(),
+                        f.display(),
+                        s.library_id()
+                    );
+                }
+            } else {
+                write_private(&lib_path, format!("{}\n", s.to_hex()).as_bytes())?;
+            }
+            (s, false)
+        }
+        None if lib_path.exists() => (LibrarySecret::read(&lib_path)?, false),
+        None => {
+            let s = LibrarySecret::generate();
+            write_private(&lib_path, format!("{}\n", s.to_hex()).as_bytes())?;
+            (s, true)
+        }
+    };
+    Ok(DataDir {
+        path: path.to_owned(),
+        keypair,
+        secret,
+        created_library,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_parsing() {
+        let s = LibrarySecret::generate();
+        let back = LibrarySecret::parse(&format!("  {}\n", s.to_hex())).unwrap();
+        assert_eq!(back, s);
+        assert!(LibrarySecret::parse("abc").is_err());
+        assert!(LibrarySecret::parse(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn identity_and_library_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open_data_dir(dir.path(), None).unwrap();
+        assert!(a.created_library);
+        let b = open_data_dir(dir.path(), None).unwrap();
+        assert!(!b.created_library);
+        assert_eq!(a.secret, b.secret);
+        assert_eq!(
+            a.keypair.public().to_peer_id(),
+            b.keypair.public().to_peer_id()
+        );
+        let other = dir.path().join("other.key");
+        fs::write(&other, LibrarySecret::generate().to_hex()).unwrap();
+        assert!(
+            open_data_dir(dir.path(), Some(&other)).is_err(),
+            "a data dir keeps its library"
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! The murmur node: wires the store and the swarm, serves the local API.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line and [`Config`].
+//! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret.
+//! - [`protocol`]: gossip and request-response messages.
+//! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning).
+//! - [`api`]: the HTTP API; [`status`]: `/v1/status`; [`metrics`]: Prometheus.
+//! - [`cli`]: the subcommands that talk to a running node.
+//!
+//! [`run`] is what `murmur run` calls; tests start nodes in-process with [`Node::start`].
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod protocol;
+pub mod status;
+pub mod sync;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use libp2p::{Multiaddr, PeerId};
+use murmur_store::{RowEvent, Store, StoreOptions};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span};
+use uuid::Uuid;
+
+pub use config::Config;
+
+use crate::identity::{client_uuid, open_data_dir};
+use crate::metrics::Metrics;
+use crate::sync::{Shared, SyncHandle, SyncLoop, SyncOptions};
+
+/// Subscribers of `/v1/events` that fall this far behind are told they lagged.
+const EVENTS_CAP: usize = 4096;
+
+/// A running node.
+pub struct Node {
+    store: Store,
+    net: sync::Net,
+    sync: SyncHandle,
+    metrics: Arc<Metrics>,
+    events: broadcast::Sender<RowEvent>,
+    api_addr: SocketAddr,
+    library_id: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the data dir and the store, starts the swarm, the sync loop and the API.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let dir = open_data_dir(&config.data_dir, config.library_secret_file.as_deref())?;
+        let peer_id = dir.keypair.public().to_peer_id();
+        let client = client_uuid(&peer_id);
+        let library_id = dir.secret.library_id();
+        if dir.created_library {
+            info!(
+                library = %library_id,
+                secret_file = %config.data_dir.join("library.key").display(),
+                "created a new library; give its secret file to other devices (--library-secret-file) to join"
+            );
+        }
+        let mut opts = StoreOptions::new(dir.database(), client);
+        opts.max_drift = config.max_drift;
+        opts.clock = config.clock.clone();
+        opts.durability = config.durability;
+        let store = Store::open(opts)
+            .await
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+
+        let mut net_config = murmur_p2p::Config::new(
+            dir.keypair.clone(),
+            dir.secret.0,
+            format!("murmur/{library_id}/ops"),
+        );
+        net_config.listen = config.listen.clone();
+        net_config.peers = config.peers.clone();
+        net_config.mdns = config.mdns;
+        let (net, net_events) =
+            murmur_p2p::spawn::<protocol::Request, protocol::Response>(net_config)
+                .context("cannot start the network")?;
+
+        let metrics = Arc::new(Metrics::new());
+        let (events, _) = broadcast::channel(EVENTS_CAP);
+        let shared = Arc::new(Shared::default());
+        let (sync_loop, sync) = SyncLoop::new(
+            store.clone(),
+            net.clone(),
+            net_events,
+            events.clone(),
+            metrics.clone(),
+            shared.clone(),
+            SyncOptions {
+                versions_interval: config.versions_interval,
+                prune_interval: config.prune_interval,
+                stale_after: config.stale_after,
+                gossip_drop_rate: config.gossip_drop_rate,
+            },
+        );
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            sync_loop
+                .run(shutdown_rx.clone())
+                .instrument(info_span!("sync", %client)),
+        ));
+
+        let state = api::AppState {
+            store: store.clone(),
+            sync: sync.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
+            status: Arc::new(status::StatusSource {
+                store: store.clone(),
+                net: net.clone(),
+                shared,
+                library_id: library_id.clone(),
+                stale_after: config.stale_after,
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind(config.api)
+            .await
+            .with_context(|| format!("cannot listen for the API on {}", config.api))?;
+        let api_addr = listener.local_addr()?;
+        let mut rx = shutdown_rx;
+        let app = api::router(state);
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = rx.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("API server failed: {e}");
+            }
+        }));
+        info!(%client, %peer_id, library = %library_id, api = %api_addr, "murmur node started");
+        Ok(Node {
+            store,
+            net,
+            sync,
+            metrics,
+            events,
+            api_addr,
+            library_id,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The store (for reads; write through [`Node::api_addr`] or the `write_*` helpers so
+    /// that writes are published).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The API's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The client UUID.
+    pub fn client_uuid(&self) -> Uuid {
+        self.store.client()
+    }
+
+    /// The peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.net.local_peer_id()
+    }
+
+    /// The library's public id.
+    pub fn library_id(&self) -> &str {
+        &self.library_id
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Row changes as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<RowEvent> {
+        self.events.subscribe()
+    }
+
+    /// The addresses the swarm listens on (with `/p2p/<peer id>`), once it listens.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let id = self.peer_id();
+        self.net
+            .listen_addrs()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(id)))
+            .collect()
+    }
+
+    /// Dials a peer.
+    pub async fn dial(&self, addr: Multiaddr) -> anyhow::Result<()> {
+        self.net
+            .dial(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Publishes ops committed by the store directly (for embedders and tests that write
+    /// through [`Node::store`]).
+    pub async fn publish(&self, ops: Vec<murmur_store::Op>) {
+        self.sync.publish(ops).await;
+    }
+
+    /// Stops the API, the sync loop and the swarm, then closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.net.shutdown().await;
+        self.store.close().await;
+        info!("murmur node stopped");
+    }
+}
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    shutdown.await;
+    info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,83 @@
+//! murmur's messages between nodes: what travels on gossip and over request-response.
+//! CBOR on the wire (ciborium); every decode is bounded by the transport's size limits.
+
+use std::collections::BTreeMap;
+
+use murmur_store::{Op, OpsCursor, OpsPage, SnapshotPosition, SnapshotRow, VersionVector};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The most ops one gossip message carries; a larger write goes out in several messages.
+pub const GOSSIP_OPS_CAP: usize = 512;
+/// Largest gossip payload the node publishes (below the swarm's limit).
+pub const GOSSIP_BYTES_CAP: usize = 256 * 1024;
+/// Page size of a catch-up (ops plus owned rows) and of a snapshot.
+pub const PAGE_SIZE: usize = 5_000;
+/// The most `extra` seqs per author a request carries.
+pub const VV_EXTRA_CAP: usize = 256;
+
+/// A gossip message on the library's topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Gossip {
+    /// New ops of the sender (an `OwnedBatchCreate` travels as its header only).
+    Ops(Vec<Op>),
+    /// The sender's version vector (per author, contiguous seq), sent periodically: a
+    /// heartbeat for the client pool, the input of pruning, and a way to notice lost gossip.
+    Versions {
+        /// Per author, the highest contiguous seq the sender holds.
+        contiguous: BTreeMap<Uuid, u64>,
+        /// Per author, the highest seq pruned from the sender's log.
+        horizon: BTreeMap<Uuid, u64>,
+        /// When it was sent (ms since the UNIX epoch). Gossip ids hash the content, so
+        /// this keeps two announcements of the same vector from being taken as one.
+        sent_at_ms: u64,
+    },
+}
+
+/// A request to a peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// A page of the ops the requester lacks.
+    OpsSince {
+        /// The requester's version vector (its `extra` sets bounded by [`VV_EXTRA_CAP`]).
+        have: VersionVector,
+        /// Where the previous page ended.
+        cursor: OpsCursor,
+        /// Page size wanted (the server caps it).
+        limit: u32,
+    },
+    /// A page of the server's state snapshot.
+    Snapshot {
+        /// Where the previous page ended (None: start, and send the version vector).
+        position: Option<SnapshotPosition>,
+        /// Page size wanted (the server caps it).
+        limit: u32,
+    },
+}
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// A page of ops, with the server's version vector so the requester can tell progress.
+    Ops {
+        /// The page.
+        page: OpsPage,
+        /// The server's contiguous seqs.
+        server: BTreeMap<Uuid, u64>,
+    },
+    /// The requester is behind the server's horizon: it must take a snapshot first.
+    SnapshotRequired,
+    /// A page of the snapshot.
+    Snapshot {
+        /// Rows.
+        rows: Vec<SnapshotRow>,
+        /// Where to continue (None: done).
+        next: Option<SnapshotPosition>,
+        /// On the first page: the version vector the snapshot covers.
+        covers: Option<VersionVector>,
+        /// On the first page: rows in the snapshot, for progress.
+        total_rows: Option<u64>,
+    },
+    /// The request was refused.
+    Error(String),
+}

@@ -1,0 +1,844 @@
+//! The sync loop: bridges the swarm's events into the store and the store's new ops onto
+//! the swarm.
+//!
+//! - Local writes are committed by the API, then handed here and published on gossip.
+//! - Incoming gossip is decoded, checked (authorship, schema) and applied in batches; a gap
+//!   in an author's sequence, an owned batch announced by its header, or a peer that
+//!   announces ops this node lacks, starts a pull from that peer.
+//! - A pull (catch-up) asks the peer for the ops this node lacks, page by page, third
+//!   parties' ops included; a node behind the peer's horizon first takes a snapshot.
+//! - Every node announces its version vector periodically: it is the heartbeat of the
+//!   client pool, the input of pruning, and what makes lost gossip visible.
+//!
+//! One actor owns the peer table; pulls and served requests run in tasks of their own,
+//! bounded by [`PULLS_CAP`] and [`SERVE_CAP`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use murmur_p2p::{Acceptance, Discovery, Event, Handle, Responder};
+use murmur_store::validate::validate_op;
+use murmur_store::wire::{from_cbor, to_cbor};
+use murmur_store::{ApplyReport, Change, Op, OpsCursor, RowEvent, Store, StoreError};
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::identity::client_uuid;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    GOSSIP_BYTES_CAP, GOSSIP_OPS_CAP, Gossip, PAGE_SIZE, Request, Response, VV_EXTRA_CAP,
+};
+
+/// The network handle's type for murmur's messages.
+pub type Net = Handle<Request, Response>;
+/// The network's events.
+pub type NetEvent = Event<Request, Response>;
+
+/// Queue of committed local ops waiting to be published.
+pub const PUBLISH_CAP: usize = 1024;
+/// Pulls running at once.
+pub const PULLS_CAP: usize = 4;
+/// Requests served at once; more are refused with "busy".
+pub const SERVE_CAP: usize = 8;
+/// Gossip events handled before their ops are applied in one transaction.
+const GOSSIP_BATCH_CAP: usize = 256;
+/// Largest gossip message accepted.
+const GOSSIP_DECODE_CAP: usize = 1024 * 1024;
+/// Largest response accepted.
+pub const RESPONSE_DECODE_CAP: usize = 16 * 1024 * 1024;
+
+/// Progress of a long piece of work, shown in `/v1/status` and `murmur status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// The peer it runs with.
+    pub peer_id: String,
+    /// "catch-up" or "snapshot".
+    pub kind: &'static str,
+    /// Items (ops, owned rows or snapshot rows) done.
+    pub done: u64,
+    /// Items expected (an estimate for a catch-up).
+    pub total: u64,
+}
+
+/// What the rest of the node sees of a peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    /// Peer id.
+    pub peer_id: String,
+    /// Its client UUID.
+    pub client_uuid: Uuid,
+    /// Address of the connection.
+    pub address: String,
+    /// How it was found: "mdns", "configured" or "inbound".
+    pub discovery: &'static str,
+}
+
+/// State shared with the API.
+#[derive(Default)]
+pub struct Shared {
+    /// Connected peers.
+    pub peers: Mutex<BTreeMap<PeerId, PeerView>>,
+    /// Running catch-ups and snapshots.
+    pub progress: Mutex<BTreeMap<String, Progress>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The API's handle on the sync loop.
+#[derive(Clone)]
+pub struct SyncHandle {
+    publish: mpsc::Sender<Vec<Op>>,
+}
+
+impl SyncHandle {
+    /// Queues committed ops for gossip. They are durable already: if gossip loses them,
+    /// catch-up delivers them.
+    pub async fn publish(&self, ops: Vec<Op>) {
+        if self.publish.send(ops).await.is_err() {
+            debug!("sync loop stopped; ops stay in the log for catch-up");
+        }
+    }
+}
+
+struct PeerState {
+    client: Uuid,
+    pulling: bool,
+    pull_again: bool,
+}
+
+/// Options of the sync loop.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// How often to announce the version vector.
+    pub versions_interval: Duration,
+    /// How often to prune.
+    pub prune_interval: Duration,
+    /// When a client counts as stale.
+    pub stale_after: Duration,
+    /// Test only: share of incoming gossip to drop.
+    pub gossip_drop_rate: f64,
+}
+
+/// The sync actor.
+pub struct SyncLoop {
+    store: Store,
+    net: Net,
+    events: mpsc::Receiver<NetEvent>,
+    publish: mpsc::Receiver<Vec<Op>>,
+    row_events: broadcast::Sender<RowEvent>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    options: SyncOptions,
+    peers: HashMap<PeerId, PeerState>,
+    pulls: JoinSet<(PeerId, Result<PullSummary, PullError>)>,
+    serving: Arc<Semaphore>,
+    serve_tasks: JoinSet<()>,
+    /// Announced contiguous seqs per author, highest seen from any peer (for sync lag).
+    announced: BTreeMap<Uuid, u64>,
+}
+
+impl SyncLoop {
+    /// Builds the loop and the API's handle on it.
+    pub fn new(
+        store: Store,
+        net: Net,
+        events: mpsc::Receiver<NetEvent>,
+        row_events: broadcast::Sender<RowEvent>,
+        metrics: Arc<Metrics>,
+        shared: Arc<Shared>,
+        options: SyncOptions,
+    ) -> (SyncLoop, SyncHandle) {
+        let (tx, rx) = mpsc::channel(PUBLISH_CAP);
+        (
+            SyncLoop {
+                store,
+                net,
+                events,
+                publish: rx,
+                row_events,
+                metrics,
+                shared,
+                options,
+                peers: HashMap::new(),
+                pulls: JoinSet::new(),
+                serving: Arc::new(Semaphore::new(SERVE_CAP)),
+                serve_tasks: JoinSet::new(),
+                announced: BTreeMap::new(),
+            },
+            SyncHandle { publish: tx },
+        )
+    }
+
+    /// Runs until `shutdown` turns true. Local work first, then the network, then timers.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut versions = tokio::time::interval(self.options.versions_interval);
+        let mut prune = tokio::time::interval(self.options.prune_interval);
+        versions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(ops) = self.publish.recv() => self.handle_publish(ops).await,
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.handle_net_events(ev).await,
+                    None => break,
+                },
+                Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done),
+                Some(_) = self.serve_tasks.join_next(), if !self.serve_tasks.is_empty() => {},
+                _ = versions.tick() => self.announce_versions().await,
+                _ = prune.tick() => self.prune().await,
+            }
+        }
+        // Drain what the API committed before shutdown so it is published if possible.
+        while let Ok(ops) = self.publish.try_recv() {
+            self.handle_publish(ops).await;
+        }
+        self.pulls.abort_all();
+        self.serve_tasks.abort_all();
+    }
+
+    async fn handle_publish(&mut self, mut ops: Vec<Op>) {
+        while let Ok(more) = self.publish.try_recv() {
+            ops.extend(more);
+            if ops.len() >= GOSSIP_OPS_CAP * 4 {
+                break;
+            }
+        }
+        let mut chunk: Vec<Op> = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = to_cbor(&op).len();
+            if !chunk.is_empty()
+                && (chunk.len() >= GOSSIP_OPS_CAP || bytes + size > GOSSIP_BYTES_CAP)
+            {
+                self.publish_ops(std::mem::take(&mut chunk)).await;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(op);
+        }
+        if !chunk.is_empty() {
+            self.publish_ops(chunk).await;
+        }
+    }
+
+    async fn publish_ops(&mut self, ops: Vec<Op>) {
+        let n = ops.len();
+        match self.net.publish(to_cbor(&Gossip::Ops(ops))).await {
+            Ok(outcome) => debug!(ops = n, ?outcome, "published"),
+            // Not fatal: the ops are in the log and catch-up delivers them.
+            Err(e) => debug!(ops = n, "publish failed, catch-up will deliver: {e}"),
+        }
+    }
+
+    async fn handle_net_events(&mut self, first: NetEvent) {
+        let mut pending: Vec<(PeerId, Vec<Op>)> = Vec::new();
+        let mut ev = Some(first);
+        let mut handled = 0;
+        while let Some(e) = ev.take() {
+            self.handle_net_event(e, &mut pending).await;
+            handled += 1;
+            if handled < GOSSIP_BATCH_CAP
+                && let Ok(next) = self.events.try_recv()
+            {
+                ev = Some(next);
+            }
+        }
+        if !pending.is_empty() {
+            self.apply_gossip(pending).await;
+        }
+    }
+
+    async fn handle_net_event(&mut self, ev: NetEvent, pending: &mut Vec<(PeerId, Vec<Op>)>) {
+        match ev {
+            Event::PeerConnected {
+                peer_id,
+                address,
+                discovery,
+            } => self.on_connected(peer_id, address, discovery).await,
+            Event::PeerDisconnected { peer_id } => {
+                self.peers.remove(&peer_id);
+                lock(&self.shared.peers).remove(&peer_id);
+                self.metrics.peers_connected.set(self.peers.len() as i64);
+                info!(%peer_id, "peer disconnected");
+            }
+            Event::Gossip {
+                source,
+                propagation_source,
+                message_id,
+                data,
+            } => {
+                self.metrics.gossip_received.inc();
+                if self.options.gossip_drop_rate > 0.0
+                    && rand::random::<f64>() < self.options.gossip_drop_rate
+                {
+                    self.metrics.gossip_dropped.inc();
+                    self.net
+                        .report_validation(message_id, propagation_source, Acceptance::Ignore)
+                        .await;
+                    return;
+                }
+                let verdict = self.check_gossip(source, &data);
+                match verdict {
+                    Ok(Gossip::Ops(ops)) => {
+                        self.net
+                            .report_validation(message_id, propagation_source, Acceptance::Accept)
+                            .await;
+                        pending.push((propagation_source, ops));
+                    }
+                    Ok(Gossip::Versions { contiguous, .. }) => {
+                        self.net
+                            .report_validation(message_id, propagation_source, Acceptance::Accept)
+                            .await;
+                        self.on_versions(source, contiguous).await;
+                    }
+                    Err(reason) => {
+                        debug!(%source, "gossip rejected: {reason}");
+                        self.net
+                            .report_validation(message_id, propagation_source, Acceptance::Reject)
+                            .await;
+                    }
+                }
+            }
+            Event::InboundRequest {
+                peer_id,
+                request,
+                responder,
+            } => self.serve(peer_id, request, responder).await,
+            // A peer that just subscribed may have missed what was published a moment ago.
+            Event::Subscribed { peer_id } => self.start_pull(peer_id),
+            Event::ConnectionFailed {
+                peer_id,
+                address,
+                reason,
+                probable_key_mismatch,
+            } => {
+                if probable_key_mismatch {
+                    warn!(
+                        ?peer_id,
+                        ?address,
+                        "connection failed, probably another library's secret: {reason}"
+                    );
+                } else {
+                    debug!(?peer_id, ?address, "connection failed: {reason}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Decodes and checks a gossip message: size, CBOR, that its ops are the signer's own,
+    /// and their schema.
+    fn check_gossip(&self, source: PeerId, data: &[u8]) -> Result<Gossip, String> {
+        let msg: Gossip = from_cbor(data, GOSSIP_DECODE_CAP, "gossip message").map_err(|e| {
+            self.metrics.reject("decode");
+            e.to_string()
+        })?;
+        if let Gossip::Ops(ops) = &msg {
+            let author = client_uuid(&source);
+            for op in ops {
+                if op.author != author {
+                    self.metrics.reject("forged_author");
+                    return Err(format!(
+                        "op {} claims author {} but was signed by {author}",
+                        op.id(),
+                        op.author
+                    ));
+                }
+                if let Err((reason, why)) = validate_op(self.store.registry(), op) {
+                    self.metrics.reject(reason.label());
+                    return Err(why);
+                }
+            }
+        }
+        Ok(msg)
+    }
+
+    async fn apply_gossip(&mut self, pending: Vec<(PeerId, Vec<Op>)>) {
+        let mut from: HashMap<Uuid, PeerId> = HashMap::new();
+        let mut changes = Vec::new();
+        for (peer, ops) in pending {
+            for op in ops {
+                from.insert(op.author, peer);
+                changes.push(Change::Op(op));
+            }
+        }
+        let authors: Vec<Uuid> = from.keys().copied().collect();
+        match self.store.apply(changes).await {
+            Ok(report) => {
+                self.account(&report, "gossip");
+                // An owned batch announced by its header, or a gap: pull from who sent it.
+                let mut pull_from: Vec<PeerId> = Vec::new();
+                for op in &report.needs_rows {
+                    pull_from.extend(from.get(&op.author));
+                }
+                let vv = self.store.version_vector();
+                for a in authors {
+                    if vv.authors.get(&a).is_some_and(|v| !v.extra.is_empty()) {
+                        pull_from.extend(from.get(&a));
+                    }
+                }
+                if report
+                    .rejected
+                    .iter()
+                    .any(|(_, r, _)| *r == murmur_store::RejectReason::Drift)
+                {
+                    debug!(
+                        "ops beyond the drift bound: the next announcement will pull them again"
+                    );
+                }
+                pull_from.sort();
+                pull_from.dedup();
+                for p in pull_from {
+                    self.start_pull(p);
+                }
+            }
+            Err(e) => warn!("applying gossip failed: {e}"),
+        }
+    }
+
+    fn account(&self, report: &ApplyReport, source: &str) {
+        account(&self.metrics, &self.row_events, report, source);
+    }
+
+    async fn on_connected(&mut self, peer_id: PeerId, address: Multiaddr, discovery: Discovery) {
+        let client = client_uuid(&peer_id);
+        let how = match discovery {
+            Discovery::Mdns => "mdns",
+            Discovery::Configured => "configured",
+            Discovery::Inbound => "inbound",
+        };
+        info!(%peer_id, %client, %address, discovery = how, "peer connected");
+        lock(&self.shared.peers).insert(
+            peer_id,
+            PeerView {
+                peer_id: peer_id.to_string(),
+                client_uuid: client,
+                address: address.to_string(),
+                discovery: how,
+            },
+        );
+        self.peers.entry(peer_id).or_insert(PeerState {
+            client,
+            pulling: false,
+            pull_again: false,
+        });
+        self.metrics.peers_connected.set(self.peers.len() as i64);
+        if let Err(e) = self
+            .store
+            .touch_client(client, Some(&peer_id.to_string()))
+            .await
+        {
+            warn!("client pool: {e}");
+        }
+        self.start_pull(peer_id);
+    }
+
+    async fn on_versions(&mut self, source: PeerId, contiguous: BTreeMap<Uuid, u64>) {
+        let client = client_uuid(&source);
+        if let Err(e) = self
+            .store
+            .touch_client(client, Some(&source.to_string()))
+            .await
+        {
+            warn!("client pool: {e}");
+        }
+        if let Err(e) = self.store.record_client_version(client, &contiguous).await {
+            warn!("client pool: {e}");
+        }
+        let mine = self.store.version_vector();
+        let mut behind = false;
+        for (a, s) in &contiguous {
+            let cur = self.announced.entry(*a).or_default();
+            *cur = (*cur).max(*s);
+            if mine.contiguous(a) < *s {
+                behind = true;
+            }
+        }
+        self.update_lag();
+        if behind && self.peers.contains_key(&source) {
+            self.start_pull(source);
+        }
+    }
+
+    fn update_lag(&self) {
+        let mine = self.store.version_vector();
+        let lag: u64 = self
+            .announced
+            .iter()
+            .map(|(a, s)| s.saturating_sub(mine.contiguous(a)))
+            .sum();
+        self.metrics.sync_lag_ops.set(lag as i64);
+    }
+
+    async fn announce_versions(&mut self) {
+        let vv = self.store.version_vector();
+        let msg = Gossip::Versions {
+            contiguous: vv.contiguous_map(),
+            horizon: self.store.horizon(),
+            sent_at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+        };
+        if let Err(e) = self.net.publish(to_cbor(&msg)).await {
+            debug!("announce failed: {e}");
+        }
+        self.update_lag();
+        match self.store.pending_operations().await {
+            Ok(n) => {
+                self.metrics.pending_operations.set(n as i64);
+            }
+            Err(e) => warn!("cannot count the log: {e}"),
+        }
+    }
+
+    async fn prune(&mut self) {
+        let horizon = match self.store.prune_horizon(self.options.stale_after).await {
+            Ok(h) => h,
+            Err(e) => return warn!("cannot compute the pruning horizon: {e}"),
+        };
+        match self.store.prune(&horizon).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.ops_pruned.inc_by(n);
+                info!(ops = n, "pruned the log");
+            }
+            Err(e) => warn!("pruning failed: {e}"),
+        }
+    }
+
+    fn start_pull(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.pulling {
+            state.pull_again = true;
+            return;
+        }
+        if self.pulls.len() >= PULLS_CAP {
+            state.pull_again = true;
+            return;
+        }
+        state.pulling = true;
+        state.pull_again = false;
+        let puller = Puller {
+            store: self.store.clone(),
+            net: self.net.clone(),
+            peer,
+            client: state.client,
+            metrics: self.metrics.clone(),
+            row_events: self.row_events.clone(),
+            shared: self.shared.clone(),
+        };
+        self.pulls
+            .spawn(async move { (peer, puller.run().await) }.instrument(info_span!("pull", %peer)));
+    }
+
+    fn handle_pull_done(
+        &mut self,
+        done: Result<(PeerId, Result<PullSummary, PullError>), tokio::task::JoinError>,
+    ) {
+        let Ok((peer, result)) = done else { return };
+        match result {
+            Ok(s) if s.items > 0 => {
+                info!(%peer, ops = s.ops, rows = s.items - s.ops, snapshot = s.snapshot, ms = s.elapsed.as_millis() as u64, "caught up")
+            }
+            Ok(_) => debug!(%peer, "already up to date"),
+            Err(e) => debug!(%peer, "pull failed: {e}"),
+        }
+        self.update_lag();
+        let again = self.peers.get_mut(&peer).map(|s| {
+            s.pulling = false;
+            s.pull_again
+        });
+        if again == Some(true) {
+            self.start_pull(peer);
+        }
+        // Pulls that waited for a free slot.
+        let waiting: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.pull_again && !s.pulling)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in waiting {
+            self.start_pull(p);
+        }
+    }
+
+    async fn serve(&mut self, peer: PeerId, request: Request, responder: Responder<Response>) {
+        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
+            self.metrics.reject("busy");
+            let _ = responder
+                .respond(Response::Error("busy: too many requests, try again".into()))
+                .await;
+            return;
+        };
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        self.serve_tasks.spawn(
+            async move {
+                let resp = serve_request(&store, request).await.unwrap_or_else(|e| {
+                    warn!("serving a request failed: {e}");
+                    Response::Error(e.to_string())
+                });
+                metrics.requests_served.inc();
+                if let Err(e) = responder.respond(resp).await {
+                    debug!("cannot answer: {e}");
+                }
+                drop(permit);
+            }
+            .instrument(info_span!("serve", %peer)),
+        );
+    }
+}
+
+fn account(
+    metrics: &Metrics,
+    row_events: &broadcast::Sender<RowEvent>,
+    report: &ApplyReport,
+    source: &str,
+) {
+    metrics.applied(source, report.applied);
+    metrics.rows_applied.inc_by(report.rows as u64);
+    metrics.ops_duplicate.inc_by(report.duplicates as u64);
+    for (id, reason, why) in &report.rejected {
+        metrics.reject(reason.label());
+        debug!(op = %id, "rejected: {why}");
+    }
+    for e in &report.events {
+        // No subscriber is fine.
+        let _ = row_events.send(e.clone());
+    }
+}
+
+/// Answers a peer's request from the store.
+pub async fn serve_request(store: &Store, request: Request) -> Result<Response, StoreError> {
+    Ok(match request {
+        Request::OpsSince {
+            have,
+            cursor,
+            limit,
+        } => {
+            if store.needs_snapshot(&have) {
+                Response::SnapshotRequired
+            } else {
+                let limit = (limit as usize).clamp(1, PAGE_SIZE);
+                let page = store.ops_since(&have, &cursor, limit).await?;
+                Response::Ops {
+                    page,
+                    server: store.version_vector().contiguous_map(),
+                }
+            }
+        }
+        Request::Snapshot { position, limit } => {
+            let limit = (limit as usize).clamp(1, PAGE_SIZE);
+            // The version vector is read before the first page, so the snapshot covers it.
+            let (covers, total_rows) = if position.is_none() {
+                let vv = store.version_vector();
+                let mut total = 0;
+                for def in store.registry().iter() {
+                    total += store.count_rows(&def.name).await?;
+                }
+                (Some(vv), Some(total))
+            } else {
+                (None, None)
+            };
+            let (rows, next) = store.snapshot_page(position.as_ref(), limit).await?;
+            Response::Snapshot {
+                rows,
+                next,
+                covers,
+                total_rows,
+            }
+        }
+    })
+}
+
+/// Why a pull stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The request failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The peer refused.
+    #[error("peer refused: {0}")]
+    Refused(String),
+    /// The peer answered something unexpected.
+    #[error("unexpected response")]
+    Unexpected,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a pull did.
+#[derive(Debug, Default)]
+pub struct PullSummary {
+    /// Ops applied.
+    pub ops: u64,
+    /// Items received (ops, rows, snapshot rows).
+    pub items: u64,
+    /// Whether a snapshot was imported.
+    pub snapshot: bool,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// One catch-up with one peer.
+struct Puller {
+    store: Store,
+    net: Net,
+    peer: PeerId,
+    client: Uuid,
+    metrics: Arc<Metrics>,
+    row_events: broadcast::Sender<RowEvent>,
+    shared: Arc<Shared>,
+}
+
+impl Puller {
+    async fn run(self) -> Result<PullSummary, PullError> {
+        let key = self.peer.to_string();
+        let res = self.pull().await;
+        lock(&self.shared.progress).remove(&key);
+        if res.is_ok() {
+            self.metrics.catchups.inc();
+            if let Err(e) = self.store.mark_synchronized(self.client).await {
+                warn!("client pool: {e}");
+            }
+        }
+        res
+    }
+
+    fn progress(&self, kind: &'static str, done: u64, total: u64) {
+        let key = self.peer.to_string();
+        lock(&self.shared.progress).insert(
+            key.clone(),
+            Progress {
+                peer_id: key,
+                kind,
+                done,
+                total: total.max(done),
+            },
+        );
+    }
+
+    async fn request(&self, req: Request) -> Result<Response, PullError> {
+        match self.net.request(self.peer, req).await {
+            Ok(Response::Error(e)) => Err(PullError::Refused(e)),
+            Ok(r) => Ok(r),
+            Err(e) => Err(PullError::Request(e.to_string())),
+        }
+    }
+
+    async fn pull(&self) -> Result<PullSummary, PullError> {
+        let started = Instant::now();
+        let mut summary = PullSummary::default();
+        let mut cursor = OpsCursor::default();
+        let mut total: Option<u64> = None;
+        let mut last_log = Instant::now();
+        loop {
+            let have = self.store.version_vector().truncated(VV_EXTRA_CAP);
+            let resp = self
+                .request(Request::OpsSince {
+                    have: have.clone(),
+                    cursor: cursor.clone(),
+                    limit: PAGE_SIZE as u32,
+                })
+                .await?;
+            match resp {
+                Response::SnapshotRequired => {
+                    if summary.snapshot {
+                        // A second snapshot in one pull would loop: stop and retry later.
+                        return Err(PullError::Refused(
+                            "still behind the horizon after a snapshot".into(),
+                        ));
+                    }
+                    self.snapshot(&mut summary).await?;
+                    cursor = OpsCursor::default();
+                }
+                Response::Ops { page, server } => {
+                    let total = *total.get_or_insert_with(|| {
+                        server
+                            .iter()
+                            .map(|(a, s)| s.saturating_sub(have.contiguous(a)))
+                            .sum()
+                    });
+                    let items: u64 = page.changes.iter().map(|c| c.weight() as u64).sum();
+                    if !page.changes.is_empty() {
+                        let report = self.store.apply(page.changes).await?;
+                        account(&self.metrics, &self.row_events, &report, "catchup");
+                        summary.ops += report.applied as u64;
+                        summary.items += items;
+                    }
+                    self.progress("catch-up", summary.items, total);
+                    if total > PAGE_SIZE as u64 && last_log.elapsed() > Duration::from_secs(1) {
+                        info!(done = summary.items, total, "catching up");
+                        last_log = Instant::now();
+                    }
+                    match page.next {
+                        Some(next) => cursor = next,
+                        None => break,
+                    }
+                }
+                _ => return Err(PullError::Unexpected),
+            }
+        }
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    async fn snapshot(&self, summary: &mut PullSummary) -> Result<(), PullError> {
+        info!(peer = %self.peer, "behind the peer's log horizon: taking a state snapshot");
+        let mut position = None;
+        let mut covers = None;
+        let mut total = 0;
+        let mut done = 0u64;
+        let mut last_log = Instant::now();
+        loop {
+            let resp = self
+                .request(Request::Snapshot {
+                    position: position.clone(),
+                    limit: PAGE_SIZE as u32,
+                })
+                .await?;
+            let Response::Snapshot {
+                rows,
+                next,
+                covers: c,
+                total_rows,
+            } = resp
+            else {
+                return Err(PullError::Unexpected);
+            };
+            if position.is_none() {
+                covers = c;
+                total = total_rows.unwrap_or(0);
+            }
+            done += rows.len() as u64;
+            self.store.import_snapshot_page(rows).await?;
+            self.progress("snapshot", done, total);
+            if last_log.elapsed() > Duration::from_secs(1) {
+                info!(done, total, "importing snapshot");
+                last_log = Instant::now();
+            }
+            match next {
+                Some(n) => position = Some(n),
+                None => break,
+            }
+        }
+        let covers = covers.ok_or(PullError::Unexpected)?;
+        self.store.finish_snapshot(&covers).await?;
+        self.metrics.snapshots_imported.inc();
+        info!(rows = done, "snapshot imported");
+        summary.items += done;
+        summary.snapshot = true;
+        Ok(())
+    }
+}
