@@ -24,6 +24,7 @@ pub mod sync;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use libp2p::{Multiaddr, PeerId};
@@ -53,6 +54,7 @@ pub struct Node {
     library_id: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    drop_rate: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -90,6 +92,7 @@ impl Node {
                 .context("cannot start the network")?;
 
         let metrics = Arc::new(Metrics::new());
+        let drop_rate = Arc::new(AtomicU64::new(config.gossip_drop_rate.to_bits()));
         let (events, _) = broadcast::channel(EVENTS_CAP);
         let shared = Arc::new(Shared::default());
         let (sync_loop, sync) = SyncLoop::new(
@@ -103,7 +106,7 @@ impl Node {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
                 stale_after: config.stale_after,
-                gossip_drop_rate: config.gossip_drop_rate,
+                gossip_drop_rate: drop_rate.clone(),
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -152,6 +155,7 @@ impl Node {
             library_id,
             shutdown,
             tasks,
+            drop_rate,
         })
     }
 
@@ -186,6 +190,11 @@ impl Node {
         &self.metrics
     }
 
+    /// The network layer's counters (gossip and request-response messages and bytes).
+    pub fn net_stats(&self) -> murmur_p2p::Stats {
+        self.net.stats()
+    }
+
     /// Row changes as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<RowEvent> {
         self.events.subscribe()
@@ -201,6 +210,29 @@ impl Node {
             .into_iter()
             .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(id)))
             .collect()
+    }
+
+    /// Refuses a peer until [`Node::unblock`]: closes its connections and denies new ones
+    /// (used to partition a library in tests).
+    pub async fn block(&self, peer: PeerId) -> anyhow::Result<()> {
+        self.net
+            .block(peer)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Accepts a blocked peer again.
+    pub async fn unblock(&self, peer: PeerId) -> anyhow::Result<()> {
+        self.net
+            .unblock(peer)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Test only: drops this share of incoming gossip from now on (0.0 to stop).
+    pub fn set_gossip_drop_rate(&self, rate: f64) {
+        self.drop_rate
+            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     }
 
     /// Dials a peer.

@@ -14,14 +14,15 @@
 //! bounded by [`PULLS_CAP`] and [`SERVE_CAP`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::{Acceptance, Discovery, Event, Handle, Responder};
-use murmur_store::validate::validate_op;
+use murmur_store::validate::{MAX_SEQ, validate_op};
 use murmur_store::wire::{from_cbor, to_cbor};
-use murmur_store::{ApplyReport, Change, Op, OpsCursor, RowEvent, Store, StoreError};
+use murmur_store::{ApplyReport, Change, Op, OpsCursor, Registry, RowEvent, Store, StoreError};
 use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -49,6 +50,8 @@ pub const SERVE_CAP: usize = 8;
 const GOSSIP_BATCH_CAP: usize = 256;
 /// Largest gossip message accepted.
 const GOSSIP_DECODE_CAP: usize = 1024 * 1024;
+/// Most authors a version announcement may list (each of `contiguous` and `horizon`).
+pub const VERSIONS_AUTHORS_CAP: usize = 4096;
 /// Largest response accepted.
 pub const RESPONSE_DECODE_CAP: usize = 16 * 1024 * 1024;
 
@@ -122,8 +125,8 @@ pub struct SyncOptions {
     pub prune_interval: Duration,
     /// When a client counts as stale.
     pub stale_after: Duration,
-    /// Test only: share of incoming gossip to drop.
-    pub gossip_drop_rate: f64,
+    /// Test only: share of incoming gossip to drop (f64 bits; changeable at run time).
+    pub gossip_drop_rate: Arc<AtomicU64>,
 }
 
 /// The sync actor.
@@ -277,9 +280,9 @@ impl SyncLoop {
                 data,
             } => {
                 self.metrics.gossip_received.inc();
-                if self.options.gossip_drop_rate > 0.0
-                    && rand::random::<f64>() < self.options.gossip_drop_rate
-                {
+                let drop_rate =
+                    f64::from_bits(self.options.gossip_drop_rate.load(Ordering::Relaxed));
+                if drop_rate > 0.0 && rand::random::<f64>() < drop_rate {
                     self.metrics.gossip_dropped.inc();
                     self.net
                         .report_validation(message_id, propagation_source, Acceptance::Ignore)
@@ -335,31 +338,15 @@ impl SyncLoop {
         }
     }
 
-    /// Decodes and checks a gossip message: size, CBOR, that its ops are the signer's own,
-    /// and their schema.
+    /// Decodes and checks a gossip message (see [`check_gossip_message`]) and counts a
+    /// refusal under its reason.
     fn check_gossip(&self, source: PeerId, data: &[u8]) -> Result<Gossip, String> {
-        let msg: Gossip = from_cbor(data, GOSSIP_DECODE_CAP, "gossip message").map_err(|e| {
-            self.metrics.reject("decode");
-            e.to_string()
-        })?;
-        if let Gossip::Ops(ops) = &msg {
-            let author = client_uuid(&source);
-            for op in ops {
-                if op.author != author {
-                    self.metrics.reject("forged_author");
-                    return Err(format!(
-                        "op {} claims author {} but was signed by {author}",
-                        op.id(),
-                        op.author
-                    ));
-                }
-                if let Err((reason, why)) = validate_op(self.store.registry(), op) {
-                    self.metrics.reject(reason.label());
-                    return Err(why);
-                }
-            }
-        }
-        Ok(msg)
+        check_gossip_message(self.store.registry(), client_uuid(&source), data).map_err(
+            |(label, why)| {
+                self.metrics.reject(label);
+                why
+            },
+        )
     }
 
     async fn apply_gossip(&mut self, pending: Vec<(PeerId, Vec<Op>)>) {
@@ -475,7 +462,7 @@ impl SyncLoop {
             .announced
             .iter()
             .map(|(a, s)| s.saturating_sub(mine.contiguous(a)))
-            .sum();
+            .fold(0u64, u64::saturating_add);
         self.metrics.sync_lag_ops.set(lag as i64);
     }
 
@@ -584,10 +571,20 @@ impl SyncLoop {
         let metrics = self.metrics.clone();
         self.serve_tasks.spawn(
             async move {
-                let resp = serve_request(&store, request).await.unwrap_or_else(|e| {
-                    warn!("serving a request failed: {e}");
-                    Response::Error(e.to_string())
-                });
+                let resp = match serve_request(&store, request).await {
+                    Ok(resp) => resp,
+                    // A request naming what does not exist (a resource, a position): the
+                    // peer's fault, counted, not a warning.
+                    Err(e) if e.is_bad_input() => {
+                        metrics.reject("bad_request");
+                        debug!("refused a request: {e}");
+                        Response::Error(e.to_string())
+                    }
+                    Err(e) => {
+                        warn!("serving a request failed: {e}");
+                        Response::Error(e.to_string())
+                    }
+                };
                 metrics.requests_served.inc();
                 if let Err(e) = responder.respond(resp).await {
                     debug!("cannot answer: {e}");
@@ -597,6 +594,72 @@ impl SyncLoop {
             .instrument(info_span!("serve", %peer)),
         );
     }
+}
+
+/// Decodes and checks a gossip message signed by `author` without side effects: size and
+/// CBOR, the number of ops, that every op is the signer's own, each op's schema, and the
+/// bounds of a version announcement. A refusal carries its metric label and the reason.
+///
+/// Timestamps are not checked here: an op far in the future is refused by the store's drift
+/// check when applied (counted as `drift`, no penalty: an honest clock can be wrong), and an
+/// op at time 0 is applied as a very old write that loses every last-writer-wins merge.
+pub fn check_gossip_message(
+    registry: &Registry,
+    author: Uuid,
+    data: &[u8],
+) -> Result<Gossip, (&'static str, String)> {
+    let msg: Gossip = from_cbor(data, GOSSIP_DECODE_CAP, "gossip message")
+        .map_err(|e| ("decode", e.to_string()))?;
+    match &msg {
+        Gossip::Ops(ops) => {
+            if ops.len() > GOSSIP_OPS_CAP {
+                return Err((
+                    "oversized",
+                    format!("{} ops in one message, limit {GOSSIP_OPS_CAP}", ops.len()),
+                ));
+            }
+            for op in ops {
+                if op.author != author {
+                    return Err((
+                        "forged_author",
+                        format!(
+                            "op {} claims author {} but was signed by {author}",
+                            op.id(),
+                            op.author
+                        ),
+                    ));
+                }
+                validate_op(registry, op).map_err(|(reason, why)| (reason.label(), why))?;
+            }
+        }
+        Gossip::Versions {
+            contiguous,
+            horizon,
+            ..
+        } => {
+            if contiguous.len() > VERSIONS_AUTHORS_CAP || horizon.len() > VERSIONS_AUTHORS_CAP {
+                return Err((
+                    "oversized",
+                    format!(
+                        "version announcement of {} and {} authors, limit {VERSIONS_AUTHORS_CAP}",
+                        contiguous.len(),
+                        horizon.len()
+                    ),
+                ));
+            }
+            if let Some((a, s)) = contiguous
+                .iter()
+                .chain(horizon)
+                .find(|(_, s)| **s > MAX_SEQ)
+            {
+                return Err((
+                    "malformed",
+                    format!("version announcement with seq {s} for {a}, above {MAX_SEQ}"),
+                ));
+            }
+        }
+    }
+    Ok(msg)
 }
 
 fn account(
@@ -768,7 +831,7 @@ impl Puller {
                         server
                             .iter()
                             .map(|(a, s)| s.saturating_sub(have.contiguous(a)))
-                            .sum()
+                            .fold(0u64, u64::saturating_add)
                     });
                     let items: u64 = page.changes.iter().map(|c| c.weight() as u64).sum();
                     if !page.changes.is_empty() {
@@ -840,5 +903,74 @@ impl Puller {
         summary.items += done;
         summary.snapshot = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use murmur_store::Method;
+
+    fn op(author: Uuid, seq: u64) -> Op {
+        Op {
+            author,
+            seq,
+            time: 1,
+            method: Method::SharedDelete,
+            resource: "tags".into(),
+            uuid: Some(Uuid::from_u128(9)),
+            property: None,
+            value: None,
+            fields: BTreeMap::new(),
+            count: None,
+        }
+    }
+
+    fn check(author: Uuid, msg: &Gossip) -> Result<Gossip, (&'static str, String)> {
+        check_gossip_message(&Registry::default_library(), author, &to_cbor(msg))
+    }
+
+    #[test]
+    fn gossip_ops_must_be_few_and_the_signers_own() {
+        let me = Uuid::from_u128(1);
+        assert!(check(me, &Gossip::Ops(vec![op(me, 1)])).is_ok());
+        let many = (1..=GOSSIP_OPS_CAP as u64 + 1).map(|s| op(me, s)).collect();
+        assert_eq!(check(me, &Gossip::Ops(many)).unwrap_err().0, "oversized");
+        let forged = Gossip::Ops(vec![op(Uuid::from_u128(2), 1)]);
+        assert_eq!(check(me, &forged).unwrap_err().0, "forged_author");
+        assert_eq!(
+            check(me, &Gossip::Ops(vec![op(me, 0)])).unwrap_err().0,
+            "malformed"
+        );
+        let r = check_gossip_message(&Registry::default_library(), me, b"\xff");
+        assert_eq!(r.unwrap_err().0, "decode");
+    }
+
+    /// Regression: announcements of `u64::MAX` for a few authors made the lag sum overflow
+    /// (a panic in the sync loop in debug builds); they are refused now, and the sums
+    /// saturate anyway.
+    #[test]
+    fn version_announcements_are_bounded() {
+        let me = Uuid::from_u128(1);
+        let versions = |n: u128, seq: u64| Gossip::Versions {
+            contiguous: (0..n).map(|i| (Uuid::from_u128(i + 1), seq)).collect(),
+            horizon: BTreeMap::new(),
+            sent_at_ms: 0,
+        };
+        assert!(check(me, &versions(3, 10)).is_ok());
+        assert_eq!(
+            check(me, &versions(3, u64::MAX)).unwrap_err().0,
+            "malformed"
+        );
+        assert_eq!(
+            check(me, &versions(VERSIONS_AUTHORS_CAP as u128 + 1, 1))
+                .unwrap_err()
+                .0,
+            "oversized"
+        );
+        let total = [u64::MAX, u64::MAX, u64::MAX]
+            .into_iter()
+            .fold(0u64, u64::saturating_add);
+        assert_eq!(total, u64::MAX);
     }
 }

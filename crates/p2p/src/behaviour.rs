@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::Transport as _;
 use libp2p::{
-    Swarm, SwarmBuilder, connection_limits,
+    Swarm, SwarmBuilder, allow_block_list, connection_limits,
     core::upgrade::Version,
     dns, gossipsub, identify, mdns, noise, ping,
     pnet::{PnetConfig, PreSharedKey},
@@ -37,6 +37,8 @@ where
     Req: Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static,
     Resp: Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static,
 {
+    /// Peers this node refuses (a partition, or a device the user turned away).
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) request_response: request_response::Behaviour<CborCodec<Req, Resp>>,
@@ -163,6 +165,7 @@ where
         .with_max_pending_outgoing(Some(32));
 
     let behaviour = Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(limits),
         gossipsub,
         request_response,

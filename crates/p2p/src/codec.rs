@@ -137,6 +137,15 @@ where
         .map_err(|e| CodecError::Malformed(e.to_string()).into_io())
 }
 
+/// Reads one frame from `bytes` exactly as an inbound stream is read (length prefix, `max`
+/// body bytes at most, CBOR body). For the fuzz targets; not part of the API.
+#[doc(hidden)]
+pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8], max: usize) -> io::Result<T> {
+    let counters = Counters::default();
+    let mut io = futures::io::Cursor::new(bytes);
+    futures::executor::block_on(read_frame(&mut io, max, &counters))
+}
+
 impl<Req, Resp> libp2p::request_response::Codec for CborCodec<Req, Resp>
 where
     Req: Serialize + DeserializeOwned + Send,

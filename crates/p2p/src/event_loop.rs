@@ -203,6 +203,12 @@ where
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Command::Block { peer } => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Unblock { peer } => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
             // Handled in `run`.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());

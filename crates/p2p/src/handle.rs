@@ -175,6 +175,12 @@ pub(crate) enum Command<Req, Resp> {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Block {
+        peer: PeerId,
+    },
+    Unblock {
+        peer: PeerId,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -279,6 +285,23 @@ impl<Req, Resp> Handle<Req, Resp> {
             .await
             .map_err(|_| RequestError::Shutdown)?;
         rx.await.map_err(|_| RequestError::Shutdown)?
+    }
+
+    /// Refuses a peer: its connections are closed and new ones (either way) are denied
+    /// until [`Handle::unblock`]. Tests use it to partition a library.
+    pub async fn block(&self, peer: PeerId) -> Result<(), P2pError> {
+        self.commands
+            .send(Command::Block { peer })
+            .await
+            .map_err(|_| P2pError::Shutdown)
+    }
+
+    /// Accepts a blocked peer again (the caller dials it if it wants a connection now).
+    pub async fn unblock(&self, peer: PeerId) -> Result<(), P2pError> {
+        self.commands
+            .send(Command::Unblock { peer })
+            .await
+            .map_err(|_| P2pError::Shutdown)
     }
 
     /// Dials `addr` (with or without `/p2p/<id>`). Returns once the dial has started; the

@@ -48,6 +48,8 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument;
 
 pub use codec::SYNC_PROTOCOL;
+#[doc(hidden)]
+pub use codec::decode_frame;
 pub use config::Config;
 pub use error::{P2pError, RequestError};
 pub use handle::{Acceptance, Discovery, Event, Handle, PeerInfo, PublishOutcome, Responder};

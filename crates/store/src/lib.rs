@@ -31,6 +31,7 @@ pub mod registry;
 mod sql;
 pub mod store;
 mod sync;
+pub mod testkit;
 pub mod validate;
 pub mod value;
 pub mod wire;

@@ -364,6 +364,11 @@ impl Store {
                     reason: why,
                 },
             )?;
+            // Registers from a snapshot are checked for drift like the ops they stand for:
+            // one far in the future would otherwise win every merge for good.
+            for ts in snapshot_timestamps(r) {
+                self.inner.clock.observe(ts)?;
+            }
         }
         let store = self.clone();
         tokio::spawn(async move {
@@ -381,6 +386,10 @@ impl Store {
 
     /// Ends a snapshot import: this replica now holds every op `vv` covers.
     pub async fn finish_snapshot(&self, vv: &VersionVector) -> Result<(), StoreError> {
+        crate::validate::validate_version_vector(vv).map_err(|(_, why)| StoreError::Decode {
+            what: "snapshot version vector",
+            reason: why,
+        })?;
         let vv = vv.clone();
         let store = self.clone();
         tokio::spawn(async move {
@@ -428,6 +437,18 @@ impl Store {
             digest: h.finalize().to_hex().to_string(),
             rows,
         })
+    }
+}
+
+/// Every timestamp a snapshot row carries.
+fn snapshot_timestamps(r: &SnapshotRow) -> Vec<Hlc> {
+    match r {
+        SnapshotRow::Shared {
+            exists_ts, props, ..
+        } => std::iter::once(*exists_ts)
+            .chain(props.iter().map(|(_, ts, _)| *ts))
+            .collect(),
+        SnapshotRow::Owned { ts, .. } | SnapshotRow::OwnedTombstone { ts, .. } => vec![*ts],
     }
 }
 

@@ -1,7 +1,7 @@
 //! Checks of ops that arrive from the network against the registry: everything an op needs
 //! to be applied safely, before any of it touches SQLite.
 
-use crate::op::{Change, Method, Op, RejectReason, SnapshotRow};
+use crate::op::{Change, Method, Op, RejectReason, SnapshotRow, VersionVector};
 use crate::registry::{Kind, Registry};
 
 /// The largest sequence number SQLite can store (it is an i64 there).
@@ -196,4 +196,44 @@ pub fn validate_snapshot_row(
         }
     }
     Ok(())
+}
+
+/// Checks a version vector that came from a peer (the `covers` of a snapshot): every seq
+/// within what SQLite stores, so that raising this replica's vector to it cannot overflow.
+pub fn validate_version_vector(vv: &VersionVector) -> Result<(), (RejectReason, String)> {
+    for (author, v) in &vv.authors {
+        let top = v.extra.last().copied().unwrap_or(0).max(v.contiguous);
+        if top > MAX_SEQ {
+            return Err((
+                RejectReason::Malformed,
+                format!("version vector with seq {top} for {author}, above {MAX_SEQ}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    /// Regression: a snapshot's `covers` of `u64::MAX` overflowed `AuthorVersion::raise`
+    /// (`to + 1`) in `finish_snapshot`.
+    #[test]
+    fn version_vectors_beyond_max_seq_are_refused() {
+        let mut vv = VersionVector::default();
+        vv.authors.entry(Uuid::from_u128(1)).or_default().contiguous = MAX_SEQ;
+        assert!(validate_version_vector(&vv).is_ok());
+        vv.authors.entry(Uuid::from_u128(2)).or_default().contiguous = u64::MAX;
+        assert!(validate_version_vector(&vv).is_err());
+        let mut extra = VersionVector::default();
+        extra
+            .authors
+            .entry(Uuid::from_u128(3))
+            .or_default()
+            .extra
+            .insert(MAX_SEQ + 1);
+        assert!(validate_version_vector(&extra).is_err());
+    }
 }
