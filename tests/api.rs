@@ -1,0 +1,75 @@
+//! The HTTP API against bad input: malformed JSON, huge bodies, wrong types, unknown
+//! routes and resources. Each gets a clear 4xx with `{"error": ...}` and changes nothing.
+
+mod common;
+
+use common::*;
+use serde_json::Value as J;
+
+async fn raw(n: &TestNode, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, J) {
+    let r = n
+        .http
+        .request(method, format!("{}{path}", n.api))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(J::Null))
+}
+
+fn error_of(body: &J) -> &str {
+    body["error"].as_str().unwrap_or_else(|| panic!("no JSON error in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let n = TestNode::new(&secret).await;
+    let tag = n.create_tag("keep").await;
+    let before = n.get("/v1/digest").await.1;
+    let pending = n.node().store().pending_operations().await.unwrap();
+    use reqwest::Method as M;
+
+    let cases: Vec<(M, String, Vec<u8>, u16, &str)> = vec![
+        (M::POST, "/v1/shared/tags".into(), b"{\"name\": ".to_vec(), 400, "malformed JSON"),
+        (M::POST, "/v1/shared/tags".into(), b"[1,2]".to_vec(), 400, "JSON object"),
+        (M::POST, "/v1/shared/tags".into(), br#"{"name": 5}"#.to_vec(), 400, "must be text"),
+        (M::POST, "/v1/shared/tags".into(), br#"{"nme": "x"}"#.to_vec(), 400, "unknown field"),
+        (M::POST, "/v1/shared/tags".into(), br#"{"uuid": 7}"#.to_vec(), 400, "uuid"),
+        (M::POST, "/v1/shared/nope".into(), br#"{"name": "x"}"#.to_vec(), 404, "unknown resource"),
+        (M::POST, "/v1/shared/file_paths".into(), br#"{"name": "x"}"#.to_vec(), 400, "owned"),
+        (M::POST, "/v1/shared/albums".into(), br#"{"is_hidden": "yes"}"#.to_vec(), 400, "bool"),
+        (M::POST, "/v1/shared/tags".into(), format!(r#"{{"uuid": "{tag}", "name": "dup"}}"#).into_bytes(), 409, "already exists"),
+        (M::PATCH, format!("/v1/shared/tags/{tag}"), br#"{}"#.to_vec(), 400, "at least one field"),
+        (M::PATCH, "/v1/shared/tags/not-a-uuid".into(), br#"{"name": "x"}"#.to_vec(), 400, "not a UUID"),
+        (M::PATCH, format!("/v1/shared/tags/{}", uuid::Uuid::now_v7()), br#"{"name": "x"}"#.to_vec(), 404, "no live row"),
+        (M::DELETE, format!("/v1/shared/tags/{}", uuid::Uuid::now_v7()), vec![], 404, "no live row"),
+        (M::POST, "/v1/owned/file_paths".into(), br#"{"name": "x"}"#.to_vec(), 400, "array"),
+        (M::POST, "/v1/owned/file_paths".into(), br#"[]"#.to_vec(), 400, "at least one row"),
+        (M::POST, "/v1/owned/file_paths".into(), br#"[{"name": "ok"}, {"size_bytes": "big"}]"#.to_vec(), 400, "entry 1"),
+        (M::POST, "/v1/batch".into(), br#"[{"op": "create", "resource": "tags", "fields": {"name": "a"}}, {"op": "explode", "resource": "tags"}]"#.to_vec(), 400, "entry 1"),
+        (M::POST, "/v1/batch".into(), br#"[{"op": "create", "resource": "tags", "fields": {"name": "a"}}, {"op": "update", "resource": "tags", "uuid": "00000000-0000-7000-8000-000000000001", "fields": {"name": "b"}}]"#.to_vec(), 404, "entry 1"),
+        (M::POST, "/v1/batch".into(), br#"[]"#.to_vec(), 400, "empty"),
+        (M::GET, "/v1/nothing-here".into(), vec![], 404, "no such route"),
+        (M::PUT, "/v1/shared/tags".into(), vec![], 405, "method not allowed"),
+        (M::GET, "/v1/owned/file_paths?owner=bob".into(), vec![], 400, "not a UUID"),
+        (M::GET, "/v1/shared/file_paths".into(), vec![], 400, "owned"),
+    ];
+    for (method, path, body, want, says) in cases {
+        let (status, resp) = raw(&n, method.clone(), &path, body).await;
+        assert_eq!(status, want, "{method} {path}: {resp}");
+        let msg = error_of(&resp);
+        assert!(msg.contains(says), "{method} {path}: error {msg:?} should mention {says:?}");
+    }
+    // A body over the limit is refused before it is read whole.
+    let huge = vec![b' '; murmur::node::api::BODY_LIMIT + 1024];
+    let (status, _) = raw(&n, M::POST, "/v1/owned/file_paths", huge).await;
+    assert_eq!(status, 413);
+
+    assert_eq!(n.get("/v1/digest").await.1, before, "bad input changed nothing");
+    assert_eq!(n.node().store().pending_operations().await.unwrap(), pending);
+    assert_eq!(n.get(&format!("/v1/shared/tags/{tag}")).await.1["name"], "keep");
+}
