@@ -20,7 +20,9 @@ async fn raw(n: &TestNode, method: reqwest::Method, path: &str, body: Vec<u8>) -
 }
 
 fn error_of(body: &J) -> &str {
-    body["error"].as_str().unwrap_or_else(|| panic!("no JSON error in {body}"))
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error in {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,14 +64,27 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         let (status, resp) = raw(&n, method.clone(), &path, body).await;
         assert_eq!(status, want, "{method} {path}: {resp}");
         let msg = error_of(&resp);
-        assert!(msg.contains(says), "{method} {path}: error {msg:?} should mention {says:?}");
+        assert!(
+            msg.contains(says),
+            "{method} {path}: error {msg:?} should mention {says:?}"
+        );
     }
     // A body over the limit is refused before it is read whole.
     let huge = vec![b' '; murmur::node::api::BODY_LIMIT + 1024];
     let (status, _) = raw(&n, M::POST, "/v1/owned/file_paths", huge).await;
     assert_eq!(status, 413);
 
-    assert_eq!(n.get("/v1/digest").await.1, before, "bad input changed nothing");
-    assert_eq!(n.node().store().pending_operations().await.unwrap(), pending);
-    assert_eq!(n.get(&format!("/v1/shared/tags/{tag}")).await.1["name"], "keep");
+    assert_eq!(
+        n.get("/v1/digest").await.1,
+        before,
+        "bad input changed nothing"
+    );
+    assert_eq!(
+        n.node().store().pending_operations().await.unwrap(),
+        pending
+    );
+    assert_eq!(
+        n.get(&format!("/v1/shared/tags/{tag}")).await.1["name"],
+        "keep"
+    );
 }

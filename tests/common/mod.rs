@@ -2,6 +2,8 @@
 //! explicit connections, and waiting on conditions with deadlines (never fixed sleeps).
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

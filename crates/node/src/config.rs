@@ -79,6 +79,13 @@ pub struct RunArgs {
     /// 30s, 10m, 7d).
     #[arg(long, env = "MURMUR_STALE_AFTER", default_value = "7d", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
+    /// How often the node prunes its op log (advanced).
+    #[arg(long, env = "MURMUR_PRUNE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub prune_interval: Duration,
+    /// How often the node announces its version vector to its peers: the heartbeat of the
+    /// client pool and what makes lost gossip visible (advanced).
+    #[arg(long, env = "MURMUR_ANNOUNCE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub announce_interval: Duration,
 }
 
 /// A node's configuration.
@@ -149,6 +156,8 @@ impl From<RunArgs> for Config {
             library_secret_file: a.library_secret_file,
             max_drift: Duration::from_millis(a.max_drift_ms),
             stale_after: a.stale_after,
+            prune_interval: a.prune_interval,
+            versions_interval: a.announce_interval,
             ..Config::local(PathBuf::new())
         }
     }

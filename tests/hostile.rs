@@ -1,0 +1,899 @@
+//! Hostile input: a peer that holds the library secret (so it passes pnet) but sends what an
+//! honest node never would. It is a raw `murmur_p2p` swarm, so it can publish any bytes on
+//! the library topic and send any CBOR as a request or a response.
+//!
+//! For every case the node must refuse the input and count it (node metrics
+//! `ops_rejected{reason}` or the network counters), report a gossip `Reject` (which costs the
+//! sender gossipsub score) where the input came by gossip, stay responsive to an honest peer,
+//! and keep its state: after the hostile input, an honest write on the honest peer reaches
+//! the node and both end with the same digest, with no trace of the hostile author.
+//!
+//! Decisions recorded here:
+//! - An op at time 0 is a legal, very old write: applied, and it loses every last-writer-wins
+//!   merge (rejecting it would leave a permanent gap in its author's sequence).
+//! - An op far in the future is refused by the drift check when applied (`drift`), and the
+//!   gossip message is not penalised: an honest device can have a wrong clock.
+//! - Catch-up pages and snapshots are not signed per op: what the node checks there is the
+//!   schema, ownership against the stored owner, drift, and the bounds of a version vector.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use murmur::node::identity::{LibrarySecret, client_uuid};
+use murmur::node::metrics::Reason;
+use murmur::node::protocol::{Gossip, PAGE_SIZE, Request, Response};
+use murmur::node::sync::SERVE_CAP;
+use murmur::p2p::{self, Event, Keypair};
+use murmur::store::{
+    Change, Hlc, Method, Op, OpsCursor, OpsPage, RejectReason, SnapshotPosition, SnapshotRow,
+    Value, VersionVector,
+};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as J, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the hostile peer puts on the wire: any well-formed CBOR, or CBOR that announces a
+/// map of three entries and carries one (a truncated message inside a complete frame).
+#[derive(Debug, Clone)]
+enum Wire {
+    Value(ciborium::Value),
+    Truncated,
+}
+
+impl Serialize for Wire {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Wire::Value(v) => v.serialize(s),
+            Wire::Truncated => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("OpsSince", &0u8)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Wire {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ciborium::Value::deserialize(d).map(Wire::Value)
+    }
+}
+
+impl Wire {
+    fn of<T: Serialize>(v: &T) -> Wire {
+        Wire::Value(ciborium::Value::serialized(v).expect("serialisable"))
+    }
+
+    fn bytes(b: &[u8]) -> Wire {
+        Wire::Value(ciborium::Value::Bytes(b.to_vec()))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        match self {
+            Wire::Value(v) => v.deserialized().ok(),
+            Wire::Truncated => None,
+        }
+    }
+}
+
+type Answer = Arc<dyn Fn(&Wire) -> Option<Wire> + Send + Sync>;
+
+/// A hostile peer connected to one node.
+struct Hostile {
+    net: p2p::Handle<Wire, Wire>,
+    author: Uuid,
+    /// Requests the node sent it.
+    requests: Arc<AtomicUsize>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Hostile {
+    /// Connects to `target`, waits until the target is subscribed to the topic (so what we
+    /// publish reaches it), then answers the target's requests with `answer` (none: the
+    /// request fails).
+    async fn connect(
+        secret: &Path,
+        target: &TestNode,
+        tweak: impl FnOnce(&mut p2p::Config),
+        answer: Answer,
+    ) -> Hostile {
+        let secret = LibrarySecret::read(secret).expect("secret");
+        let topic = format!("murmur/{}/ops", target.node().library_id());
+        let mut c = p2p::Config::new(Keypair::generate_ed25519(), secret.0, topic);
+        c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
+        c.mdns = false;
+        c.peers = vec![target.addr().await];
+        tweak(&mut c);
+        let (net, mut events) = p2p::spawn::<Wire, Wire>(c).expect("hostile swarm");
+        let target_id = target.node().peer_id();
+        tokio::time::timeout(WAIT, async {
+            while let Some(ev) = events.recv().await {
+                if let Event::Subscribed { peer_id } = ev
+                    && peer_id == target_id
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the node subscribes with the hostile peer");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let handle = net.clone();
+        let drain = tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    Event::InboundRequest {
+                        request, responder, ..
+                    } => {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        if let Some(resp) = answer(&request) {
+                            let _ = responder.respond(resp).await;
+                        }
+                    }
+                    Event::Gossip {
+                        propagation_source,
+                        message_id,
+                        ..
+                    } => {
+                        handle
+                            .report_validation(
+                                message_id,
+                                propagation_source,
+                                p2p::Acceptance::Ignore,
+                            )
+                            .await
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let author = client_uuid(&net.local_peer_id());
+        Hostile {
+            net,
+            author,
+            requests,
+            drain,
+        }
+    }
+
+    async fn plain(secret: &Path, target: &TestNode) -> Hostile {
+        Self::connect(secret, target, |_| {}, Arc::new(|_| None)).await
+    }
+
+    async fn stop(self) {
+        self.net.shutdown().await;
+        self.drain.abort();
+    }
+}
+
+fn rejected(n: &TestNode, reason: &str) -> u64 {
+    n.node()
+        .metrics()
+        .ops_rejected
+        .get_or_create(&Reason {
+            reason: reason.to_owned(),
+        })
+        .get()
+}
+
+/// An op of `author` that is valid apart from what the caller changes.
+fn op(author: Uuid, seq: u64, time: u64, resource: &str, method: Method) -> Op {
+    Op {
+        author,
+        seq,
+        time,
+        method,
+        resource: resource.to_owned(),
+        uuid: Some(Uuid::now_v7()),
+        property: None,
+        value: None,
+        fields: Default::default(),
+        count: None,
+    }
+}
+
+fn create_tag(author: Uuid, seq: u64, time: u64, name: &str) -> Op {
+    let mut o = op(author, seq, time, "tags", Method::SharedCreate);
+    o.fields.insert("name".into(), Value::Text(name.into()));
+    o
+}
+
+fn gossip(msg: &Gossip) -> Vec<u8> {
+    murmur::store::wire::to_cbor(msg)
+}
+
+/// Two honest nodes: `n`, the one under attack, and `a`, the honest peer, in sync.
+async fn pair(secret: &Path) -> (TestNode, TestNode) {
+    let n = TestNode::new(secret).await;
+    let a = TestNode::new(secret).await;
+    a.connect(&n).await;
+    wait_peers(&n, 1).await;
+    a.create_tag("before").await;
+    converged(&[&n, &a], WAIT).await;
+    (n, a)
+}
+
+/// The node is responsive and its state is the honest peer's: an honest write on `a`
+/// reaches `n`, both digests agree, and none of `hostile` authors left an op in `n`'s log.
+async fn honest_write_still_syncs(n: &TestNode, a: &TestNode, hostile: &[Uuid], label: &str) {
+    let u = a.create_tag(&format!("after {label}")).await;
+    let path = format!("/v1/shared/tags/{u}");
+    eventually(WAIT, "the honest write reaches the node", || async {
+        n.get(&path).await.0 == 200
+    })
+    .await;
+    converged(&[n, a], WAIT).await;
+    let vv = n.node().store().version_vector();
+    for h in hostile {
+        assert!(
+            !vv.authors.contains_key(h),
+            "{label}: hostile author {h} has ops in the node's log"
+        );
+    }
+}
+
+/// Publishes `data` from a fresh hostile peer and waits until the node counted it under
+/// `reason` and reported the message `Reject` to gossipsub.
+async fn refused_gossip(
+    secret: &Path,
+    n: &TestNode,
+    reason: &str,
+    data: impl FnOnce(Uuid) -> Vec<u8>,
+) -> Uuid {
+    let h = Hostile::plain(secret, n).await;
+    let before = rejected(n, reason);
+    let net_before = n.node().net_stats().gossip_rejected;
+    let outcome = h.net.publish(data(h.author)).await.expect("publish");
+    assert_eq!(outcome, p2p::PublishOutcome::Published, "{reason}");
+    eventually(WAIT, &format!("gossip counted as {reason}"), || async {
+        rejected(n, reason) > before
+    })
+    .await;
+    eventually(WAIT, "gossip reported Reject", || async {
+        n.node().net_stats().gossip_rejected > net_before
+    })
+    .await;
+    let author = h.author;
+    h.stop().await;
+    author
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let now = n.node().store().clock().physical_now();
+    let a_author = a.node().client_uuid();
+    let mut authors = Vec::new();
+
+    // Bytes that are not CBOR, CBOR cut short, CBOR of the wrong shape.
+    authors.push(refused_gossip(&secret, &n, "decode", |_| b"\xff\x00 not cbor".to_vec()).await);
+    authors.push(
+        refused_gossip(&secret, &n, "decode", |me| {
+            let full = gossip(&Gossip::Ops(vec![create_tag(me, 1, now, "cut")]));
+            full[..full.len() / 2].to_vec()
+        })
+        .await,
+    );
+    authors.push(
+        refused_gossip(&secret, &n, "decode", |_| {
+            murmur::store::wire::to_cbor(&json!({"Ops": "not a list"}))
+        })
+        .await,
+    );
+    // Ops the registry refuses.
+    authors.push(
+        refused_gossip(&secret, &n, "unknown_resource", |me| {
+            gossip(&Gossip::Ops(vec![op(
+                me,
+                1,
+                now,
+                "nope",
+                Method::SharedCreate,
+            )]))
+        })
+        .await,
+    );
+    authors.push(
+        refused_gossip(&secret, &n, "unknown_field", |me| {
+            let mut o = create_tag(me, 1, now, "x");
+            o.fields.insert("evil".into(), Value::Text("x".into()));
+            gossip(&Gossip::Ops(vec![o]))
+        })
+        .await,
+    );
+    authors.push(
+        refused_gossip(&secret, &n, "wrong_type", |me| {
+            let mut o = op(me, 1, now, "tags", Method::SharedUpdate);
+            o.property = Some("name".into());
+            o.value = Some(Value::Int(5));
+            gossip(&Gossip::Ops(vec![o]))
+        })
+        .await,
+    );
+    authors.push(
+        refused_gossip(&secret, &n, "wrong_type", |me| {
+            let mut o = op(me, 1, now, "albums", Method::SharedCreate);
+            o.fields.insert("is_hidden".into(), Value::Int(7));
+            gossip(&Gossip::Ops(vec![o]))
+        })
+        .await,
+    );
+    authors.push(
+        refused_gossip(&secret, &n, "malformed", |me| {
+            gossip(&Gossip::Ops(vec![op(
+                me,
+                1,
+                now,
+                "file_paths",
+                Method::SharedCreate,
+            )]))
+        })
+        .await,
+    );
+    // Another client's ops, signed by the hostile peer.
+    authors.push(
+        refused_gossip(&secret, &n, "forged_author", |_| {
+            gossip(&Gossip::Ops(vec![create_tag(a_author, 99, now, "forged")]))
+        })
+        .await,
+    );
+    // Absurd sequence numbers.
+    for seq in [0, u64::MAX] {
+        authors.push(
+            refused_gossip(&secret, &n, "malformed", |me| {
+                gossip(&Gossip::Ops(vec![create_tag(me, seq, now, "seq")]))
+            })
+            .await,
+        );
+    }
+    // More ops than a node ever puts in one message.
+    authors.push(
+        refused_gossip(&secret, &n, "oversized", |me| {
+            gossip(&Gossip::Ops(
+                (1..=513).map(|s| create_tag(me, s, now, "many")).collect(),
+            ))
+        })
+        .await,
+    );
+    // Version announcements with absurd seqs, or too many authors.
+    authors.push(
+        refused_gossip(&secret, &n, "malformed", |me| {
+            gossip(&Gossip::Versions {
+                contiguous: (0..3u128)
+                    .map(|i| (Uuid::from_u128(i + 1), u64::MAX))
+                    .chain([(me, u64::MAX)])
+                    .collect(),
+                horizon: Default::default(),
+                sent_at_ms: 0,
+            })
+        })
+        .await,
+    );
+    authors.push(
+        refused_gossip(&secret, &n, "oversized", |_| {
+            gossip(&Gossip::Versions {
+                contiguous: (0..5000u128).map(|i| (Uuid::from_u128(i + 1), 1)).collect(),
+                horizon: Default::default(),
+                sent_at_ms: 0,
+            })
+        })
+        .await,
+    );
+    honest_write_still_syncs(&n, &a, &authors, "hostile gossip").await;
+    // None of the fake authors of the refused announcements reached the client pool.
+    let clients = n.node().store().clients().await.expect("clients");
+    assert!(clients.iter().all(|c| c.client_uuid != Uuid::from_u128(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_gossip_is_refused_by_the_network_layer() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let max = p2p::config::DEFAULT_MAX_GOSSIP_BYTES;
+    let h = Hostile::connect(
+        &secret,
+        &n,
+        |c| c.max_gossip_bytes = 4 * max,
+        Arc::new(|_| None),
+    )
+    .await;
+    let before = n.node().net_stats();
+    // Just over the node's limit: gossipsub delivers it, murmur_p2p refuses it (Reject).
+    let outcome = h
+        .net
+        .publish(vec![0xa0; max + 1024])
+        .await
+        .expect("publish");
+    assert_eq!(outcome, p2p::PublishOutcome::Published);
+    eventually(WAIT, "oversized gossip rejected", || async {
+        n.node().net_stats().gossip_rejected > before.gossip_rejected
+    })
+    .await;
+    // Far over it: gossipsub's own frame limit drops it before it is a message.
+    let _ = h.net.publish(vec![0xa0; 3 * max]).await;
+    let author = h.author;
+    honest_write_still_syncs(&n, &a, &[author], "oversized gossip").await;
+    // The node's own decoder never saw either.
+    assert_eq!(rejected(&n, "decode"), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_invalid_gossip_graylists_the_sender() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let now = n.node().store().clock().physical_now();
+    let h = Hostile::plain(&secret, &n).await;
+    // Three rejected messages (gossipsub's penalty is -10 times the square of the invalid
+    // deliveries): the sender's score falls under the graylist threshold (-80) and its
+    // messages are dropped until the penalty decays (about 10% a second).
+    for i in 0..3 {
+        let before = n.node().net_stats().gossip_rejected;
+        h.net
+            .publish(format!("garbage {i}").into_bytes())
+            .await
+            .expect("publish");
+        eventually(WAIT, "rejected", || async {
+            n.node().net_stats().gossip_rejected > before
+        })
+        .await;
+    }
+    // A valid op from the graylisted sender is not taken.
+    let received = n.node().net_stats().gossip_received;
+    let _ = h
+        .net
+        .publish(gossip(&Gossip::Ops(vec![create_tag(
+            h.author,
+            1,
+            now,
+            "graylisted",
+        )])))
+        .await;
+    honest_write_still_syncs(&n, &a, &[h.author], "graylisted sender").await;
+    println!(
+        "gossip received by the node after graylisting: {} (honest announcements included)",
+        n.node().net_stats().gossip_received - received
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_far_ahead_are_refused_and_time_zero_loses_every_merge() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let now = n.node().store().clock().physical_now();
+    let h = Hostile::plain(&secret, &n).await;
+    let tag = a.create_tag("honest").await;
+    let path = format!("/v1/shared/tags/{tag}");
+    eventually(WAIT, "n has the tag", || async {
+        n.get(&path).await.0 == 200
+    })
+    .await;
+    let tag_uuid: Uuid = tag.parse().expect("uuid");
+
+    // A day ahead: counted as drift, not applied, not penalised.
+    let drift_before = rejected(&n, "drift");
+    let net_rejected = n.node().net_stats().gossip_rejected;
+    let future = create_tag(h.author, 1, now + (86_400u64 << 32), "from the future");
+    let future_row = future.uuid.expect("uuid");
+    h.net
+        .publish(gossip(&Gossip::Ops(vec![future])))
+        .await
+        .expect("publish");
+    eventually(WAIT, "drift counted", || async {
+        rejected(&n, "drift") > drift_before
+    })
+    .await;
+    assert_eq!(n.node().net_stats().gossip_rejected, net_rejected);
+    assert_eq!(n.get(&format!("/v1/shared/tags/{future_row}")).await.0, 404);
+
+    // Time 0: an old write. The rename loses against the honest create; the create of a new
+    // row stands until a real write supersedes it.
+    let mut rename = op(h.author, 1, 0, "tags", Method::SharedUpdate);
+    rename.uuid = Some(tag_uuid);
+    rename.property = Some("name".into());
+    rename.value = Some(Value::Text("renamed at time 0".into()));
+    let old_create = create_tag(h.author, 2, 0, "created at time 0");
+    let old_row = old_create.uuid.expect("uuid");
+    h.net
+        .publish(gossip(&Gossip::Ops(vec![rename, old_create])))
+        .await
+        .expect("publish");
+    let old_path = format!("/v1/shared/tags/{old_row}");
+    eventually(WAIT, "the time-0 ops are applied", || async {
+        n.node().store().version_vector().contiguous(&h.author) == 2
+    })
+    .await;
+    assert_eq!(n.get(&path).await.1["name"], "honest");
+    assert_eq!(n.get(&old_path).await.0, 200);
+    // `a` gets the row too: the time-0 ops were accepted and forwarded by `n`.
+    eventually(WAIT, "a has the time-0 row", || async {
+        a.get(&old_path).await.0 == 200
+    })
+    .await;
+    let (status, _) = a.patch(&old_path, json!({"name": "real"})).await;
+    assert_eq!(status, 200);
+    eventually(WAIT, "the real write wins on n", || async {
+        n.get(&old_path).await.1["name"] == "real"
+    })
+    .await;
+    converged(&[&n, &a], WAIT).await;
+    h.stop().await;
+}
+
+/// Sends `request` from `h` to `n` and returns what came back.
+async fn ask(h: &Hostile, n: &TestNode, request: Wire) -> Result<Wire, p2p::RequestError> {
+    h.net.request(n.node().peer_id(), request).await
+}
+
+/// A page's items, as the server counts them (ops plus owned rows).
+fn items(page: &OpsPage) -> usize {
+    page.changes.iter().map(Change::weight).sum()
+}
+
+async fn many_owned_rows(a: &TestNode, n: usize) {
+    for start in (0..n).step_by(2_000) {
+        let rows: Vec<J> = (start..(start + 2_000).min(n))
+            .map(|i| json!({"materialized_path": "/m", "name": format!("f{i}"), "size_bytes": i}))
+            .collect();
+        let (status, body) = a.post("/v1/owned/file_paths", J::Array(rows)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_or_clamped() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    many_owned_rows(&a, PAGE_SIZE + 1_000).await;
+    converged(&[&n, &a], Duration::from_secs(60)).await;
+    let h = Hostile::connect(
+        &secret,
+        &n,
+        |c| c.max_request_bytes = 1024 * 1024,
+        Arc::new(|_| None),
+    )
+    .await;
+
+    // Not CBOR of a request, cut short, of the wrong types, too large: the codec refuses
+    // each (the request fails) and counts it.
+    let wrong_types = Wire::of(&json!({"OpsSince": {"have": "x", "cursor": 1, "limit": -1}}));
+    for (what, req) in [
+        ("bytes", Wire::bytes(b"\xff\xfe garbage")),
+        ("truncated", Wire::Truncated),
+        ("wrong types", wrong_types),
+        ("oversized", Wire::bytes(&vec![7u8; 100 * 1024])),
+    ] {
+        let before = n.node().net_stats().rejected_requests;
+        let res = ask(&h, &n, req).await;
+        assert!(res.is_err(), "{what}: {res:?}");
+        eventually(WAIT, "request refused by the codec", || async {
+            n.node().net_stats().rejected_requests > before
+        })
+        .await;
+    }
+
+    let me = n.node().client_uuid();
+    let ops_since = |have: VersionVector, cursor: OpsCursor, limit: u32| {
+        Wire::of(&Request::OpsSince {
+            have,
+            cursor,
+            limit,
+        })
+    };
+    // Page sizes are clamped: 0 gives one item, u32::MAX gives PAGE_SIZE.
+    let page = |w: Wire| match w.decode::<Response>() {
+        Some(Response::Ops { page, .. }) => page,
+        other => panic!("expected a page of ops, got {other:?}"),
+    };
+    let one = page(
+        ask(
+            &h,
+            &n,
+            ops_since(VersionVector::default(), OpsCursor::default(), 0),
+        )
+        .await
+        .expect("answer"),
+    );
+    assert_eq!(items(&one), 1);
+    let big = page(
+        ask(
+            &h,
+            &n,
+            ops_since(VersionVector::default(), OpsCursor::default(), u32::MAX),
+        )
+        .await
+        .expect("answer"),
+    );
+    assert_eq!(items(&big), PAGE_SIZE);
+    assert!(big.next.is_some());
+    // Absurd seqs in the version vector and the cursor: an empty page, no panic.
+    let mut have = VersionVector::default();
+    have.authors.entry(me).or_default().contiguous = u64::MAX;
+    have.authors
+        .entry(a.node().client_uuid())
+        .or_default()
+        .contiguous = u64::MAX;
+    let cursor = OpsCursor {
+        position: Some((me, u64::MAX)),
+        row_after: Some((u64::MAX, Uuid::max())),
+    };
+    let empty = page(
+        ask(&h, &n, ops_since(have, cursor, u32::MAX))
+            .await
+            .expect("answer"),
+    );
+    assert_eq!(items(&empty), 0);
+
+    // Snapshot pages are clamped the same way.
+    let snap = |position: Option<SnapshotPosition>, limit: u32| {
+        Wire::of(&Request::Snapshot { position, limit })
+    };
+    let rows = |w: Wire| match w.decode::<Response>() {
+        Some(Response::Snapshot { rows, .. }) => rows,
+        other => panic!("expected a snapshot page, got {other:?}"),
+    };
+    assert_eq!(
+        rows(ask(&h, &n, snap(None, 0)).await.expect("answer")).len(),
+        1
+    );
+    assert_eq!(
+        rows(ask(&h, &n, snap(None, u32::MAX)).await.expect("answer")).len(),
+        PAGE_SIZE
+    );
+    // A position in a resource that does not exist: refused and counted.
+    let before = rejected(&n, "bad_request");
+    let bad = ask(
+        &h,
+        &n,
+        snap(
+            Some(SnapshotPosition {
+                resource: "nope".into(),
+                phase: 0,
+                after: None,
+            }),
+            10,
+        ),
+    )
+    .await
+    .expect("answer");
+    assert!(matches!(bad.decode::<Response>(), Some(Response::Error(_))));
+    assert_eq!(rejected(&n, "bad_request"), before + 1);
+    // An unknown phase of an owned resource: a (possibly empty) page, no panic.
+    let odd = ask(
+        &h,
+        &n,
+        snap(
+            Some(SnapshotPosition {
+                resource: "file_paths".into(),
+                phase: 255,
+                after: Some(Uuid::max()),
+            }),
+            u32::MAX,
+        ),
+    )
+    .await
+    .expect("answer");
+    assert!(matches!(
+        odd.decode::<Response>(),
+        Some(Response::Snapshot { .. })
+    ));
+
+    honest_write_still_syncs(&n, &a, &[h.author], "hostile requests").await;
+    h.stop().await;
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_gets_busy_answers_and_the_node_stays_responsive() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    many_owned_rows(&a, PAGE_SIZE + 1_000).await;
+    converged(&[&n, &a], Duration::from_secs(60)).await;
+    let h = Hostile::plain(&secret, &n).await;
+    let rss_before = rss_kib();
+    let busy_before = rejected(&n, "busy");
+    const FLOOD: usize = 300;
+    // Every request asks for the biggest page there is.
+    let request = Wire::of(&Request::OpsSince {
+        have: VersionVector::default(),
+        cursor: OpsCursor::default(),
+        limit: u32::MAX,
+    });
+    let target = n.node().peer_id();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let net = h.net.clone();
+            let req = request.clone();
+            tokio::spawn(async move { net.request(target, req).await })
+        })
+        .collect();
+    // While it floods, an honest write still goes through.
+    let u = a.create_tag("during the flood").await;
+    let path = format!("/v1/shared/tags/{u}");
+    eventually(
+        WAIT,
+        "the honest write reaches n during the flood",
+        || async { n.get(&path).await.0 == 200 },
+    )
+    .await;
+    let (mut served, mut busy, mut failed) = (0, 0, 0);
+    for f in flood {
+        match f.await.expect("request task") {
+            Ok(w) => match w.decode::<Response>() {
+                Some(Response::Ops { page, .. }) => {
+                    assert!(items(&page) <= PAGE_SIZE);
+                    served += 1
+                }
+                Some(Response::Error(e)) if e.starts_with("busy") => busy += 1,
+                other => panic!("unexpected answer {other:?}"),
+            },
+            Err(_) => failed += 1,
+        }
+    }
+    let rss_after = rss_kib();
+    println!(
+        "flood of {FLOOD}: {served} served, {busy} busy, {failed} failed (stream limit); \
+         RSS {} -> {} MiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(busy > 0, "no request was refused as busy");
+    assert!(served > 0, "no request was served");
+    assert!(rejected(&n, "busy") >= busy_before + busy as u64);
+    // Bounded: at most SERVE_CAP pages are built at once; far less than FLOOD pages.
+    let page_bytes = 1_500 * 1024;
+    assert!(
+        rss_after.saturating_sub(rss_before) * 1024 < (FLOOD as u64 * page_bytes) / 2,
+        "memory grew like the flood"
+    );
+    let _ = SERVE_CAP;
+    honest_write_still_syncs(&n, &a, &[h.author], "request flood").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_catch_up_pages_and_snapshots_are_checked() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let (status, _) = a
+        .post(
+            "/v1/owned/file_paths",
+            json!([{"materialized_path": "/a", "name": "mine", "size_bytes": 1}]),
+        )
+        .await;
+    assert_eq!(status, 201);
+    converged(&[&n, &a], WAIT).await;
+    let (_, listed) = a.get("/v1/owned/file_paths").await;
+    let owned_row: Uuid = listed
+        .as_array()
+        .and_then(|r| r.first())
+        .and_then(|r| r["uuid"].as_str())
+        .expect("an owned row")
+        .parse()
+        .expect("uuid");
+    let now = n.node().store().clock().physical_now();
+
+    // A catch-up page (the answer to the node's pull on connection) that deletes a row of
+    // another owner: refused as not_owner, the row stays.
+    let not_owner = rejected(&n, "not_owner");
+    let forger = Uuid::from_u128(0xf0f0);
+    let mut delete = op(forger, 1, now, "file_paths", Method::OwnedDelete);
+    delete.uuid = Some(owned_row);
+    let forged_page = Wire::of(&Response::Ops {
+        page: OpsPage {
+            changes: vec![Change::Op(delete.clone())],
+            next: None,
+        },
+        server: (0..4u128)
+            .map(|i| (Uuid::from_u128(i + 1), u64::MAX))
+            .collect(),
+    });
+    let h = Hostile::connect(
+        &secret,
+        &n,
+        |_| {},
+        Arc::new(move |_| Some(forged_page.clone())),
+    )
+    .await;
+    eventually(WAIT, "the forged delete is refused", || async {
+        rejected(&n, "not_owner") > not_owner
+    })
+    .await;
+    assert_eq!(
+        n.get(&format!("/v1/owned/file_paths/{owned_row}")).await.0,
+        200
+    );
+    h.stop().await;
+
+    // The same through Store::apply directly, as any catch-up delivers it.
+    let mut again = delete.clone();
+    again.seq = 2;
+    let report = n
+        .node()
+        .store()
+        .apply(vec![Change::Op(again)])
+        .await
+        .expect("apply");
+    assert!(
+        report
+            .rejected
+            .iter()
+            .any(|(_, r, _)| *r == RejectReason::NotOwner),
+        "{report:?}"
+    );
+
+    // A response that is not a response: the codec refuses it and counts it.
+    let bad_responses = n.node().net_stats().rejected_responses;
+    let h = Hostile::connect(
+        &secret,
+        &n,
+        |_| {},
+        Arc::new(|_| Some(Wire::bytes(b"not a response"))),
+    )
+    .await;
+    eventually(WAIT, "the bad response is refused", || async {
+        n.node().net_stats().rejected_responses > bad_responses
+    })
+    .await;
+    assert!(h.requests.load(Ordering::SeqCst) > 0);
+    h.stop().await;
+
+    // Snapshot pages: a register far in the future is refused (it would win every merge
+    // for good), as is a version vector beyond what SQLite stores.
+    let store = n.node().store();
+    let future = SnapshotRow::Shared {
+        resource: "tags".into(),
+        uuid: Uuid::now_v7(),
+        exists_ts: Hlc {
+            time: u64::MAX,
+            author: forger,
+        },
+        alive: true,
+        props: vec![],
+    };
+    let err = store
+        .import_snapshot_page(vec![future])
+        .await
+        .expect_err("a register from the future");
+    assert!(err.to_string().contains("ahead"), "{err}");
+    let mut covers = VersionVector::default();
+    covers.authors.entry(forger).or_default().contiguous = u64::MAX;
+    store
+        .finish_snapshot(&covers)
+        .await
+        .expect_err("a version vector beyond MAX_SEQ");
+    // The two refused deletes (seq 1 and 2) are all the node holds of the forger.
+    assert_eq!(store.version_vector().contiguous(&forger), 2);
+
+    // Only the refused forger's delete is in the log (refused ops are logged so that no
+    // replica sees a gap); the state is the honest peer's.
+    honest_write_still_syncs(&n, &a, &[], "hostile catch-up").await;
+}
