@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# The docker-compose cluster test: builds the static binary and the image, starts the
-# three-node cluster of docker-compose.yml, and checks that
-#   1. a write on node 1 is read on node 3 (over their HTTP APIs, published on 127.0.0.1);
-#   2. the peers found each other by mDNS (each node's `murmur peers` "FOUND BY" column);
-#   3. after node 3 is cut off the network (`docker network disconnect`) and writes land on
-#      both sides, reconnecting it brings every node to the same /v1/digest with every write
-#      present (the time node 3 takes to converge is printed);
+# The docker-compose cluster test. Builds the static binary and the image, starts the
+# three-node cluster of docker-compose.yml under a project name of its own, and checks that
+#   1. the nodes found each other by mDNS (each node's `murmur peers`, FOUND BY column, and
+#      the `peer connected ... discovery="mdns"` lines of the logs);
+#   2. a write on node1 is read on node3, over their HTTP APIs published on 127.0.0.1;
+#   3. node3 cut off the network (`docker network disconnect`) while both sides write comes
+#      back, once reconnected, to the same /v1/digest as the others with every write present
+#      (the time it takes is printed);
 #   4. a write acknowledged just before its node is killed with SIGKILL survives the restart
-#      and reaches the other nodes.
-# The cluster, its network and volumes, the image and the temp dir are removed on exit,
-# whatever happened. Needs docker with `docker compose` or `docker-compose`, cargo, python3
-# (curl is used when present). Timings are printed at the end.
+#      and reaches the other nodes;
+#   5. the fallback works: with mDNS off and the other services' names as static peers
+#      (tests/cluster/static-peers.yml), the nodes connect through Docker's DNS and sync.
+# Whatever happens, the clusters, their networks and volumes, the image and the temp dir are
+# removed on exit. Timings are printed at the end.
 #
-# Environment: CLUSTER_TIMEOUT (seconds per wait, default 90), CLUSTER_KEEP_IMAGE=1 keeps the
-# image murmur:cluster-test, CARGO_TARGET_DIR_STATIC (default target-static: a static build
-# uses other RUSTFLAGS and would otherwise rebuild the normal target dir).
+# Needs: docker with `docker compose` or `docker-compose`, cargo, python3 (curl is used when
+# present, python3 otherwise). Environment: CLUSTER_TIMEOUT (seconds per wait, default 90),
+# CLUSTER_KEEP_IMAGE=1 (keep the image), CARGO_TARGET_DIR_STATIC (default target-static: the
+# static build uses other RUSTFLAGS and would otherwise rebuild the normal target dir).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 TIMEOUT=${CLUSTER_TIMEOUT:-90}
-PROJECT="murmur-ci-$$"
+MAIN_PROJECT="murmur-ci-$$"
+STATIC_PROJECT="murmur-ci-$$-static"
+ISOLATED="murmur-ci-$$-isolated"
 IMAGE="murmur:cluster-test-$$"
 TARGET="x86_64-unknown-linux-gnu"
 STATIC_DIR=${CARGO_TARGET_DIR_STATIC:-target-static}
@@ -51,26 +56,36 @@ elif command -v docker-compose >/dev/null 2>&1; then
 else
   fail "neither 'docker compose' nor 'docker-compose' is installed"
 fi
-dc() { "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT" "$@"; }
+# The project and compose files `dc` works on (the static-peers phase changes them).
+PROJECT=$MAIN_PROJECT
+FILES=(-f "$ROOT/docker-compose.yml")
+dc() { "${COMPOSE[@]}" "${FILES[@]}" -p "$PROJECT" "$@"; }
 
 cleanup() {
   local rc=$?
   set +e
+  trap - INT TERM
   if [ "$rc" != 0 ] && [ -n "$(dc ps -q 2>/dev/null)" ]; then
-    say "logs (last 40 lines per node), because the test failed"
+    say "logs of $PROJECT (last 40 lines per node), because the test failed"
     dc logs --no-color --tail 40 2>&1
   fi
-  say "tearing down the cluster, its network and volumes"
-  dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || echo "warning: '${COMPOSE[*]} down -v' failed; remove project $PROJECT by hand"
+  say "tearing down the clusters, their networks and volumes"
+  local p
+  for p in "$MAIN_PROJECT" "$STATIC_PROJECT"; do
+    PROJECT=$p
+    dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 ||
+      echo "warning: '${COMPOSE[*]} -p $p down -v' failed: remove that project by hand"
+  done
+  docker network rm "$ISOLATED" >/dev/null 2>&1
   [ "${CLUSTER_KEEP_IMAGE:-0}" = 1 ] || docker rmi "$IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
   if [ "${#TIMING_ORDER[@]}" -gt 0 ]; then
     say "timings"
     local k
     for k in "${TIMING_ORDER[@]}"; do
-      printf '  %-44s %s\n' "$k" "$(secs "${TIMINGS[$k]}")"
+      printf '  %-46s %s\n' "$k" "$(secs "${TIMINGS[$k]}")"
     done
-    printf '  %-44s %s\n' "whole test" "$(secs $(($(now_ms) - T_START)))"
+    printf '  %-46s %s\n' "whole test" "$(secs $(($(now_ms) - T_START)))"
   fi
   if [ "$rc" = 0 ]; then echo "CLUSTER TEST PASSED"; else echo "CLUSTER TEST FAILED (exit $rc)"; fi
   exit "$rc"
@@ -78,7 +93,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- HTTP over the published ports: curl when present, python3 otherwise. -----------------
+# --- Helpers: HTTP over the published ports (curl when present, python3 otherwise). --------
 
 # http METHOD PORT PATH [JSON]: prints the body; fails on a connection error or a non-2xx.
 if command -v curl >/dev/null 2>&1; then
@@ -104,8 +119,8 @@ fi
 # json EXPR: evaluates a Python expression over the JSON document `j` read from stdin.
 json() { python3 -c "import json, sys; j = json.load(sys.stdin); print($1)"; }
 
-# wait_for DESCRIPTION COMMAND...: retries COMMAND every 0.2 s until it succeeds or the
-# deadline passes; sets WAITED_MS.
+# wait_for DESCRIPTION COMMAND...: runs COMMAND every 0.2 s until it succeeds; fails the test
+# after CLUSTER_TIMEOUT seconds. Sets WAITED_MS.
 wait_for() {
   local what=$1
   shift
@@ -119,76 +134,19 @@ wait_for() {
   WAITED_MS=$(($(now_ms) - start))
 }
 
-# --- 0. Setup: a library key, free host ports. -------------------------------------------
-
-say "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || true)); project $PROJECT"
-if command -v openssl >/dev/null 2>&1; then
-  openssl rand -hex 32 >"$WORK/library.key"
-else
-  python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/library.key"
-fi
-# The containers run as uid 10001: the bind-mounted key file must be readable by it.
-chmod 644 "$WORK/library.key"
-read -r P1 P2 P3 < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
-PORTS=([1]=$P1 [2]=$P2 [3]=$P3)
-export MURMUR_IMAGE="$IMAGE" MURMUR_LIBRARY_KEY="$WORK/library.key"
-export MURMUR_NODE1_PORT=$P1 MURMUR_NODE2_PORT=$P2 MURMUR_NODE3_PORT=$P3
-# Discovery by mDNS only: no static peers, whatever the caller's environment says.
-export MURMUR_STATIC_PEERS="" MURMUR_NO_MDNS=false MURMUR_LOG=info
-echo "APIs: node1 127.0.0.1:$P1, node2 127.0.0.1:$P2, node3 127.0.0.1:$P3"
-
-# --- 1. Build the static binary and the image. ---------------------------------------------
-
-say "building the static binary ($BINARY)"
-t=$(now_ms)
-RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$STATIC_DIR" \
-  cargo build --release --locked --target "$TARGET" --bin murmur
-timing "static binary build (cargo)" $(($(now_ms) - t))
-if command -v file >/dev/null 2>&1; then file -b "$BINARY"; fi
-# A static binary has no program interpreter (PT_INTERP): check the ELF header directly.
-python3 - "$BINARY" <<'PY' || fail "$BINARY is not statically linked: the scratch image cannot run it"
-import struct, sys
-with open(sys.argv[1], "rb") as f:
-    elf = f.read()
-phoff, = struct.unpack_from("<Q", elf, 0x20)
-phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-types = [struct.unpack_from("<I", elf, phoff + i * phentsize)[0] for i in range(phnum)]
-sys.exit(1 if 3 in types else 0)  # 3 = PT_INTERP
-PY
-
-say "building the image $IMAGE"
-t=$(now_ms)
-DOCKER_BUILDKIT=0 docker build --build-arg BINARY="$BINARY" -t "$IMAGE" . 2>&1 |
-  grep -v -i -E 'deprecated|buildkit|buildx|install the buildx|^ *$' || true
-docker image inspect "$IMAGE" >/dev/null 2>&1 || fail "docker build did not produce $IMAGE"
-timing "image build (docker build)" $(($(now_ms) - t))
-docker image inspect -f 'image size: {{.Size}} bytes' "$IMAGE"
-
-# --- 2. Start the cluster. -----------------------------------------------------------------
-
-say "starting the cluster"
-t=$(now_ms)
-dc up -d 2>&1
-cid() { dc ps -q "node$1"; }
-declare -A CID=()
-for n in 1 2 3; do
-  CID[$n]=$(cid "$n")
-  [ -n "${CID[$n]}" ] || fail "no container for node$n"
-done
-NET=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${CID[3]}")
-echo "network: $NET"
-
+declare -A CID=() # node number -> container id, in the current project
+find_containers() {
+  local n
+  for n in 1 2 3; do
+    CID[$n]=$(dc ps -q "node$n")
+    [ -n "${CID[$n]}" ] || fail "no container for node$n in $PROJECT"
+  done
+}
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "${CID[$1]}")" = healthy ]; }
-for n in 1 2 3; do wait_for "node$n healthy (docker healthcheck)" healthy "$n"; done
-timing "cluster up and healthy" $(($(now_ms) - t))
-
+all_healthy() {
+  local n
+  for n in 1 2 3; do healthy "$n" || return 1; done
+}
 connected_peers() {
   http GET "${PORTS[$1]}" /v1/status | json 'sum(1 for p in j["peers"] if p.get("connected"))'
 }
@@ -196,84 +154,161 @@ all_meshed() {
   local n
   for n in 1 2 3; do [ "$(connected_peers "$n")" = 2 ] || return 1; done
 }
+# How node N's connected peers were found, e.g. "mdns,mdns".
+found_by() {
+  http GET "${PORTS[$1]}" /v1/status |
+    json '",".join(sorted(p.get("discovery") or "-" for p in j["peers"] if p.get("connected")))'
+}
+show_peers() {
+  local n
+  for n in 1 2 3; do
+    echo "-- node$n: murmur peers (run in its container)"
+    docker exec "${CID[$n]}" /murmur peers --api 127.0.0.1:7700
+  done
+}
+
+declare -A WRITES=() # uuid -> tag name, every write the nodes must end with
+LAST=()               # node number -> its latest write during the partition
+create_tag() { # NODE NAME: prints the new uuid
+  http POST "${PORTS[$1]}" /v1/shared/tags "{\"name\": \"$2\", \"color\": \"node$1\"}" | json 'j["uuid"]'
+}
+has_tag() { # NODE UUID NAME
+  [ "$(http GET "${PORTS[$1]}" "/v1/shared/tags/$2" | json 'j["name"]')" = "$3" ]
+}
+digest() { http GET "${PORTS[$1]}" /v1/digest | json 'j["digest"] + "  " + str(j["rows"]) + " rows"'; }
+# Every node has the same digest and every write in WRITES.
+converged() {
+  local n u d1
+  d1=$(digest 1) || return 1
+  for n in 2 3; do [ "$(digest "$n")" = "$d1" ] || return 1; done
+  for u in "${!WRITES[@]}"; do
+    for n in 1 2 3; do has_tag "$n" "$u" "${WRITES[$u]}" || return 1; done
+  done
+}
+
+# --- 0. A library key and free host ports. -------------------------------------------------
+
+say "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?')), project $PROJECT"
+if command -v openssl >/dev/null 2>&1; then
+  openssl rand -hex 32 >"$WORK/library.key"
+else
+  python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/library.key"
+fi
+# The containers run as uid 10001: the bind-mounted key file must be readable by it.
+chmod 644 "$WORK/library.key"
+read -r P1 P2 P3 < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+PORTS=([1]=$P1 [2]=$P2 [3]=$P3)
+export MURMUR_IMAGE="$IMAGE" MURMUR_LIBRARY_KEY="$WORK/library.key" MURMUR_LOG=info
+export MURMUR_NODE1_PORT=$P1 MURMUR_NODE2_PORT=$P2 MURMUR_NODE3_PORT=$P3
+echo "APIs: node1 127.0.0.1:$P1, node2 127.0.0.1:$P2, node3 127.0.0.1:$P3"
+
+# --- 1. The static binary and the image. ---------------------------------------------------
+
+say "building the static binary $BINARY"
+t=$(now_ms)
+RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$STATIC_DIR" \
+  cargo build --release --target "$TARGET" --bin murmur
+timing "static binary build (cargo)" $(($(now_ms) - t))
+# A static binary has no program interpreter (no PT_INTERP program header).
+python3 - "$BINARY" <<'PY' || fail "$BINARY is not statically linked: the scratch image cannot run it"
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    elf = f.read(1 << 16)
+phoff, = struct.unpack_from("<Q", elf, 0x20)
+phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+types = [struct.unpack_from("<I", elf, phoff + i * phentsize)[0] for i in range(phnum)]
+sys.exit(1 if 3 in types else 0)
+PY
+echo "statically linked: yes"
+
+say "building the image $IMAGE"
+# BuildKit when buildx is installed, the classic builder otherwise (both work offline).
+docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0
+t=$(now_ms)
+docker build --build-arg BINARY="$BINARY" -t "$IMAGE" . 2>&1 |
+  grep -v -E 'DEPRECATED|legacy builder|BuildKit|buildx|^ *$' || true
+docker image inspect "$IMAGE" >/dev/null 2>&1 || fail "docker build did not produce $IMAGE"
+timing "image build (docker build)" $(($(now_ms) - t))
+docker image inspect -f 'image size: {{.Size}} bytes' "$IMAGE"
+
+# --- 2. The cluster. -----------------------------------------------------------------------
+
+say "starting the cluster ($PROJECT)"
+t=$(now_ms)
+dc up -d 2>&1
+find_containers
+NET=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${CID[3]}")
+echo "network: $NET"
+wait_for "every node healthy (docker healthcheck: murmur health)" all_healthy
+timing "cluster up and healthy" $(($(now_ms) - t))
 t=$(now_ms)
 wait_for "every node connected to the two others" all_meshed
 timing "mesh formed (every node sees 2 peers)" $(($(now_ms) - t))
 
 # --- 3. Discovery by mDNS. -----------------------------------------------------------------
 
-say "discovery: each node's 'murmur peers' (run inside its container)"
+say "discovery (no static peers are configured)"
+show_peers
 for n in 1 2 3; do
-  echo "-- node$n"
-  docker exec "${CID[$n]}" /murmur peers --api 127.0.0.1:7700
-done
-for n in 1 2 3; do
-  found=$(http GET "${PORTS[$n]}" /v1/status |
-    json '",".join(sorted(p.get("discovery") or "-" for p in j["peers"] if p.get("connected")))')
+  found=$(found_by "$n")
   [ "$found" = "mdns,mdns" ] || fail "node$n found its peers by '$found', expected mdns for both"
 done
-echo "every connection was made after an mDNS discovery (no static peers were configured)"
-echo "-- node logs:"
-dc logs --no-color 2>&1 | grep 'peer connected' | sed -E 's/^([^|]*\|).*(peer_id=[^ ]{0,20})[^ ]* (address=[^ ]*) (discovery=[^ ]*).*/\1 peer connected \2… \3 \4/'
-dc logs --no-color 2>&1 | grep -q 'discovery="mdns"\|discovery=mdns' ||
-  fail "no 'peer connected ... discovery=mdns' line in the logs"
+echo "-- the nodes' logs:"
+dc logs --no-color 2>&1 | grep 'murmur_node::sync: peer connected' |
+  awk '{ d = a = ""; for (i = 1; i <= NF; i++) { if ($i ~ /^discovery=/) d = $i; if ($i ~ /^address=/) a = $i }
+         print $1, "peer connected", a, d }'
+dc logs --no-color 2>&1 | grep -q 'peer connected.*discovery="mdns"' ||
+  fail "no 'peer connected ... discovery=\"mdns\"' line in the logs"
+echo "every node found both others by mDNS"
 
-# --- 4. Write on node 1, read on node 3. ---------------------------------------------------
+# --- 4. Write on node1, read on node3. -----------------------------------------------------
 
-create_tag() { # NODE NAME -> uuid
-  http POST "${PORTS[$1]}" /v1/shared/tags "{\"name\": \"$2\", \"color\": \"node$1\"}" | json 'j["uuid"]'
-}
-has_tag() { # NODE UUID NAME
-  [ "$(http GET "${PORTS[$1]}" "/v1/shared/tags/$2" | json 'j["name"]')" = "$3" ]
-}
-digest() { http GET "${PORTS[$1]}" /v1/digest | json 'j["digest"] + " " + str(j["rows"])'; }
-
-declare -A WRITES=() # uuid -> name
 say "write on node1, read on node3"
 u=$(create_tag 1 first-write-on-node1)
 WRITES[$u]=first-write-on-node1
 echo "node1 created tag $u"
 wait_for "node3 reads tag $u" has_tag 3 "$u" first-write-on-node1
-echo "node3 reads it after $(secs "$WAITED_MS")"
+echo "node3 reads it $(secs "$WAITED_MS") later"
 timing "write on node1 readable on node3" "$WAITED_MS"
 
-# --- 5. Partition node 3, write on both sides, heal. ---------------------------------------
+# --- 5. Partition node3, write on both sides, reconnect. -----------------------------------
 
 say "partition: disconnecting node3 from $NET"
+# A container cut off from its only network loses its published port. To keep writing to
+# node3 over its API, the test attaches it to a network of its own meanwhile (Docker then
+# publishes the port there); no other node is on that network.
+docker network create "$ISOLATED" >/dev/null
 docker network disconnect "$NET" "${CID[3]}"
+docker network connect "$ISOLATED" "${CID[3]}"
+wait_for "node3's API published again" http GET "${PORTS[3]}" /v1/health
 for i in 1 2 3; do
-  u=$(create_tag 1 "partition-node1-$i")
-  WRITES[$u]=partition-node1-$i
-  u=$(create_tag 2 "partition-node2-$i")
-  WRITES[$u]=partition-node2-$i
-  u=$(create_tag 3 "partition-node3-$i")
-  WRITES[$u]=partition-node3-$i
-  ISOLATED_U=$u
+  for n in 1 2 3; do
+    u=$(create_tag "$n" "partition-node$n-$i")
+    WRITES[$u]=partition-node$n-$i
+    LAST[$n]=$u
+  done
 done
-echo "wrote 6 tags on node1/node2 and 3 on the isolated node3"
-# node3's writes cannot have left it.
-if has_tag 1 "$ISOLATED_U" partition-node3-3; then fail "node1 has a write of the isolated node3"; fi
-echo "node3: $(digest 3)   node1: $(digest 1)   (they differ while node3 is cut off)"
+echo "wrote 3 tags on each node, node3 alone on its side"
+wait_for "node2 reads node1's partition-node1-3" has_tag 2 "${LAST[1]}" partition-node1-3
+if has_tag 1 "${LAST[3]}" partition-node3-3; then fail "node1 has a write of the cut-off node3"; fi
+if has_tag 3 "${LAST[1]}" partition-node1-3; then fail "the cut-off node3 has a write of node1"; fi
+echo "node1: $(digest 1)"
+echo "node3: $(digest 3)   (differs while node3 is cut off)"
 
-say "healing: reconnecting node3"
+say "reconnecting node3"
+docker network disconnect "$ISOLATED" "${CID[3]}"
 # Reconnecting drops the compose aliases: give back the service name (for /dns4 peers).
 docker network connect --alias node3 "$NET" "${CID[3]}"
 t=$(now_ms)
-converged() {
-  local n u d1 d
-  d1=$(digest 1) || return 1
-  for n in 2 3; do
-    d=$(digest "$n") || return 1
-    [ "$d" = "$d1" ] || return 1
-  done
-  for u in "${!WRITES[@]}"; do
-    for n in 1 2 3; do has_tag "$n" "$u" "${WRITES[$u]}" || return 1; done
-  done
-}
-wait_for "every node with the same digest and all ${#WRITES[@]} writes after the partition" converged
+wait_for "same digest on every node and all ${#WRITES[@]} writes everywhere, after the partition" converged
 CONVERGE_MS=$(($(now_ms) - t))
 timing "node3 convergence after reconnect" "$CONVERGE_MS"
-echo "node3 converged $(secs "$CONVERGE_MS") after it was reconnected: digest $(digest 3)"
+echo "node3 converged $(secs "$CONVERGE_MS") after it was reconnected: $(digest 3)"
 
 # --- 6. SIGKILL right after an acknowledged write. -----------------------------------------
 
@@ -281,20 +316,44 @@ say "crash: SIGKILL node2 right after an acknowledged write"
 u=$(create_tag 2 written-before-sigkill)
 WRITES[$u]=written-before-sigkill
 docker kill -s KILL "${CID[2]}" >/dev/null
-echo "node2 acknowledged tag $u and was killed"
+echo "node2 acknowledged tag $u, then got SIGKILL"
 t=$(now_ms)
-# The restart policy may already be restarting it; `docker start` is then a no-op.
+# The restart policy may be restarting it already; `docker start` is then a no-op.
 docker start "${CID[2]}" >/dev/null
-wait_for "node2 healthy again after SIGKILL" healthy 2
-echo "node2 restarted and healthy after $(secs $(($(now_ms) - t)))"
+wait_for "node2's API answering after the restart" http GET "${PORTS[2]}" /v1/health
+docker inspect -f 'node2 started again at {{.State.StartedAt}}' "${CID[2]}"
 has_tag 2 "$u" written-before-sigkill || fail "node2 lost the write it acknowledged before SIGKILL"
 echo "the write survived on node2"
+wait_for "node2 healthy again" healthy 2
 wait_for "the pre-crash write on every node, same digests" converged
-echo "it reached node1 and node3; digests agree $(secs $(($(now_ms) - t))) after the restart"
 timing "convergence after SIGKILL + restart" $(($(now_ms) - t))
-
-# --- 7. Final state. -----------------------------------------------------------------------
+echo "it reached node1 and node3; every digest agrees $(secs $(($(now_ms) - t))) after the restart"
 
 say "final digests"
 for n in 1 2 3; do echo "node$n: $(digest "$n")"; done
-echo "${#WRITES[@]} writes, present on every node"
+echo "${#WRITES[@]} writes, every one on every node"
+
+# --- 7. The fallback: static peers by service name, no mDNS. -------------------------------
+
+say "fallback: mDNS off, the other services' names as static peers (tests/cluster/static-peers.yml)"
+dc down -v --timeout 5 >/dev/null 2>&1
+PROJECT=$STATIC_PROJECT
+FILES=(-f "$ROOT/docker-compose.yml" -f "$ROOT/tests/cluster/static-peers.yml")
+t=$(now_ms)
+dc up -d 2>&1
+find_containers
+wait_for "every node healthy" all_healthy
+wait_for "every node connected to the two others through /dns4 peers" all_meshed
+timing "static-peers cluster up and meshed" $(($(now_ms) - t))
+show_peers
+for n in 1 2 3; do
+  found=$(found_by "$n")
+  case ",$found," in
+    *,mdns,* | *,-,*) fail "node$n: peers found by '$found' with mDNS off" ;;
+  esac
+done
+WRITES=()
+u=$(create_tag 1 static-peers-write)
+WRITES[$u]=static-peers-write
+wait_for "the write on node1 on every node" converged
+echo "connections are configured/inbound only (Docker's DNS resolved the service names); a write on node1 reached every node"

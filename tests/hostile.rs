@@ -213,7 +213,15 @@ fn gossip(msg: &Gossip) -> Vec<u8> {
 
 /// Two honest nodes: `n`, the one under attack, and `a`, the honest peer, in sync.
 async fn pair(secret: &Path) -> (TestNode, TestNode) {
-    let n = TestNode::new(secret).await;
+    pair_with(secret, |_| {}).await
+}
+
+/// [`pair`] with `n` configured by `tweak`.
+async fn pair_with(
+    secret: &Path,
+    tweak: impl FnOnce(&mut murmur::node::Config),
+) -> (TestNode, TestNode) {
+    let n = TestNode::new_with(secret, tweak).await;
     let a = TestNode::new(secret).await;
     a.connect(&n).await;
     wait_peers(&n, 1).await;
@@ -545,6 +553,10 @@ fn items(page: &OpsPage) -> usize {
     page.changes.iter().map(Change::weight).sum()
 }
 
+fn keep_log(c: &mut murmur::node::Config) {
+    c.prune_interval = Duration::from_secs(3600);
+}
+
 async fn many_owned_rows(a: &TestNode, n: usize) {
     for start in (0..n).step_by(2_000) {
         let rows: Vec<J> = (start..(start + 2_000).min(n))
@@ -559,7 +571,9 @@ async fn many_owned_rows(a: &TestNode, n: usize) {
 async fn hostile_requests_are_refused_or_clamped() {
     init_tracing();
     let (_sd, secret) = secret_file();
-    let (n, a) = pair(&secret).await;
+    // `n` keeps its log (a pruned log answers an empty version vector with
+    // SnapshotRequired), so that it has more than a page of ops to serve.
+    let (n, a) = pair_with(&secret, keep_log).await;
     many_owned_rows(&a, PAGE_SIZE + 1_000).await;
     converged(&[&n, &a], Duration::from_secs(60)).await;
     let h = Hostile::connect(
@@ -713,7 +727,9 @@ fn rss_kib() -> u64 {
 async fn a_request_flood_gets_busy_answers_and_the_node_stays_responsive() {
     init_tracing();
     let (_sd, secret) = secret_file();
-    let (n, a) = pair(&secret).await;
+    // `n` keeps its log (a pruned log answers an empty version vector with
+    // SnapshotRequired), so that it has more than a page of ops to serve.
+    let (n, a) = pair_with(&secret, keep_log).await;
     many_owned_rows(&a, PAGE_SIZE + 1_000).await;
     converged(&[&n, &a], Duration::from_secs(60)).await;
     let h = Hostile::plain(&secret, &n).await;

@@ -114,50 +114,31 @@ impl TestNode {
         self.node().dial(other.addr().await).await.expect("dial");
     }
 
-    pub async fn post(&self, path: &str, body: J) -> (u16, J) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
+    /// One API call; returns the status and the JSON body (null when there is none).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<J>) -> (u16, J) {
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(J::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: J) -> (u16, J) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: J) -> (u16, J) {
-        let r = self
-            .http
-            .patch(format!("{}{path}", self.api))
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(J::Null))
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, J) {
-        let r = self
-            .http
-            .delete(format!("{}{path}", self.api))
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(J::Null))
+        self.call(reqwest::Method::DELETE, path, None).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, J) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(J::Null))
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     /// Creates a tag; returns its uuid.

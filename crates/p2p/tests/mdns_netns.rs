@@ -9,122 +9,20 @@
 //!
 //! Needs root and the `ip` tool; elsewhere it prints why and passes as skipped.
 
+mod netns;
+
 use std::{
     io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+use netns::{Lab, skip_reason};
+
 const CHILD_ENV: &str = "MURMUR_P2P_MDNS_CHILD";
 const PEERS: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Namespaces and child processes, removed on drop whatever happens.
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Why the test cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !is_root() {
-        return Some("not running as root".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(_) | Err(_) => Some("no working `ip` binary".into()),
-    }
-}
-
-fn build_network(lab: &mut Lab) -> Result<(), String> {
-    let pid = std::process::id();
-    let bridge_ns = format!("mp2p-{pid}-br");
-    ip(&["netns", "add", &bridge_ns])?;
-    lab.namespaces.push(bridge_ns.clone());
-    ip(&["-n", &bridge_ns, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n",
-        &bridge_ns,
-        "link",
-        "add",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &bridge_ns, "link", "set", "br0", "up"])?;
-    for i in 1..=PEERS {
-        let ns = format!("mp2p-{pid}-{i}");
-        ip(&["netns", "add", &ns])?;
-        lab.namespaces.push(ns.clone());
-        let port = format!("p{i}");
-        // The veth pair is born inside the peer namespace, its other end inside the
-        // bridge namespace: no interface is ever created on the host.
-        ip(&[
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-            &bridge_ns,
-        ])?;
-        ip(&["-n", &bridge_ns, "link", "set", &port, "master", "br0"])?;
-        ip(&["-n", &bridge_ns, "link", "set", &port, "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.213.0.{i}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-    }
-    Ok(())
-}
 
 #[derive(Debug)]
 enum Line {
@@ -141,21 +39,18 @@ fn mdns_discovery_in_network_namespaces() {
         println!("SKIPPED mdns_discovery_in_network_namespaces: {why}");
         return;
     }
-    let mut lab = Lab {
-        namespaces: Vec::new(),
-        children: Vec::new(),
+    let mut lab = match Lab::build("mp2p", PEERS, "10.213.0") {
+        Ok(lab) => lab,
+        Err(e) => {
+            println!("SKIPPED mdns_discovery_in_network_namespaces: cannot create namespaces: {e}");
+            return;
+        }
     };
-    if let Err(e) = build_network(&mut lab) {
-        println!("SKIPPED mdns_discovery_in_network_namespaces: cannot create namespaces: {e}");
-        return;
-    }
     let exe = std::env::current_exe().expect("the test binary has a path");
     let (tx, rx) = mpsc::channel();
     for i in 1..=PEERS {
-        let ns = format!("mp2p-{}-{i}", std::process::id());
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(&exe)
+        let mut child = lab
+            .command(i, &exe.to_string_lossy())
             .args([
                 "mdns_peer_child",
                 "--exact",
