@@ -17,7 +17,10 @@
 # Needs: docker with `docker compose` or `docker-compose`, cargo, python3 (curl is used when
 # present, python3 otherwise). Environment: CLUSTER_TIMEOUT (seconds per wait, default 90),
 # CLUSTER_KEEP_IMAGE=1 (keep the image), CARGO_TARGET_DIR_STATIC (default target-static: the
-# static build uses other RUSTFLAGS and would otherwise rebuild the normal target dir).
+# static build uses other RUSTFLAGS and would otherwise rebuild the normal target dir),
+# CLUSTER_PARTITION_NEW_IP=1 (node3 comes back from the partition with a new address),
+# CLUSTER_STRICT=1 (fail, not just warn, when the full mesh does not re-form after the
+# partition or the restart; CLUSTER_MESH_TIMEOUT seconds, default 30).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +30,7 @@ TIMEOUT=${CLUSTER_TIMEOUT:-90}
 MAIN_PROJECT="murmur-ci-$$"
 STATIC_PROJECT="murmur-ci-$$-static"
 ISOLATED="murmur-ci-$$-isolated"
+SQUATTER="murmur-ci-$$-squatter"
 IMAGE="murmur:cluster-test-$$"
 TARGET="x86_64-unknown-linux-gnu"
 STATIC_DIR=${CARGO_TARGET_DIR_STATIC:-target-static}
@@ -70,11 +74,20 @@ cleanup() {
     dc logs --no-color --tail 40 2>&1
   fi
   say "tearing down the clusters, their networks and volumes"
-  local p
+  docker rm -f -v "$SQUATTER" >/dev/null 2>&1
+  local p left
   for p in "$MAIN_PROJECT" "$STATIC_PROJECT"; do
     PROJECT=$p
-    dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 ||
-      echo "warning: '${COMPOSE[*]} -p $p down -v' failed: remove that project by hand"
+    dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1
+    # Whatever `down` left (it stops at the first error), by the project's label.
+    left=$(docker ps -aq --filter "label=com.docker.compose.project=$p")
+    [ -z "$left" ] || docker rm -f -v $left >/dev/null
+    left=$(docker network ls -q --filter "label=com.docker.compose.project=$p")
+    [ -z "$left" ] || docker network rm $left >/dev/null
+    left=$(docker volume ls -q --filter "label=com.docker.compose.project=$p")
+    [ -z "$left" ] || docker volume rm $left >/dev/null
+    left=$(docker ps -aq --filter "label=com.docker.compose.project=$p")$(docker network ls -q --filter "label=com.docker.compose.project=$p")$(docker volume ls -q --filter "label=com.docker.compose.project=$p")
+    [ -z "$left" ] || echo "warning: could not remove everything of compose project $p: remove it by hand"
   done
   docker network rm "$ISOLATED" >/dev/null 2>&1
   [ "${CLUSTER_KEEP_IMAGE:-0}" = 1 ] || docker rmi "$IMAGE" >/dev/null 2>&1
@@ -87,10 +100,18 @@ cleanup() {
     done
     printf '  %-46s %s\n' "whole test" "$(secs $(($(now_ms) - T_START)))"
   fi
-  if [ "$rc" = 0 ]; then echo "CLUSTER TEST PASSED"; else echo "CLUSTER TEST FAILED (exit $rc)"; fi
+  if [ "$rc" = 0 ] && [ "${MESH_WARNINGS:-0}" -gt 0 ]; then
+    echo "CLUSTER TEST PASSED, WITH $MESH_WARNINGS MESH WARNING(S): see the !!!!! lines above"
+  elif [ "$rc" = 0 ]; then
+    echo "CLUSTER TEST PASSED"
+  else
+    echo "CLUSTER TEST FAILED (exit $rc)"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
+# Name the command that stopped the script when it is not one of the checks (they say why).
+trap 'echo "tests/cluster.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 trap 'exit 130' INT TERM
 
 # --- Helpers: HTTP over the published ports (curl when present, python3 otherwise). --------
@@ -159,6 +180,25 @@ found_by() {
   http GET "${PORTS[$1]}" /v1/status |
     json '",".join(sorted(p.get("discovery") or "-" for p in j["peers"] if p.get("connected")))'
 }
+# After a disruption, every node should be connected to both others again. Until the node
+# redials peers it found by mDNS (see README, "Cluster"), a node whose peers never dial it
+# back stays cut off from them: report it loudly, and fail only with CLUSTER_STRICT=1.
+check_mesh() { # WHAT
+  local saved=$TIMEOUT
+  TIMEOUT=${CLUSTER_MESH_TIMEOUT:-30}
+  if (wait_for "full mesh after $1" all_meshed) 2>/dev/null; then
+    TIMEOUT=$saved
+    echo "full mesh again after $1"
+    return
+  fi
+  TIMEOUT=$saved
+  local n
+  for n in 1 2 3; do echo "node$n connected to $(connected_peers "$n") of 2 peers"; done
+  [ "${CLUSTER_STRICT:-0}" = 1 ] && fail "the mesh did not re-form within ${CLUSTER_MESH_TIMEOUT:-30}s after $1"
+  echo "!!!!! WARNING: the mesh did not re-form within ${CLUSTER_MESH_TIMEOUT:-30}s after $1 (known node issue: mDNS peers are not redialed; CLUSTER_STRICT=1 makes this fail) !!!!!"
+  MESH_WARNINGS=$((MESH_WARNINGS + 1))
+}
+MESH_WARNINGS=0
 show_peers() {
   local n
   for n in 1 2 3; do
@@ -172,18 +212,31 @@ LAST=()               # node number -> its latest write during the partition
 create_tag() { # NODE NAME: prints the new uuid
   http POST "${PORTS[$1]}" /v1/shared/tags "{\"name\": \"$2\", \"color\": \"node$1\"}" | json 'j["uuid"]'
 }
-has_tag() { # NODE UUID NAME
-  [ "$(http GET "${PORTS[$1]}" "/v1/shared/tags/$2" | json 'j["name"]')" = "$3" ]
+has_tag() { # NODE UUID NAME (quiet: a 404 is an answer here)
+  [ "$(http GET "${PORTS[$1]}" "/v1/shared/tags/$2" 2>/dev/null | json 'j["name"]' 2>/dev/null)" = "$3" ]
 }
 digest() { http GET "${PORTS[$1]}" /v1/digest | json 'j["digest"] + "  " + str(j["rows"]) + " rows"'; }
-# Every node has the same digest and every write in WRITES.
+# Every node has the same digest and every write in WRITES. One python3 process per check, so
+# that polling stays cheap on a loaded machine.
 converged() {
-  local n u d1
-  d1=$(digest 1) || return 1
-  for n in 2 3; do [ "$(digest "$n")" = "$d1" ] || return 1; done
-  for u in "${!WRITES[@]}"; do
-    for n in 1 2 3; do has_tag "$n" "$u" "${WRITES[$u]}" || return 1; done
-  done
+  local u args=()
+  for u in "${!WRITES[@]}"; do args+=("$u=${WRITES[$u]}"); done
+  python3 - "${PORTS[1]}" "${PORTS[2]}" "${PORTS[3]}" "${args[@]}" <<'PY'
+import json, sys, urllib.request
+ports, writes = sys.argv[1:4], [w.split("=", 1) for w in sys.argv[4:]]
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.load(r)
+try:
+    if len({get(p, "/v1/digest")["digest"] for p in ports}) != 1:
+        sys.exit(1)
+    for uuid, name in writes:
+        for p in ports:
+            if get(p, f"/v1/shared/tags/{uuid}").get("name") != name:
+                sys.exit(1)
+except Exception:
+    sys.exit(1)
+PY
 }
 
 # --- 0. A library key and free host ports. -------------------------------------------------
@@ -231,7 +284,7 @@ say "building the image $IMAGE"
 docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0
 t=$(now_ms)
 docker build --build-arg BINARY="$BINARY" -t "$IMAGE" . 2>&1 |
-  grep -v -E 'DEPRECATED|legacy builder|BuildKit|buildx|^ *$' || true
+  grep -v -E 'DEPRECATED|legacy builder|BuildKit|buildx|environment-variable|^ *$' || true
 docker image inspect "$IMAGE" >/dev/null 2>&1 || fail "docker build did not produce $IMAGE"
 timing "image build (docker build)" $(($(now_ms) - t))
 docker image inspect -f 'image size: {{.Size}} bytes' "$IMAGE"
@@ -259,10 +312,11 @@ for n in 1 2 3; do
   [ "$found" = "mdns,mdns" ] || fail "node$n found its peers by '$found', expected mdns for both"
 done
 echo "-- the nodes' logs:"
-dc logs --no-color 2>&1 | grep 'murmur_node::sync: peer connected' |
+LOGS=$(dc logs --no-color 2>&1)
+grep 'murmur_node::sync: peer connected' <<<"$LOGS" |
   awk '{ d = a = ""; for (i = 1; i <= NF; i++) { if ($i ~ /^discovery=/) d = $i; if ($i ~ /^address=/) a = $i }
          print $1, "peer connected", a, d }'
-dc logs --no-color 2>&1 | grep -q 'peer connected.*discovery="mdns"' ||
+grep -q 'peer connected.*discovery="mdns"' <<<"$LOGS" ||
   fail "no 'peer connected ... discovery=\"mdns\"' line in the logs"
 echo "every node found both others by mDNS"
 
@@ -285,6 +339,12 @@ say "partition: disconnecting node3 from $NET"
 docker network create "$ISOLATED" >/dev/null
 docker network disconnect "$NET" "${CID[3]}"
 docker network connect "$ISOLATED" "${CID[3]}"
+if [ "${CLUSTER_PARTITION_NEW_IP:-0}" = 1 ]; then
+  # Opt-in: another container takes node3's address meanwhile, so node3 comes back with a
+  # new one (like a laptop that changes networks) and its old connections are dead.
+  docker run -d --name "$SQUATTER" --network "$NET" "$IMAGE" run --no-mdns >/dev/null
+  echo "node3's old address is now $SQUATTER's: $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$SQUATTER")"
+fi
 wait_for "node3's API published again" http GET "${PORTS[3]}" /v1/health
 for i in 1 2 3; do
   for n in 1 2 3; do
@@ -305,29 +365,40 @@ docker network disconnect "$ISOLATED" "${CID[3]}"
 # Reconnecting drops the compose aliases: give back the service name (for /dns4 peers).
 docker network connect --alias node3 "$NET" "${CID[3]}"
 t=$(now_ms)
+echo "node3 is back on $NET at $(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "${CID[3]}")"
 wait_for "same digest on every node and all ${#WRITES[@]} writes everywhere, after the partition" converged
 CONVERGE_MS=$(($(now_ms) - t))
 timing "node3 convergence after reconnect" "$CONVERGE_MS"
 echo "node3 converged $(secs "$CONVERGE_MS") after it was reconnected: $(digest 3)"
+check_mesh "the partition"
 
 # --- 6. SIGKILL right after an acknowledged write. -----------------------------------------
 
 say "crash: SIGKILL node2 right after an acknowledged write"
 u=$(create_tag 2 written-before-sigkill)
 WRITES[$u]=written-before-sigkill
+KILLED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
 docker kill -s KILL "${CID[2]}" >/dev/null
 echo "node2 acknowledged tag $u, then got SIGKILL"
 t=$(now_ms)
 # The restart policy may be restarting it already; `docker start` is then a no-op.
 docker start "${CID[2]}" >/dev/null
 wait_for "node2's API answering after the restart" http GET "${PORTS[2]}" /v1/health
-docker inspect -f 'node2 started again at {{.State.StartedAt}}' "${CID[2]}"
+echo "node2 answers again $(secs $(($(now_ms) - t))) after the kill (started at $(docker inspect -f '{{.State.StartedAt}}' "${CID[2]}"))"
 has_tag 2 "$u" written-before-sigkill || fail "node2 lost the write it acknowledged before SIGKILL"
 echo "the write survived on node2"
-wait_for "node2 healthy again" healthy 2
 wait_for "the pre-crash write on every node, same digests" converged
 timing "convergence after SIGKILL + restart" $(($(now_ms) - t))
-echo "it reached node1 and node3; every digest agrees $(secs $(($(now_ms) - t))) after the restart"
+echo "it reached node1 and node3; every digest agrees $(secs $(($(now_ms) - t))) after the kill"
+echo "-- how the nodes reconnected (logs since the kill):"
+for n in 1 2 3; do
+  docker logs --since "$KILLED_AT" "${CID[$n]}" 2>&1 |
+    grep -E 'murmur_node::sync: (peer (dis)?connected|caught up)' |
+    sed -E "s/^([^ ]+) +INFO sync\{[^}]*\}: murmur_node::sync:/node$n \1/; s/ client=[^ ]+//; s/peer_id=([^ ]{12})[^ ]*/peer_id=\1…/" ||
+    true # a node with nothing to report is an answer too
+done
+check_mesh "node2's restart"
+wait_for "node2 healthy again (docker healthcheck)" healthy 2
 
 say "final digests"
 for n in 1 2 3; do echo "node$n: $(digest "$n")"; done
@@ -336,7 +407,8 @@ echo "${#WRITES[@]} writes, every one on every node"
 # --- 7. The fallback: static peers by service name, no mDNS. -------------------------------
 
 say "fallback: mDNS off, the other services' names as static peers (tests/cluster/static-peers.yml)"
-dc down -v --timeout 5 >/dev/null 2>&1
+docker rm -f -v "$SQUATTER" >/dev/null 2>&1 || true
+dc down -v --timeout 5 >/dev/null 2>&1 || echo "warning: '${COMPOSE[*]} down' of $PROJECT failed; the exit trap retries"
 PROJECT=$STATIC_PROJECT
 FILES=(-f "$ROOT/docker-compose.yml" -f "$ROOT/tests/cluster/static-peers.yml")
 t=$(now_ms)

@@ -149,9 +149,10 @@ impl From<RunArgs> for Config {
     fn from(a: RunArgs) -> Self {
         Config {
             data_dir: a.data_dir,
-            listen: a.listen,
+            // An empty value (e.g. MURMUR_PEER="") is no address.
+            listen: a.listen.into_iter().filter(|m| !m.is_empty()).collect(),
             api: a.api,
-            peers: a.peer,
+            peers: a.peer.into_iter().filter(|m| !m.is_empty()).collect(),
             mdns: !a.no_mdns,
             library_secret_file: a.library_secret_file,
             max_drift: Duration::from_millis(a.max_drift_ms),

@@ -173,7 +173,12 @@ where
             IDENTIFY_PROTOCOL.to_owned(),
             keypair.public(),
         )),
-        ping: ping::Behaviour::new(ping::Config::new()),
+        // Pings every 5 s; one unanswered for 10 s closes the connection (see the event loop).
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(10)),
+        ),
         mdns: Toggle::from(mdns),
     };
 

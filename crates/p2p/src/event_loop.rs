@@ -51,6 +51,8 @@ pub(crate) const BACKLOG_CAP: usize = 4096;
 pub(crate) const REMOTE_BACKLOG_CAP: usize = 256;
 /// How often the redial schedule is checked.
 const REDIAL_TICK: Duration = Duration::from_millis(100);
+/// How often peers known by mDNS but not connected are dialed again.
+const MDNS_REDIAL_EVERY: Duration = Duration::from_secs(3);
 
 /// What we know of a connected peer.
 struct Connected {
@@ -82,6 +84,7 @@ where
     /// Dials we started, and why.
     dial_origin: HashMap<ConnectionId, Discovery>,
     mdns_peers: HashSet<PeerId>,
+    last_mdns_redial: Instant,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -119,6 +122,7 @@ where
             peers: HashMap::new(),
             dial_origin: HashMap::new(),
             mdns_peers: HashSet::new(),
+            last_mdns_redial: Instant::now(),
             listen_addrs: Vec::new(),
         }
     }
@@ -296,6 +300,10 @@ where
     fn handle_redial_tick(&mut self) {
         let now = Instant::now();
         let local = *self.swarm.local_peer_id();
+        if now.duration_since(self.last_mdns_redial) >= MDNS_REDIAL_EVERY {
+            self.last_mdns_redial = now;
+            self.redial_mdns_peers(local);
+        }
         for (index, addr, peer) in self.redialer.due(now) {
             if peer == Some(local) {
                 self.redialer.mark_self(index);
@@ -315,6 +323,37 @@ where
                     warn!(%addr, error = %e, "cannot dial explicit peer");
                     self.redialer.on_dial_error(index, now);
                 }
+            }
+        }
+    }
+
+    /// Dials the peers mDNS knows (records not expired) that are not connected, when this
+    /// side is the one that dials. mDNS reports a peer only when its record is new, so a
+    /// peer that restarted, or whose connection died, would otherwise stay unconnected
+    /// until its record expires.
+    fn redial_mdns_peers(&mut self, local: PeerId) {
+        let Some(mdns) = self.swarm.behaviour().mdns.as_ref() else {
+            return;
+        };
+        let due: Vec<PeerId> = mdns
+            .discovered_nodes()
+            .filter(|p| local < **p)
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .collect();
+        for peer in due {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    debug!(%peer, "redialing a peer known by mDNS");
+                    self.dial_origin.insert(connection, Discovery::Mdns);
+                }
+                Err(e) => trace!(%peer, error = %e, "mdns redial not started"),
             }
         }
     }
@@ -399,7 +438,16 @@ where
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.handle_mdns(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => trace!(?e, "identify"),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => trace!(?e, "ping"),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                trace!(?e, "ping");
+                // A connection that stops answering pings is dead (a peer that vanished or
+                // changed address): close it, so the peer shows as gone and is redialed,
+                // rather than waiting for TCP to give up many minutes later.
+                if let Err(failure) = &e.result {
+                    debug!(peer = %e.peer, %failure, "ping failed: closing the connection");
+                    self.swarm.close_connection(e.connection);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Limits(e)) => match e {},
             SwarmEvent::ConnectionEstablished {
                 peer_id,
