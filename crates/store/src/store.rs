@@ -329,16 +329,24 @@ impl Store {
         let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = WriteOutcome::default();
         let mut next_seq = self.own_seq();
+        // Whether each named row is alive, read in bulk, then followed through the batch:
+        // a local op's timestamp is newer than every one stored, so a create makes its row
+        // alive and a delete makes it dead.
+        let mut alive = shared_alive_many(&mut tx, &prepared).await?;
+        // Consecutive entries on one resource go through the engine in one call (the same
+        // merge as one call per entry, with the same events in the same order).
+        let mut run: Vec<Change> = Vec::new();
         for (index, p) in prepared.into_iter().enumerate() {
             let at = |source| StoreError::BatchEntry {
                 index,
                 source: Box::new(source),
             };
-            let alive = shared_alive(&mut tx, &p.resource, p.uuid).await?;
+            let key = (p.resource.clone(), p.uuid);
+            let is_alive = alive.get(&key).copied().unwrap_or(false);
             let mut ops = Vec::new();
             match p.method {
                 Method::SharedCreate => {
-                    if alive {
+                    if is_alive {
                         return Err(at(StoreError::AlreadyExists {
                             resource: p.resource,
                             uuid: p.uuid,
@@ -354,9 +362,10 @@ impl Store {
                         None,
                         p.fields,
                     ));
+                    alive.insert(key, true);
                 }
                 Method::SharedUpdate => {
-                    if !alive {
+                    if !is_alive {
                         return Err(at(StoreError::NotFound {
                             resource: p.resource,
                             uuid: p.uuid,
@@ -376,7 +385,7 @@ impl Store {
                     }
                 }
                 _ => {
-                    if !alive {
+                    if !is_alive {
                         return Err(at(StoreError::NotFound {
                             resource: p.resource,
                             uuid: p.uuid,
@@ -392,14 +401,22 @@ impl Store {
                         None,
                         BTreeMap::new(),
                     ));
+                    alive.insert(key, false);
                 }
             }
-            let changes: Vec<Change> = ops.iter().cloned().map(Change::Op).collect();
-            let res = engine::apply(&mut tx, &inner.registry, &changes, true).await?;
-            out.events.extend(res.events);
-            out.changes.extend(changes);
+            if run.first().is_some_and(|c| c.op().resource != p.resource) {
+                let res = engine::apply(&mut tx, &inner.registry, &run, true).await?;
+                out.events.extend(res.events);
+                out.changes.append(&mut run);
+            }
+            run.extend(ops.iter().cloned().map(Change::Op));
             out.uuids.push(p.uuid);
             out.ops.extend(ops);
+        }
+        if !run.is_empty() {
+            let res = engine::apply(&mut tx, &inner.registry, &run, true).await?;
+            out.events.extend(res.events);
+            out.changes.append(&mut run);
         }
         self.commit_local(tx, &out.ops).await?;
         Ok(out)
@@ -795,20 +812,35 @@ fn derive_uuid(
     ))
 }
 
-async fn shared_alive(
+/// Whether each row named by `entries` is alive, keyed by (resource, uuid); rows with no
+/// existence register are absent.
+async fn shared_alive_many(
     conn: &mut SqliteConnection,
-    resource: &str,
-    uuid: Uuid,
-) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT alive FROM crdt_rows WHERE resource = ? AND uuid = ?")
-        .bind(resource)
-        .bind(uuid.hyphenated().to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        Some(r) => r.try_get::<i64, _>(0)? != 0,
-        None => false,
-    })
+    entries: &[Prepared],
+) -> Result<std::collections::HashMap<(String, Uuid), bool>, StoreError> {
+    let mut by_resource: BTreeMap<&str, std::collections::BTreeSet<Uuid>> = BTreeMap::new();
+    for p in entries {
+        by_resource.entry(&p.resource).or_default().insert(p.uuid);
+    }
+    let mut out = std::collections::HashMap::new();
+    for (resource, uuids) in by_resource {
+        let uuids: Vec<Uuid> = uuids.into_iter().collect();
+        for chunk in uuids.chunks(rows_per_statement(1)) {
+            let sql = format!(
+                "SELECT uuid, alive FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
+                in_list(chunk.len())
+            );
+            let mut q = query(sql).bind(resource.to_owned());
+            for u in chunk {
+                q = q.bind(u.hyphenated().to_string());
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+                out.insert((resource.to_owned(), uuid), r.try_get::<i64, _>(1)? != 0);
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn owned_owners(
