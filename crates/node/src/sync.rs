@@ -22,7 +22,9 @@ use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::{Acceptance, Discovery, Event, Handle, Responder};
 use murmur_store::validate::{MAX_SEQ, validate_op};
 use murmur_store::wire::{from_cbor, to_cbor};
-use murmur_store::{ApplyReport, Change, Op, OpsCursor, Registry, RowEvent, Store, StoreError};
+use murmur_store::{
+    ApplyReport, Change, Op, OpsCursor, Registry, RowEvent, Store, StoreError, VersionVector,
+};
 use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -800,21 +802,27 @@ impl Puller {
         }
     }
 
+    fn ops_request(&self, cursor: OpsCursor) -> (VersionVector, Request) {
+        let have = self.store.version_vector().truncated(VV_EXTRA_CAP);
+        let req = Request::OpsSince {
+            have: have.clone(),
+            cursor,
+            limit: PAGE_SIZE as u32,
+        };
+        (have, req)
+    }
+
+    /// Pulls what the peer has and this node lacks. Pages are pipelined: the request for
+    /// page n+1 (its cursor is in page n) is in flight while page n is applied, so the
+    /// peer's read and encode and the transfer overlap the local apply.
     async fn pull(&self) -> Result<PullSummary, PullError> {
         let started = Instant::now();
         let mut summary = PullSummary::default();
-        let mut cursor = OpsCursor::default();
         let mut total: Option<u64> = None;
         let mut last_log = Instant::now();
+        let (mut have, req) = self.ops_request(OpsCursor::default());
+        let mut resp = self.request(req).await?;
         loop {
-            let have = self.store.version_vector().truncated(VV_EXTRA_CAP);
-            let resp = self
-                .request(Request::OpsSince {
-                    have: have.clone(),
-                    cursor: cursor.clone(),
-                    limit: PAGE_SIZE as u32,
-                })
-                .await?;
             match resp {
                 Response::SnapshotRequired => {
                     if summary.snapshot {
@@ -824,7 +832,9 @@ impl Puller {
                         ));
                     }
                     self.snapshot(&mut summary).await?;
-                    cursor = OpsCursor::default();
+                    let (h, req) = self.ops_request(OpsCursor::default());
+                    have = h;
+                    resp = self.request(req).await?;
                 }
                 Response::Ops { page, server } => {
                     let total = *total.get_or_insert_with(|| {
@@ -834,8 +844,24 @@ impl Puller {
                             .fold(0u64, u64::saturating_add)
                     });
                     let items: u64 = page.changes.iter().map(|c| c.weight() as u64).sum();
-                    if !page.changes.is_empty() {
-                        let report = self.store.apply(page.changes).await?;
+                    // The next request carries the version vector from before this page is
+                    // applied: the cursor, not the vector, says where the peer resumes, and
+                    // anything sent twice is a duplicate, which apply skips.
+                    let next = page.next.map(|cursor| self.ops_request(cursor).1);
+                    let apply = async {
+                        if page.changes.is_empty() {
+                            return Ok(None);
+                        }
+                        self.store.apply(page.changes).await.map(Some)
+                    };
+                    let fetch = async {
+                        match next {
+                            Some(req) => Some(self.request(req).await),
+                            None => None,
+                        }
+                    };
+                    let (applied, fetched) = tokio::join!(apply, fetch);
+                    if let Some(report) = applied? {
                         account(&self.metrics, &self.row_events, &report, "catchup");
                         summary.ops += report.applied as u64;
                         summary.items += items;
@@ -845,8 +871,8 @@ impl Puller {
                         info!(done = summary.items, total, "catching up");
                         last_log = Instant::now();
                     }
-                    match page.next {
-                        Some(next) => cursor = next,
+                    match fetched {
+                        Some(r) => resp = r?,
                         None => break,
                     }
                 }
@@ -857,20 +883,21 @@ impl Puller {
         Ok(summary)
     }
 
+    /// Imports the peer's state snapshot, page by page, with the next page's request in
+    /// flight while a page is imported.
     async fn snapshot(&self, summary: &mut PullSummary) -> Result<(), PullError> {
         info!(peer = %self.peer, "behind the peer's log horizon: taking a state snapshot");
-        let mut position = None;
+        let request = |position| Request::Snapshot {
+            position,
+            limit: PAGE_SIZE as u32,
+        };
+        let mut first = true;
         let mut covers = None;
         let mut total = 0;
         let mut done = 0u64;
         let mut last_log = Instant::now();
+        let mut resp = self.request(request(None)).await?;
         loop {
-            let resp = self
-                .request(Request::Snapshot {
-                    position: position.clone(),
-                    limit: PAGE_SIZE as u32,
-                })
-                .await?;
             let Response::Snapshot {
                 rows,
                 next,
@@ -880,19 +907,27 @@ impl Puller {
             else {
                 return Err(PullError::Unexpected);
             };
-            if position.is_none() {
+            if first {
                 covers = c;
                 total = total_rows.unwrap_or(0);
+                first = false;
             }
             done += rows.len() as u64;
-            self.store.import_snapshot_page(rows).await?;
+            let fetch = async {
+                match next {
+                    Some(n) => Some(self.request(request(Some(n))).await),
+                    None => None,
+                }
+            };
+            let (imported, fetched) = tokio::join!(self.store.import_snapshot_page(rows), fetch);
+            imported?;
             self.progress("snapshot", done, total);
             if last_log.elapsed() > Duration::from_secs(1) {
                 info!(done, total, "importing snapshot");
                 last_log = Instant::now();
             }
-            match next {
-                Some(n) => position = Some(n),
+            match fetched {
+                Some(r) => resp = r?,
                 None => break,
             }
         }

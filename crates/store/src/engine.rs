@@ -14,6 +14,7 @@ use crate::error::StoreError;
 use crate::merge::{OwnedOutcome, OwnedRowState, SharedRow, merge_owned};
 use crate::op::{Change, Method, Op, OpId, OwnedRow, RejectReason, RowEvent, SnapshotRow};
 use crate::registry::{Kind, Registry, ResourceDef};
+use crate::rowclock;
 use crate::sql::{exec, in_list, query, rows_per_statement, values_list};
 use crate::value::Value;
 
@@ -120,46 +121,116 @@ async fn insert_log(
 
 // ---------------------------------------------------------------------------------------
 // Shared resources
+//
+// A live row's registers are its data row plus its `crdt_clock` (see [`crate::rowclock`]);
+// a dead row's, or one known only from updates, are in `crdt_rows` and `crdt_props` (the
+// "side" tables). A row's state is in exactly one of the two places.
+
+/// Where a shared row's registers are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Nowhere yet.
+    New,
+    /// The data table (a live row).
+    Data,
+    /// `crdt_rows` and `crdt_props` (a dead or not yet created row).
+    Side,
+}
+
+/// The registers of shared rows, with where each is stored.
+pub(crate) type SharedState = HashMap<Uuid, (SharedRow, Place)>;
+
+/// A live row of `def` read as `uuid, crdt_clock, <columns>`, with its registers; `None`
+/// for a row written before the row clock (its registers are still in the side tables
+/// until [`move_live_registers`] has run).
+pub(crate) fn live_row_from(
+    def: &ResourceDef,
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<Option<(Uuid, SharedRow)>, StoreError> {
+    let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+    let raw: Vec<u8> = r.try_get(1)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let clock = rowclock::decode(&raw)?;
+    let mut row = SharedRow {
+        exists_ts: clock.exists,
+        alive: true,
+        props: BTreeMap::new(),
+    };
+    for (name, ts) in clock.props {
+        // A name the registry no longer has is ignored (its column is gone).
+        if let Some(i) = def.column_index(name) {
+            let v: Value = r.try_get(2 + i)?;
+            row.props.insert(name.to_owned(), (ts, v));
+        }
+    }
+    Ok(Some((uuid, row)))
+}
 
 async fn load_shared(
     conn: &mut SqliteConnection,
-    resource: &str,
+    def: &ResourceDef,
     uuids: &[Uuid],
-) -> Result<HashMap<Uuid, SharedRow>, StoreError> {
-    let mut rows: HashMap<Uuid, SharedRow> = HashMap::new();
+) -> Result<SharedState, StoreError> {
+    let mut rows: SharedState = HashMap::with_capacity(uuids.len());
+    let cols = crate::sync::column_list(def);
     for chunk in uuids.chunks(rows_per_statement(1)) {
         let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        let sql = format!(
+            "SELECT uuid, crdt_clock{cols} FROM {} WHERE uuid IN ({})",
+            def.name,
+            in_list(keys.len())
+        );
+        let mut q = query(sql);
+        for k in &keys {
+            q = q.bind(k.as_str().to_owned());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            if let Some((uuid, row)) = live_row_from(def, &r)? {
+                rows.insert(uuid, (row, Place::Data));
+            }
+        }
         let sql = format!(
             "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
             in_list(keys.len())
         );
-        let mut q = query(sql).bind(resource.to_owned());
+        let mut q = query(sql).bind(def.name.clone());
         for k in &keys {
             q = q.bind(k.clone());
         }
-        for r in q.fetch_all(&mut *conn).await? {
-            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-            let e = rows.entry(uuid).or_default();
-            e.exists_ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?;
-            e.alive = r.try_get::<i64, _>(2)? != 0;
+        let side = q.fetch_all(&mut *conn).await?;
+        if side.is_empty() {
+            continue;
+        }
+        let mut side_keys = Vec::with_capacity(side.len());
+        for r in &side {
+            let key: String = r.try_get(0)?;
+            let uuid = parse_uuid(&key)?;
+            let row = SharedRow {
+                exists_ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
+                alive: r.try_get::<i64, _>(2)? != 0,
+                props: BTreeMap::new(),
+            };
+            rows.insert(uuid, (row, Place::Side));
+            side_keys.push(key);
         }
         let sql = format!(
             "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid IN ({})",
-            in_list(keys.len())
+            in_list(side_keys.len())
         );
-        let mut q = query(sql).bind(resource.to_owned());
-        for k in &keys {
-            q = q.bind(k.clone());
+        let mut q = query(sql).bind(def.name.clone());
+        for k in side_keys {
+            q = q.bind(k);
         }
         for r in q.fetch_all(&mut *conn).await? {
             let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
             let prop: String = r.try_get(1)?;
             let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
             let value: Value = r.try_get(3)?;
-            rows.entry(uuid)
-                .or_default()
-                .props
-                .insert(prop, (ts, value));
+            if let Some((row, _)) = rows.get_mut(&uuid) {
+                row.props.insert(prop, (ts, value));
+            }
         }
     }
     Ok(rows)
@@ -182,20 +253,20 @@ async fn apply_shared(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut state = load_shared(conn, &def.name, &uuids).await?;
-    let known: BTreeSet<Uuid> = state.keys().copied().collect();
-    let mut dirty_exists: BTreeSet<Uuid> = BTreeSet::new();
-    let mut dirty_props: BTreeSet<(Uuid, String)> = BTreeSet::new();
-    let mut touched: BTreeSet<Uuid> = BTreeSet::new();
+    let mut state = load_shared(conn, def, &uuids).await?;
+    let mut dirty: BTreeSet<Uuid> = BTreeSet::new();
     let columns = || def.columns.iter().map(|c| c.name.as_str());
 
     for c in items {
         let op = c.op();
         // Validation guarantees a uuid on shared ops.
         let Some(uuid) = op.uuid else { continue };
-        let row = state.entry(uuid).or_default();
-        if !known.contains(&uuid) {
-            dirty_exists.insert(uuid);
+        let (row, place) = state
+            .entry(uuid)
+            .or_insert_with(|| (SharedRow::default(), Place::New));
+        if *place == Place::New {
+            // Even an op that moves nothing leaves the row's (empty) registers stored.
+            dirty.insert(uuid);
         }
         let changed = match op.method {
             Method::SharedCreate => row.create(op.ts(), columns(), &op.fields),
@@ -203,27 +274,13 @@ async fn apply_shared(
                 let (Some(p), Some(v)) = (&op.property, &op.value) else {
                     continue;
                 };
-                let ch = row.update(op.ts(), p, v);
-                if ch.props {
-                    dirty_props.insert((uuid, p.clone()));
-                }
-                ch
+                row.update(op.ts(), p, v)
             }
             Method::SharedDelete => row.delete(op.ts()),
             _ => continue,
         };
-        if op.method == Method::SharedCreate && changed.props {
-            for col in columns() {
-                if row.props.get(col).is_some_and(|(ts, _)| *ts == op.ts()) {
-                    dirty_props.insert((uuid, col.to_owned()));
-                }
-            }
-        }
-        if changed.existence {
-            dirty_exists.insert(uuid);
-        }
         if changed.any() {
-            touched.insert(uuid);
+            dirty.insert(uuid);
             out.events.push(RowEvent {
                 resource: def.name.clone(),
                 uuid: Some(uuid),
@@ -235,61 +292,78 @@ async fn apply_shared(
         }
     }
 
-    write_shared(conn, def, &state, &dirty_exists, &dirty_props, &touched).await
+    write_shared(conn, def, &state, &dirty).await
 }
 
-/// Stores the registers that moved and refreshes the data table for the touched rows.
+/// Stores the registers of the `dirty` rows: live rows into the data table with their
+/// clocks, the others into the side tables, and removes each from where it no longer is.
 async fn write_shared(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
-    state: &HashMap<Uuid, SharedRow>,
-    dirty_exists: &BTreeSet<Uuid>,
-    dirty_props: &BTreeSet<(Uuid, String)>,
-    touched: &BTreeSet<Uuid>,
+    state: &SharedState,
+    dirty: &BTreeSet<Uuid>,
 ) -> Result<(), StoreError> {
     let columns = || def.columns.iter().map(|c| c.name.as_str());
-    // Existence registers.
-    let exists: Vec<(Uuid, &SharedRow)> = dirty_exists
-        .iter()
-        .filter_map(|u| state.get(u).map(|r| (*u, r)))
-        .collect();
-    for chunk in exists.chunks(rows_per_statement(4)) {
+    let mut live: Vec<(Uuid, Vec<u8>, Vec<Value>)> = Vec::new();
+    let mut dead: Vec<(Uuid, &SharedRow)> = Vec::new();
+    let mut leave_data: Vec<Uuid> = Vec::new();
+    let mut leave_side: Vec<Uuid> = Vec::new();
+    for u in dirty {
+        let Some((row, place)) = state.get(u) else {
+            continue;
+        };
+        if row.alive {
+            let clock = rowclock::encode(
+                row.exists_ts,
+                row.props.iter().map(|(n, (ts, _))| (n.as_str(), *ts)),
+            );
+            live.push((*u, clock, row.values(columns())));
+            if *place == Place::Side {
+                leave_side.push(*u);
+            }
+        } else {
+            dead.push((*u, row));
+            if *place == Place::Data {
+                leave_data.push(*u);
+            }
+        }
+    }
+    upsert_data(conn, def, &live).await?;
+    delete_data(conn, &def.name, &leave_data).await?;
+    // Their registers now live in the data table.
+    delete_side(conn, &def.name, &leave_side, &["crdt_rows", "crdt_props"]).await?;
+
+    // Side tables: existence registers, then every property register of those rows.
+    for chunk in dead.chunks(rows_per_statement(4)) {
         let sql = format!(
             "INSERT INTO crdt_rows (resource, uuid, ts, alive, owner) VALUES {} \
              ON CONFLICT (resource, uuid) DO UPDATE SET ts = excluded.ts, alive = excluded.alive",
             values_list_with_null(chunk.len(), 4)
         );
         let name = def.name.clone();
-        let rows: Vec<(String, Vec<u8>, i64)> = chunk
+        let rows: Vec<(String, Vec<u8>)> = chunk
             .iter()
-            .map(|(u, r)| {
-                (
-                    u.hyphenated().to_string(),
-                    r.exists_ts.to_bytes().to_vec(),
-                    r.alive as i64,
-                )
-            })
+            .map(|(u, r)| (u.hyphenated().to_string(), r.exists_ts.to_bytes().to_vec()))
             .collect();
         exec(conn, sql, |mut q| {
-            for (u, ts, alive) in rows {
-                q = q.bind(name.clone()).bind(u).bind(ts).bind(alive);
+            for (u, ts) in rows {
+                q = q.bind(name.clone()).bind(u).bind(ts).bind(0i64);
             }
             q
         })
         .await?;
     }
-
-    // Property registers.
-    let props: Vec<(String, String, Vec<u8>, Value)> = dirty_props
+    let props: Vec<(String, String, Vec<u8>, Value)> = dead
         .iter()
-        .filter_map(|(u, p)| {
-            let (ts, v) = state.get(u)?.props.get(p)?;
-            Some((
-                u.hyphenated().to_string(),
-                p.clone(),
-                ts.to_bytes().to_vec(),
-                v.clone(),
-            ))
+        .flat_map(|(u, r)| {
+            r.props.iter().map(move |(p, (ts, v))| {
+                (
+                    u.hyphenated().to_string(),
+                    p.clone(),
+                    ts.to_bytes().to_vec(),
+                    v.clone(),
+                )
+            })
         })
         .collect();
     for chunk in props.chunks(rows_per_statement(5)) {
@@ -308,21 +382,67 @@ async fn write_shared(
         })
         .await?;
     }
+    Ok(())
+}
 
-    // The data table: live rows hold their current values, dead rows are absent.
-    let mut live: Vec<(Uuid, Vec<Value>)> = Vec::new();
-    let mut dead: Vec<Uuid> = Vec::new();
-    for u in touched {
-        let Some(r) = state.get(u) else { continue };
-        if r.alive {
-            live.push((*u, r.values(columns())));
-        } else {
-            dead.push(*u);
+/// Removes rows of `resource` from side `tables` (`crdt_rows`, `crdt_props`).
+async fn delete_side(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    uuids: &[Uuid],
+    tables: &[&str],
+) -> Result<(), StoreError> {
+    for chunk in uuids.chunks(rows_per_statement(1)) {
+        for table in tables {
+            let sql = format!(
+                "DELETE FROM {table} WHERE resource = ? AND uuid IN ({})",
+                in_list(chunk.len())
+            );
+            let name = resource.to_owned();
+            let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+            exec(conn, sql, |mut q| {
+                q = q.bind(name);
+                for k in keys {
+                    q = q.bind(k);
+                }
+                q
+            })
+            .await?;
         }
     }
-    upsert_data(conn, def, &live).await?;
-    delete_data(conn, &def.name, &dead).await?;
     Ok(())
+}
+
+/// Moves the registers of live shared rows written by a version before the row clock
+/// (kept in the side tables, with an empty `crdt_clock`) into their data rows. Runs once,
+/// when the store opens; returns how many rows moved.
+pub(crate) async fn move_live_registers(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+) -> Result<u64, StoreError> {
+    let mut moved = 0u64;
+    for def in registry.iter().filter(|d| d.kind == Kind::Shared) {
+        loop {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT uuid FROM crdt_rows WHERE resource = ? AND alive = 1 LIMIT 500",
+            )
+            .bind(def.name.clone())
+            .fetch_all(&mut *conn)
+            .await?;
+            if keys.is_empty() {
+                break;
+            }
+            let uuids = keys
+                .iter()
+                .map(|k| parse_uuid(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let state = load_shared(conn, def, &uuids).await?;
+            let dirty: BTreeSet<Uuid> = uuids.iter().copied().collect();
+            write_shared(conn, def, &state, &dirty).await?;
+            moved += uuids.len() as u64;
+        }
+    }
+    Ok(moved)
 }
 
 fn values_list_with_null(rows: usize, cols: usize) -> String {
@@ -333,21 +453,21 @@ fn values_list_with_null(rows: usize, cols: usize) -> String {
 async fn upsert_data(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
-    rows: &[(Uuid, Vec<Value>)],
+    rows: &[(Uuid, Vec<u8>, Vec<Value>)],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let ncols = def.columns.len() + 1;
+    let ncols = def.columns.len() + 2;
     let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
-    let set = names
-        .iter()
+    let set = std::iter::once("crdt_clock")
+        .chain(names.iter().copied())
         .map(|n| format!("{n} = excluded.{n}"))
         .collect::<Vec<_>>()
         .join(", ");
     for chunk in rows.chunks(rows_per_statement(ncols)) {
         let sql = format!(
-            "INSERT INTO {} (uuid, {}) VALUES {} ON CONFLICT (uuid) DO UPDATE SET {}",
+            "INSERT INTO {} (uuid, crdt_clock, {}) VALUES {} ON CONFLICT (uuid) DO UPDATE SET {}",
             def.name,
             names.join(", "),
             values_list(chunk.len(), ncols),
@@ -355,8 +475,8 @@ async fn upsert_data(
         );
         let chunk = chunk.to_vec();
         exec(conn, sql, |mut q| {
-            for (u, vals) in chunk {
-                q = q.bind(u.hyphenated().to_string());
+            for (u, clock, vals) in chunk {
+                q = q.bind(u.hyphenated().to_string()).bind(clock);
                 for v in vals {
                     q = q.bind(v);
                 }
@@ -695,22 +815,7 @@ async fn apply_owned(
         })
         .await?;
     }
-    for chunk in drop_tombstones.chunks(rows_per_statement(1)) {
-        let sql = format!(
-            "DELETE FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
-            in_list(chunk.len())
-        );
-        let name = def.name.clone();
-        let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
-        exec(conn, sql, |mut q| {
-            q = q.bind(name);
-            for k in keys {
-                q = q.bind(k);
-            }
-            q
-        })
-        .await?;
-    }
+    delete_side(conn, &def.name, &drop_tombstones, &["crdt_rows"]).await?;
     if !affected_cas.is_empty() {
         derived::rebuild_files(conn, &affected_cas.into_iter().collect::<Vec<_>>()).await?;
     }
@@ -761,11 +866,8 @@ pub(crate) async fn import_rows(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut state = load_shared(conn, &def.name, &uuids).await?;
-        let known: BTreeSet<Uuid> = state.keys().copied().collect();
-        let mut dirty_exists = BTreeSet::new();
-        let mut dirty_props = BTreeSet::new();
-        let mut touched = BTreeSet::new();
+        let mut state = load_shared(conn, def, &uuids).await?;
+        let mut dirty = BTreeSet::new();
         for r in rows {
             let SnapshotRow::Shared {
                 uuid,
@@ -777,23 +879,24 @@ pub(crate) async fn import_rows(
             else {
                 continue;
             };
-            let row = state.entry(uuid).or_default();
-            if !known.contains(&uuid) || exists_ts > row.exists_ts {
-                if exists_ts > row.exists_ts {
-                    row.exists_ts = exists_ts;
-                    row.alive = alive;
-                }
-                dirty_exists.insert(uuid);
-                touched.insert(uuid);
+            let (row, place) = state
+                .entry(uuid)
+                .or_insert_with(|| (SharedRow::default(), Place::New));
+            if *place == Place::New {
+                dirty.insert(uuid);
+            }
+            if exists_ts > row.exists_ts {
+                row.exists_ts = exists_ts;
+                row.alive = alive;
+                dirty.insert(uuid);
             }
             for (name, ts, v) in props {
                 if row.update(ts, &name, &v).props {
-                    dirty_props.insert((uuid, name));
-                    touched.insert(uuid);
+                    dirty.insert(uuid);
                 }
             }
         }
-        write_shared(conn, def, &state, &dirty_exists, &dirty_props, &touched).await?;
+        write_shared(conn, def, &state, &dirty).await?;
     }
     for (resource, changes) in owned {
         let def = registry.get(&resource)?;

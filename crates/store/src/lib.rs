@@ -28,6 +28,7 @@ pub mod merge;
 pub mod op;
 mod read;
 pub mod registry;
+mod rowclock;
 mod sql;
 pub mod store;
 mod sync;

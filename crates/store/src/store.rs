@@ -173,6 +173,16 @@ impl Store {
             .await?;
         sqlx::migrate!("../../migrations").run(&pool).await?;
         check_schema(&pool, &options.registry).await?;
+        // Registers left in the side tables by a version before the row clock.
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let moved = engine::move_live_registers(&mut tx, &options.registry).await?;
+        tx.commit().await?;
+        if moved > 0 {
+            tracing::info!(
+                rows = moved,
+                "moved live rows' registers into their row clocks"
+            );
+        }
 
         let mut vv = VersionVector::default();
         let mut horizon = BTreeMap::new();
@@ -812,8 +822,8 @@ fn derive_uuid(
     ))
 }
 
-/// Whether each row named by `entries` is alive, keyed by (resource, uuid); rows with no
-/// existence register are absent.
+/// The rows named by `entries` that are alive, keyed by (resource, uuid); other rows are
+/// absent. Resource names were checked against the registry.
 async fn shared_alive_many(
     conn: &mut SqliteConnection,
     entries: &[Prepared],
@@ -826,17 +836,18 @@ async fn shared_alive_many(
     for (resource, uuids) in by_resource {
         let uuids: Vec<Uuid> = uuids.into_iter().collect();
         for chunk in uuids.chunks(rows_per_statement(1)) {
+            // A shared row is alive exactly when it is in its data table.
             let sql = format!(
-                "SELECT uuid, alive FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
+                "SELECT uuid FROM {resource} WHERE uuid IN ({})",
                 in_list(chunk.len())
             );
-            let mut q = query(sql).bind(resource.to_owned());
+            let mut q = query(sql);
             for u in chunk {
                 q = q.bind(u.hyphenated().to_string());
             }
             for r in q.fetch_all(&mut *conn).await? {
                 let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-                out.insert((resource.to_owned(), uuid), r.try_get::<i64, _>(1)? != 0);
+                out.insert((resource.to_owned(), uuid), true);
             }
         }
     }
@@ -908,8 +919,19 @@ async fn check_schema(pool: &SqlitePool, registry: &Registry) -> Result<(), Stor
             )));
         }
         let mut need: Vec<&str> = vec!["uuid"];
-        if def.kind == Kind::Owned {
-            need.extend(["owner", "crdt_ts", "crdt_seq"]);
+        match def.kind {
+            Kind::Owned => need.extend(["owner", "crdt_ts", "crdt_seq"]),
+            Kind::Shared => need.push("crdt_clock"),
+        }
+        if let Some(c) = def
+            .columns
+            .iter()
+            .find(|c| c.name.len() > u16::MAX as usize)
+        {
+            return Err(StoreError::Schema(format!(
+                "column name `{}` of `{}` is too long",
+                c.name, def.name
+            )));
         }
         need.extend(def.columns.iter().map(|c| c.name.as_str()));
         for n in need {

@@ -10,8 +10,9 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use crate::clock::Hlc;
-use crate::engine::parse_uuid;
+use crate::engine::{live_row_from, parse_uuid};
 use crate::error::StoreError;
+use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OpsCursor, OpsPage, OwnedRow, SnapshotRow, VersionVector};
 use crate::registry::{Kind, ResourceDef};
 use crate::store::{Store, persist_vv};
@@ -531,35 +532,54 @@ pub(crate) fn owned_row_from(
     Ok(OwnedRow { uuid, values })
 }
 
+/// Up to `limit` shared rows after `after` in UUID order: live rows from the data table
+/// (registers from their clocks) merged with dead ones from the side tables.
 async fn read_shared_rows(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<SnapshotRow>, StoreError> {
-    let heads = sqlx::query("SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? ORDER BY uuid LIMIT ?")
-        .bind(def.name.clone())
-        .bind(after.map(|u| u.hyphenated().to_string()).unwrap_or_default())
-        .bind(limit as i64)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut out: Vec<SnapshotRow> = Vec::with_capacity(heads.len());
-    let mut index = BTreeMap::new();
-    for r in &heads {
-        let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-        index.insert(uuid, out.len());
-        out.push(SnapshotRow::Shared {
-            resource: def.name.clone(),
-            uuid,
-            exists_ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
-            alive: r.try_get::<i64, _>(2)? != 0,
-            props: Vec::new(),
-        });
+    let after = after
+        .map(|u| u.hyphenated().to_string())
+        .unwrap_or_default();
+    let live = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid, crdt_clock{} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+        column_list(def),
+        def.name
+    )))
+    .bind(after.clone())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rows: BTreeMap<Uuid, SharedRow> = BTreeMap::new();
+    for r in &live {
+        if let Some((uuid, row)) = live_row_from(def, r)? {
+            rows.insert(uuid, row);
+        }
     }
-    if let (Some(first), Some(last)) = (index.keys().next(), index.keys().next_back()) {
+    let heads = sqlx::query(
+        "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? ORDER BY uuid LIMIT ?",
+    )
+    .bind(def.name.clone())
+    .bind(after)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut side: BTreeMap<Uuid, SharedRow> = BTreeMap::new();
+    for r in &heads {
+        side.insert(
+            parse_uuid(&r.try_get::<String, _>(0)?)?,
+            SharedRow {
+                exists_ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
+                alive: r.try_get::<i64, _>(2)? != 0,
+                props: BTreeMap::new(),
+            },
+        );
+    }
+    if let (Some(first), Some(last)) = (side.keys().next(), side.keys().next_back()) {
         let mut props = sqlx::query(
-            "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid >= ? AND uuid <= ? \
-             ORDER BY uuid, property",
+            "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid >= ? AND uuid <= ?",
         )
         .bind(def.name.clone())
         .bind(first.hyphenated().to_string())
@@ -567,18 +587,35 @@ async fn read_shared_rows(
         .fetch(&mut *conn);
         while let Some(r) = props.try_next().await? {
             let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-            if let Some(&i) = index.get(&uuid)
-                && let SnapshotRow::Shared { props, .. } = &mut out[i]
-            {
-                props.push((
+            if let Some(row) = side.get_mut(&uuid) {
+                row.props.insert(
                     r.try_get(1)?,
-                    Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?,
-                    r.try_get::<Value, _>(3)?,
-                ));
+                    (
+                        Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?,
+                        r.try_get::<Value, _>(3)?,
+                    ),
+                );
             }
         }
     }
-    Ok(out)
+    // A row is in one place only (the side entry wins for rows not yet moved at open).
+    rows.extend(side);
+    Ok(rows
+        .into_iter()
+        .take(limit)
+        .map(|(uuid, row)| SnapshotRow::Shared {
+            resource: def.name.clone(),
+            uuid,
+            exists_ts: row.exists_ts,
+            alive: row.alive,
+            // Property order is name order, as the digest expects.
+            props: row
+                .props
+                .into_iter()
+                .map(|(name, (ts, v))| (name, ts, v))
+                .collect(),
+        })
+        .collect())
 }
 
 async fn read_owned_rows(

@@ -1,0 +1,125 @@
+//! Live shared rows keep their registers in their data row (`crdt_clock`); a library
+//! written before that (registers of live rows in `crdt_rows`/`crdt_props`, empty clocks) is
+//! converted when the store opens, with the same state and digest.
+
+mod common;
+
+use common::*;
+use murmur_store::{Store, StoreOptions};
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn a_library_from_before_the_row_clock_opens_with_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lib.db");
+    let client = Uuid::from_u128(7);
+    let open = || async {
+        let mut o = StoreOptions::new(&path, client);
+        o.durability = murmur_store::Durability::Normal;
+        Store::open(o).await.unwrap()
+    };
+    let s = open().await;
+    let created = s.create_shared("tags", None, tag("a")).await.unwrap();
+    let uuid = created.uuids[0];
+    let create_ts = created.ops[0].ts();
+    let updated = s
+        .update_shared("tags", uuid, fields(json!({"name": "b"})))
+        .await
+        .unwrap();
+    let update_ts = updated.ops[0].ts();
+    let other = s.create_shared("tags", None, tag("gone")).await.unwrap();
+    s.delete_shared("tags", other.uuids[0]).await.unwrap();
+    let before = s.digest().await.unwrap();
+    assert_eq!(before.rows, 1);
+
+    // Rewrite the live row the way the older layout stored it.
+    let pool = s.pool().clone();
+    let key = uuid.hyphenated().to_string();
+    sqlx::query("UPDATE tags SET crdt_clock = x'' WHERE uuid = ?")
+        .bind(&key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO crdt_rows (resource, uuid, ts, alive) VALUES ('tags', ?, ?, 1)")
+        .bind(&key)
+        .bind(create_ts.to_bytes().to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (prop, ts, value) in [("name", update_ts, "b"), ("color", create_ts, "red")] {
+        sqlx::query(
+            "INSERT INTO crdt_props (resource, uuid, property, ts, value) VALUES ('tags', ?, ?, ?, ?)",
+        )
+        .bind(&key)
+        .bind(prop)
+        .bind(ts.to_bytes().to_vec())
+        .bind(value)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    s.close().await;
+
+    let s = open().await;
+    assert_eq!(
+        s.digest().await.unwrap(),
+        before,
+        "same state after conversion"
+    );
+    let row = s
+        .get_row("tags", uuid)
+        .await
+        .unwrap()
+        .expect("row is alive");
+    assert_eq!(row["name"], "b");
+    let side: i64 = sqlx::query("SELECT COUNT(*) FROM crdt_rows WHERE alive = 1")
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(side, 0, "no live row left in the side tables");
+    let clock: Vec<u8> = sqlx::query("SELECT crdt_clock FROM tags WHERE uuid = ?")
+        .bind(&key)
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!clock.is_empty(), "the row has its clock");
+    // And it merges on: an older update loses, a newer one wins.
+    s.update_shared("tags", uuid, fields(json!({"color": "blue"})))
+        .await
+        .unwrap();
+    let row = s.get_row("tags", uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (row["name"].clone(), row["color"].clone()),
+        (json!("b"), json!("blue"))
+    );
+}
+
+#[tokio::test]
+async fn a_row_moves_between_its_data_row_and_the_side_tables() {
+    let (a, _da) = store(1).await;
+    let (b, _db) = store(2).await;
+    let c = a.create_shared("tags", None, tag("x")).await.unwrap();
+    let uuid = c.uuids[0];
+    let d = a.delete_shared("tags", uuid).await.unwrap();
+    let r = a
+        .create_shared("tags", Some(uuid), fields(json!({"name": "again"})))
+        .await
+        .unwrap();
+    // b sees the re-create first, then the delete, then the first create: the same end.
+    for ops in [&r.ops, &d.ops, &c.ops] {
+        b.apply(changes(ops)).await.unwrap();
+    }
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    let row = b.get_row("tags", uuid).await.unwrap().expect("alive");
+    assert_eq!(row["name"], "again");
+    assert_eq!(row["color"], serde_json::Value::Null);
+    // Delete again: both hold a tombstone (with its registers) and no data row.
+    let d2 = a.delete_shared("tags", uuid).await.unwrap();
+    b.apply(changes(&d2.ops)).await.unwrap();
+    assert!(b.get_row("tags", uuid).await.unwrap().is_none());
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
