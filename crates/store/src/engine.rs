@@ -89,32 +89,53 @@ pub(crate) fn log_value(op: &Op) -> Option<Vec<u8>> {
     res.ok().map(|_| buf)
 }
 
+/// Appends ops to the log. Consecutive ops of one author, method and resource share one
+/// statement that binds those once, so an op costs five or six parameters, not nine.
 async fn insert_log(
     conn: &mut SqliteConnection,
     log: &[(&Op, Option<String>)],
 ) -> Result<(), StoreError> {
-    const COLS: usize = 9;
-    for chunk in log.chunks(rows_per_statement(COLS)) {
-        let sql = format!(
-            "INSERT INTO operations (client_uuid, seq, uhlc_timestamp, method, resource_type, \
-             resource_uuid, resource_property, value, rejected) VALUES {} \
-             ON CONFLICT (client_uuid, seq) DO NOTHING",
-            values_list(chunk.len(), COLS)
-        );
-        let mut q = query(sql);
-        for (op, rejected) in chunk {
-            q = q
-                .bind(op.author.hyphenated().to_string())
-                .bind(op.seq as i64)
-                .bind(op.ts().to_bytes().to_vec())
-                .bind(op.method.as_str())
-                .bind(op.resource.clone())
-                .bind(op.uuid.map(|u| u.hyphenated().to_string()))
-                .bind(op.property.clone())
-                .bind(log_value(op))
-                .bind(rejected.clone());
+    fn key<'a>((op, rejected): &(&'a Op, Option<String>)) -> (Uuid, Method, &'a str, bool) {
+        (
+            op.author,
+            op.method,
+            op.resource.as_str(),
+            rejected.is_some(),
+        )
+    }
+    let mut start = 0;
+    while start < log.len() {
+        let k = key(&log[start]);
+        let run = log[start..].iter().take_while(|e| key(e) == k).count();
+        let (author, method, resource, with_rejected) = k;
+        let cols = if with_rejected { 6 } else { 5 };
+        for chunk in log[start..start + run].chunks(rows_per_statement(cols)) {
+            let sql = format!(
+                "INSERT INTO operations (client_uuid, seq, uhlc_timestamp, method, resource_type, \
+                 resource_uuid, resource_property, value, rejected) \
+                 SELECT ?, column1, column2, ?, ?, column3, column4, column5, {} \
+                 FROM (VALUES {}) WHERE true ON CONFLICT (client_uuid, seq) DO NOTHING",
+                if with_rejected { "column6" } else { "NULL" },
+                values_list(chunk.len(), cols)
+            );
+            let mut q = query(sql)
+                .bind(author.hyphenated().to_string())
+                .bind(method.as_str())
+                .bind(resource.to_owned());
+            for (op, rejected) in chunk {
+                q = q
+                    .bind(op.seq as i64)
+                    .bind(op.ts().to_bytes().to_vec())
+                    .bind(op.uuid.map(|u| u.hyphenated().to_string()))
+                    .bind(op.property.clone())
+                    .bind(log_value(op));
+                if with_rejected {
+                    q = q.bind(rejected.clone());
+                }
+            }
+            q.execute(&mut *conn).await?;
         }
-        q.execute(&mut *conn).await?;
+        start += run;
     }
     Ok(())
 }
@@ -147,12 +168,12 @@ pub(crate) fn live_row_from(
     def: &ResourceDef,
     r: &sqlx::sqlite::SqliteRow,
 ) -> Result<Option<(Uuid, SharedRow)>, StoreError> {
-    let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-    let raw: Vec<u8> = r.try_get(1)?;
+    let uuid = parse_uuid(r.try_get::<&str, _>(0)?)?;
+    let raw: &[u8] = r.try_get(1)?;
     if raw.is_empty() {
         return Ok(None);
     }
-    let clock = rowclock::decode(&raw)?;
+    let clock = rowclock::decode(raw)?;
     let mut row = SharedRow {
         exists_ts: clock.exists,
         alive: true,
@@ -184,19 +205,29 @@ async fn load_shared(
         );
         let mut q = query(sql);
         for k in &keys {
-            q = q.bind(k.as_str().to_owned());
+            q = q.bind(k.clone());
         }
         for r in q.fetch_all(&mut *conn).await? {
             if let Some((uuid, row)) = live_row_from(def, &r)? {
                 rows.insert(uuid, (row, Place::Data));
             }
         }
+        // A row's registers are in one place: only rows not live can be in the side tables.
+        let missing: Vec<&String> = chunk
+            .iter()
+            .zip(&keys)
+            .filter(|(u, _)| !rows.contains_key(u))
+            .map(|(_, k)| k)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
         let sql = format!(
             "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid IN ({})",
-            in_list(keys.len())
+            in_list(missing.len())
         );
         let mut q = query(sql).bind(def.name.clone());
-        for k in &keys {
+        for k in missing {
             q = q.bind(k.clone());
         }
         let side = q.fetch_all(&mut *conn).await?;
@@ -559,12 +590,22 @@ async fn load_owned(
                 },
             );
         }
+        // A live owned row has no tombstone: only look for the others'.
+        let missing: Vec<&String> = chunk
+            .iter()
+            .zip(&keys)
+            .filter(|(u, _)| !out.contains_key(u))
+            .map(|(_, k)| k)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
         let sql = format!(
             "SELECT uuid, owner, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid IN ({})",
-            in_list(keys.len())
+            in_list(missing.len())
         );
         let mut q = query(sql).bind(def.name.clone());
-        for k in &keys {
+        for k in missing {
             q = q.bind(k.clone());
         }
         for r in q.fetch_all(&mut *conn).await? {
