@@ -5,7 +5,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use crate::error::StoreError;
 use crate::registry::{Kind, ResourceDef};
-use crate::sql::{exec, in_list, rows_per_statement};
+use crate::sql::{exec, in_list, owned_chunks, rows_per_statement, values_list};
 
 /// Whether writes to this resource affect derived data.
 pub(crate) fn tracks(def: &ResourceDef) -> bool {
@@ -49,6 +49,32 @@ pub(crate) async fn rebuild_files(
                 q
             },
         )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds paths to files: per cas_id, how many new paths point at it and their largest size.
+/// Equal to a rebuild when the rows are new (the old count and size stay right).
+pub(crate) async fn add_files(
+    conn: &mut SqliteConnection,
+    added: Vec<(String, (i64, Option<i64>))>,
+) -> Result<(), StoreError> {
+    for chunk in owned_chunks(added, rows_per_statement(3)) {
+        let sql = format!(
+            "INSERT INTO files (cas_id, size_bytes, path_count) VALUES {} \
+             ON CONFLICT (cas_id) DO UPDATE SET path_count = path_count + excluded.path_count, \
+             size_bytes = CASE WHEN size_bytes IS NULL THEN excluded.size_bytes \
+             WHEN excluded.size_bytes IS NULL THEN size_bytes \
+             ELSE max(size_bytes, excluded.size_bytes) END",
+            values_list(chunk.len(), 3)
+        );
+        exec(conn, sql, |mut q| {
+            for (cas, (count, size)) in chunk {
+                q = q.bind(cas).bind(size).bind(count);
+            }
+            q
+        })
         .await?;
     }
     Ok(())

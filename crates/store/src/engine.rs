@@ -15,7 +15,7 @@ use crate::merge::{OwnedOutcome, OwnedRowState, SharedRow, merge_owned};
 use crate::op::{Change, Method, Op, OpId, OwnedRow, RejectReason, RowEvent, SnapshotRow};
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::rowclock;
-use crate::sql::{exec, in_list, query, rows_per_statement, values_list};
+use crate::sql::{exec, in_list, owned_chunks, query, rows_per_statement, values_list};
 use crate::value::Value;
 
 /// What the engine did.
@@ -29,6 +29,9 @@ pub(crate) struct EngineOutcome {
     pub rejected: Vec<(OpId, RejectReason, String)>,
     /// Ops now complete and recorded in the log (owned batches only with their last page).
     pub logged: Vec<OpId>,
+    /// The first owned row an op could not change, with its owner (a local write turns it
+    /// into an error).
+    pub not_owner: Option<(Uuid, Uuid)>,
 }
 
 /// Applies validated, not yet applied changes in order. `local` marks the events.
@@ -189,6 +192,30 @@ pub(crate) fn live_row_from(
     Ok(Some((uuid, row)))
 }
 
+/// Whether `crdt_rows` holds any row of a resource, asked once per load: a library without
+/// tombstones (or a resource without) skips the per-row probes.
+#[derive(Default)]
+struct SideTables(Option<bool>);
+
+impl SideTables {
+    async fn holds(
+        &mut self,
+        conn: &mut SqliteConnection,
+        resource: &str,
+    ) -> Result<bool, StoreError> {
+        if let Some(b) = self.0 {
+            return Ok(b);
+        }
+        let b: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM crdt_rows WHERE resource = ?)")
+                .bind(resource.to_owned())
+                .fetch_one(&mut *conn)
+                .await?;
+        self.0 = Some(b);
+        Ok(b)
+    }
+}
+
 async fn load_shared(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
@@ -196,6 +223,7 @@ async fn load_shared(
 ) -> Result<SharedState, StoreError> {
     let mut rows: SharedState = HashMap::with_capacity(uuids.len());
     let cols = crate::sync::column_list(def);
+    let mut side = SideTables::default();
     for chunk in uuids.chunks(rows_per_statement(1)) {
         let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
         let sql = format!(
@@ -219,7 +247,7 @@ async fn load_shared(
             .filter(|(u, _)| !rows.contains_key(u))
             .map(|(_, k)| k)
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() || !side.holds(conn, &def.name).await? {
             continue;
         }
         let sql = format!(
@@ -230,12 +258,12 @@ async fn load_shared(
         for k in missing {
             q = q.bind(k.clone());
         }
-        let side = q.fetch_all(&mut *conn).await?;
-        if side.is_empty() {
+        let found = q.fetch_all(&mut *conn).await?;
+        if found.is_empty() {
             continue;
         }
-        let mut side_keys = Vec::with_capacity(side.len());
-        for r in &side {
+        let mut side_keys = Vec::with_capacity(found.len());
+        for r in &found {
             let key: String = r.try_get(0)?;
             let uuid = parse_uuid(&key)?;
             let row = SharedRow {
@@ -359,7 +387,7 @@ async fn write_shared(
             }
         }
     }
-    upsert_data(conn, def, &live).await?;
+    upsert_data(conn, def, live).await?;
     delete_data(conn, &def.name, &leave_data).await?;
     // Their registers now live in the data table.
     delete_side(conn, &def.name, &leave_side, &["crdt_rows", "crdt_props"]).await?;
@@ -397,14 +425,13 @@ async fn write_shared(
             })
         })
         .collect();
-    for chunk in props.chunks(rows_per_statement(5)) {
+    for chunk in owned_chunks(props, rows_per_statement(5)) {
         let sql = format!(
             "INSERT INTO crdt_props (resource, uuid, property, ts, value) VALUES {} \
              ON CONFLICT (resource, uuid, property) DO UPDATE SET ts = excluded.ts, value = excluded.value",
             values_list(chunk.len(), 5)
         );
         let name = def.name.clone();
-        let chunk = chunk.to_vec();
         exec(conn, sql, |mut q| {
             for (u, p, ts, v) in chunk {
                 q = q.bind(name.clone()).bind(u).bind(p).bind(ts).bind(v);
@@ -484,7 +511,7 @@ fn values_list_with_null(rows: usize, cols: usize) -> String {
 async fn upsert_data(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
-    rows: &[(Uuid, Vec<u8>, Vec<Value>)],
+    rows: Vec<(Uuid, Vec<u8>, Vec<Value>)>,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -496,7 +523,7 @@ async fn upsert_data(
         .map(|n| format!("{n} = excluded.{n}"))
         .collect::<Vec<_>>()
         .join(", ");
-    for chunk in rows.chunks(rows_per_statement(ncols)) {
+    for chunk in owned_chunks(rows, rows_per_statement(ncols)) {
         let sql = format!(
             "INSERT INTO {} (uuid, crdt_clock, {}) VALUES {} ON CONFLICT (uuid) DO UPDATE SET {}",
             def.name,
@@ -504,7 +531,6 @@ async fn upsert_data(
             values_list(chunk.len(), ncols),
             set
         );
-        let chunk = chunk.to_vec();
         exec(conn, sql, |mut q| {
             for (u, clock, vals) in chunk {
                 q = q.bind(u.hyphenated().to_string()).bind(clock);
@@ -557,6 +583,7 @@ async fn load_owned(
 ) -> Result<HashMap<Uuid, OwnedCurrent>, StoreError> {
     let cas = derived::tracks(def);
     let mut out = HashMap::new();
+    let mut side = SideTables::default();
     for chunk in uuids.chunks(rows_per_statement(1)) {
         let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
         let sql = format!(
@@ -597,7 +624,7 @@ async fn load_owned(
             .filter(|(u, _)| !out.contains_key(u))
             .map(|(_, k)| k)
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() || !side.holds(conn, &def.name).await? {
             continue;
         }
         let sql = format!(
@@ -665,7 +692,6 @@ async fn apply_owned(
     } else {
         None
     };
-    let mut affected_cas: BTreeSet<String> = BTreeSet::new();
     let mut finals: BTreeMap<Uuid, OwnedFinal> = BTreeMap::new();
 
     let state_of = |u: &Uuid, finals: &BTreeMap<Uuid, OwnedFinal>| -> Option<OwnedRowState> {
@@ -692,11 +718,6 @@ async fn apply_owned(
                 for OwnedRow { uuid, values } in rows {
                     match merge_owned(state_of(uuid, &finals), header.author, header.ts()) {
                         OwnedOutcome::Apply => {
-                            if let Some(i) = cas_idx
-                                && let Some(Value::Text(cas)) = values.get(i)
-                            {
-                                affected_cas.insert(cas.clone());
-                            }
                             finals.insert(
                                 *uuid,
                                 OwnedFinal::Row {
@@ -711,6 +732,7 @@ async fn apply_owned(
                         OwnedOutcome::Ignore => {}
                         OwnedOutcome::NotOwner(owner) => {
                             let why = format!("row {uuid} of {} is owned by {owner}", def.name);
+                            out.not_owner.get_or_insert((*uuid, owner));
                             out.rejected
                                 .push((header.id(), RejectReason::NotOwner, why.clone()));
                             rejected_ops.insert(header.id(), why);
@@ -752,6 +774,7 @@ async fn apply_owned(
                     OwnedOutcome::Ignore => {}
                     OwnedOutcome::NotOwner(owner) => {
                         let why = format!("row {uuid} of {} is owned by {owner}", def.name);
+                        out.not_owner.get_or_insert((uuid, owner));
                         out.rejected
                             .push((op.id(), RejectReason::NotOwner, why.clone()));
                         rejected_ops.insert(op.id(), why);
@@ -765,14 +788,42 @@ async fn apply_owned(
         }
     }
 
-    // Old cas_ids of rows being replaced or deleted.
-    for u in finals.keys() {
-        if let Some(OwnedCurrent {
-            cas_id: Some(cas), ..
-        }) = current.get(u)
-        {
-            affected_cas.insert(cas.clone());
+    // The derived `files`: a row new here only adds to its file's count and size; a row
+    // replaced or deleted has its old and new files recounted from file_paths.
+    let mut recount: BTreeSet<String> = BTreeSet::new();
+    let mut added: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
+    if let Some(ci) = cas_idx {
+        let size_idx = def.column_index("size_bytes");
+        for (u, f) in &finals {
+            let old = current.get(u).filter(|c| c.state.alive);
+            if let Some(OwnedCurrent {
+                cas_id: Some(cas), ..
+            }) = old
+            {
+                recount.insert(cas.clone());
+            }
+            let OwnedFinal::Row { values, .. } = f else {
+                continue;
+            };
+            let Some(Value::Text(cas)) = values.get(ci) else {
+                continue;
+            };
+            if old.is_some() {
+                recount.insert(cas.clone());
+                continue;
+            }
+            let size = match size_idx.and_then(|i| values.get(i)) {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            let e = added.entry(cas.clone()).or_insert((0, None));
+            e.0 += 1;
+            e.1 = match (e.1, size) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
+        added.retain(|cas, _| !recount.contains(cas));
     }
 
     let mut upserts: Vec<(Uuid, Uuid, Hlc, u64, Vec<Value>)> = Vec::new();
@@ -810,7 +861,7 @@ async fn apply_owned(
         .map(|n| format!("{n} = excluded.{n}"))
         .collect::<Vec<_>>()
         .join(", ");
-    for chunk in upserts.chunks(rows_per_statement(ncols)) {
+    for chunk in owned_chunks(upserts, rows_per_statement(ncols)) {
         let sql = format!(
             "INSERT INTO {} (uuid, owner, crdt_ts, crdt_seq, {}) VALUES {} ON CONFLICT (uuid) DO UPDATE SET {}",
             def.name,
@@ -818,7 +869,6 @@ async fn apply_owned(
             values_list(chunk.len(), ncols),
             set
         );
-        let chunk = chunk.to_vec();
         exec(conn, sql, |mut q| {
             for (u, owner, ts, seq, values) in chunk {
                 q = q
@@ -835,14 +885,13 @@ async fn apply_owned(
         .await?;
     }
     delete_data(conn, &def.name, &drop_rows).await?;
-    for chunk in tombstones.chunks(rows_per_statement(5)) {
+    for chunk in owned_chunks(tombstones, rows_per_statement(5)) {
         let sql = format!(
             "INSERT INTO crdt_rows (resource, uuid, ts, alive, owner) VALUES {} \
              ON CONFLICT (resource, uuid) DO UPDATE SET ts = excluded.ts, alive = 0, owner = excluded.owner",
             values_list(chunk.len(), 5)
         );
         let name = def.name.clone();
-        let chunk = chunk.to_vec();
         exec(conn, sql, |mut q| {
             for (u, owner, ts) in chunk {
                 q = q
@@ -857,9 +906,10 @@ async fn apply_owned(
         .await?;
     }
     delete_side(conn, &def.name, &drop_tombstones, &["crdt_rows"]).await?;
-    if !affected_cas.is_empty() {
-        derived::rebuild_files(conn, &affected_cas.into_iter().collect::<Vec<_>>()).await?;
+    if !recount.is_empty() {
+        derived::rebuild_files(conn, &recount.into_iter().collect::<Vec<_>>()).await?;
     }
+    derived::add_files(conn, added.into_iter().collect()).await?;
     Ok(())
 }
 

@@ -16,6 +16,15 @@ pub(crate) fn rows_per_statement(cols: usize) -> usize {
     (MAX_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
 }
 
+/// `v` in chunks of at most `size` items, moved rather than cloned.
+pub(crate) fn owned_chunks<T>(v: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let mut it = v.into_iter().peekable();
+    std::iter::from_fn(move || {
+        it.peek()?;
+        Some(it.by_ref().take(size.max(1)).collect())
+    })
+}
+
 /// `(?,?,?),(?,?,?)` for `rows` rows of `cols` parameters.
 pub(crate) fn values_list(rows: usize, cols: usize) -> String {
     let one = format!("({})", vec!["?"; cols].join(","));

@@ -599,18 +599,7 @@ impl Store {
         let inner = &self.inner;
         let _guard = inner.write.lock().await;
         let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Rows that exist must be ours.
         let uuids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
-        for (u, owner) in owned_owners(&mut tx, &def.name, &uuids).await? {
-            if owner != inner.client {
-                return Err(StoreError::NotOwner {
-                    resource: def.name.clone(),
-                    uuid: u,
-                    owner,
-                    author: inner.client,
-                });
-            }
-        }
         let mut op = self.new_op(
             self.own_seq() + 1,
             Method::OwnedBatchCreate,
@@ -633,6 +622,16 @@ impl Store {
             true,
         )
         .await?;
+        // Rows that exist must be ours: the engine refused the batch otherwise, and the
+        // transaction is dropped (rolled back) with this error.
+        if let Some((uuid, owner)) = res.not_owner {
+            return Err(StoreError::NotOwner {
+                resource: def.name.clone(),
+                uuid,
+                owner,
+                author: inner.client,
+            });
+        }
         let ops = vec![op];
         self.commit_local(tx, &ops).await?;
         Ok(WriteOutcome {
