@@ -41,6 +41,22 @@ pub(crate) async fn apply(
     changes: &[Change],
     local: bool,
 ) -> Result<EngineOutcome, StoreError> {
+    apply_with(conn, registry, changes, local, None).await
+}
+
+/// Shared rows' registers already read in this transaction, per resource (a local batch
+/// reads them once to check its entries, and the engine then uses and updates them).
+pub(crate) type Preloaded = HashMap<String, SharedState>;
+
+/// [`apply`], with the registers of some shared rows already loaded: `preloaded` must hold
+/// every row the changes name of each resource it has, as stored in this transaction.
+pub(crate) async fn apply_with(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[Change],
+    local: bool,
+    mut preloaded: Option<&mut Preloaded>,
+) -> Result<EngineOutcome, StoreError> {
     let mut out = EngineOutcome::default();
     let mut rejected_ops: HashMap<OpId, String> = HashMap::new();
 
@@ -55,7 +71,10 @@ pub(crate) async fn apply(
     for (resource, items) in by_resource {
         let def = registry.get(resource)?;
         match def.kind {
-            Kind::Shared => apply_shared(conn, def, &items, local, &mut out).await?,
+            Kind::Shared => {
+                let state = preloaded.as_deref_mut().and_then(|m| m.get_mut(resource));
+                apply_shared(conn, def, &items, local, &mut out, state).await?
+            }
             Kind::Owned => {
                 apply_owned(conn, def, &items, local, &mut out, &mut rejected_ops).await?
             }
@@ -216,7 +235,7 @@ impl SideTables {
     }
 }
 
-async fn load_shared(
+pub(crate) async fn load_shared(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     uuids: &[Uuid],
@@ -305,14 +324,22 @@ async fn apply_shared(
     items: &[&Change],
     local: bool,
     out: &mut EngineOutcome,
+    preloaded: Option<&mut SharedState>,
 ) -> Result<(), StoreError> {
-    let uuids: Vec<Uuid> = items
-        .iter()
-        .filter_map(|c| c.op().uuid)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut state = load_shared(conn, def, &uuids).await?;
+    let mut loaded;
+    let state = match preloaded {
+        Some(s) => s,
+        None => {
+            let uuids: Vec<Uuid> = items
+                .iter()
+                .filter_map(|c| c.op().uuid)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            loaded = load_shared(conn, def, &uuids).await?;
+            &mut loaded
+        }
+    };
     let mut dirty: BTreeSet<Uuid> = BTreeSet::new();
     let columns = || def.columns.iter().map(|c| c.name.as_str());
 
@@ -351,7 +378,14 @@ async fn apply_shared(
         }
     }
 
-    write_shared(conn, def, &state, &dirty).await
+    write_shared(conn, def, state, &dirty).await?;
+    // The rows written are now where their state says.
+    for u in &dirty {
+        if let Some((row, place)) = state.get_mut(u) {
+            *place = if row.alive { Place::Data } else { Place::Side };
+        }
+    }
+    Ok(())
 }
 
 /// Stores the registers of the `dirty` rows: live rows into the data table with their

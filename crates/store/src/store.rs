@@ -342,7 +342,14 @@ impl Store {
         // Whether each named row is alive, read in bulk, then followed through the batch:
         // a local op's timestamp is newer than every one stored, so a create makes its row
         // alive and a delete makes it dead.
-        let mut alive = shared_alive_many(&mut tx, &prepared).await?;
+        let mut states = load_named_rows(&mut tx, &inner.registry, &prepared).await?;
+        let mut alive: std::collections::HashMap<(String, Uuid), bool> = states
+            .iter()
+            .flat_map(|(res, rows)| {
+                rows.iter()
+                    .map(move |(u, (row, _))| ((res.clone(), *u), row.alive))
+            })
+            .collect();
         // Consecutive entries on one resource go through the engine in one call (the same
         // merge as one call per entry, with the same events in the same order).
         let mut run: Vec<Change> = Vec::new();
@@ -415,7 +422,9 @@ impl Store {
                 }
             }
             if run.first().is_some_and(|c| c.op().resource != p.resource) {
-                let res = engine::apply(&mut tx, &inner.registry, &run, true).await?;
+                let res =
+                    engine::apply_with(&mut tx, &inner.registry, &run, true, Some(&mut states))
+                        .await?;
                 out.events.extend(res.events);
                 out.changes.append(&mut run);
             }
@@ -424,7 +433,8 @@ impl Store {
             out.ops.extend(ops);
         }
         if !run.is_empty() {
-            let res = engine::apply(&mut tx, &inner.registry, &run, true).await?;
+            let res =
+                engine::apply_with(&mut tx, &inner.registry, &run, true, Some(&mut states)).await?;
             out.events.extend(res.events);
             out.changes.append(&mut run);
         }
@@ -821,34 +831,25 @@ fn derive_uuid(
     ))
 }
 
-/// The rows named by `entries` that are alive, keyed by (resource, uuid); other rows are
-/// absent. Resource names were checked against the registry.
-async fn shared_alive_many(
+/// The registers of every row `entries` name, per resource (rows stored nowhere are absent).
+/// Resource names were checked against the registry.
+async fn load_named_rows(
     conn: &mut SqliteConnection,
+    registry: &Registry,
     entries: &[Prepared],
-) -> Result<std::collections::HashMap<(String, Uuid), bool>, StoreError> {
+) -> Result<engine::Preloaded, StoreError> {
     let mut by_resource: BTreeMap<&str, std::collections::BTreeSet<Uuid>> = BTreeMap::new();
     for p in entries {
         by_resource.entry(&p.resource).or_default().insert(p.uuid);
     }
-    let mut out = std::collections::HashMap::new();
+    let mut out = engine::Preloaded::new();
     for (resource, uuids) in by_resource {
+        let def = registry.get(resource)?;
         let uuids: Vec<Uuid> = uuids.into_iter().collect();
-        for chunk in uuids.chunks(rows_per_statement(1)) {
-            // A shared row is alive exactly when it is in its data table.
-            let sql = format!(
-                "SELECT uuid FROM {resource} WHERE uuid IN ({})",
-                in_list(chunk.len())
-            );
-            let mut q = query(sql);
-            for u in chunk {
-                q = q.bind(u.hyphenated().to_string());
-            }
-            for r in q.fetch_all(&mut *conn).await? {
-                let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-                out.insert((resource.to_owned(), uuid), true);
-            }
-        }
+        out.insert(
+            resource.to_owned(),
+            engine::load_shared(conn, def, &uuids).await?,
+        );
     }
     Ok(out)
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use murmur_store::{Store, StoreOptions};
-use serde_json::json;
+use murmur_store::{BatchEntry, Store, StoreOptions};
+use serde_json::{Value as J, json};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -122,4 +122,67 @@ async fn a_row_moves_between_its_data_row_and_the_side_tables() {
     b.apply(changes(&d2.ops)).await.unwrap();
     assert!(b.get_row("tags", uuid).await.unwrap().is_none());
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_batch_that_returns_to_a_resource_sees_its_own_earlier_writes() {
+    let (a, _da) = store(1).await;
+    let (b, _db) = store(2).await;
+    let x = Uuid::now_v7();
+    let album = Uuid::now_v7();
+    let gone = a
+        .create_shared("tags", None, tag("gone"))
+        .await
+        .unwrap()
+        .uuids[0];
+    let entry_create = |resource: &str, uuid: Uuid, f: serde_json::Value| BatchEntry::Create {
+        resource: resource.into(),
+        uuid: Some(uuid),
+        fields: fields(f),
+    };
+    let out = a
+        .batch(vec![
+            entry_create("tags", x, json!({"name": "x"})),
+            entry_create("albums", album, json!({"name": "a"})),
+            BatchEntry::Update {
+                resource: "tags".into(),
+                uuid: x,
+                fields: fields(json!({"color": "green"})),
+            },
+            BatchEntry::Delete {
+                resource: "albums".into(),
+                uuid: album,
+            },
+            BatchEntry::Delete {
+                resource: "tags".into(),
+                uuid: gone,
+            },
+            // Re-created in the same batch, after its delete.
+            entry_create("tags", gone, json!({"name": "back"})),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.ops.len(), 6);
+    let row = a.get_row("tags", x).await.unwrap().unwrap();
+    assert_eq!(
+        (row["name"].clone(), row["color"].clone()),
+        (json!("x"), json!("green"))
+    );
+    assert!(a.get_row("albums", album).await.unwrap().is_none());
+    let back = a.get_row("tags", gone).await.unwrap().unwrap();
+    assert_eq!(
+        (back["name"].clone(), back["color"].clone()),
+        (json!("back"), J::Null)
+    );
+    // A replica applying the same ops one by one ends the same.
+    for c in all_changes(&a).await {
+        b.apply(vec![c]).await.unwrap();
+    }
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    // And an update of the deleted album in a later batch is refused.
+    let err = a
+        .update_shared("albums", album, fields(json!({"name": "no"})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no live row"), "{err}");
 }
