@@ -169,6 +169,9 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A local file cannot drop a connection: skip the ping before each use, one
+            // round trip to the connection's worker thread per transaction or read.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         sqlx::migrate!("../../migrations").run(&pool).await?;
