@@ -186,3 +186,22 @@ async fn a_batch_that_returns_to_a_resource_sees_its_own_earlier_writes() {
         .unwrap_err();
     assert!(err.to_string().contains("no live row"), "{err}");
 }
+
+#[tokio::test]
+async fn a_column_whose_affinity_would_convert_values_is_refused() {
+    use murmur_store::{ColumnType, Kind, ResourceDef};
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = StoreOptions::new(dir.path().join("lib.db"), Uuid::from_u128(3));
+    // `tags.name` is declared TEXT: a real value stored there would come back as text, so
+    // a registry that calls it a real column is refused when the store opens.
+    o.registry.register(ResourceDef::new(
+        "tags",
+        Kind::Shared,
+        &[("name", ColumnType::Real), ("color", ColumnType::Text)],
+    ));
+    let err = Store::open(o).await.unwrap_err().to_string();
+    assert!(
+        err.contains("`name` of `tags`") && err.contains("REAL"),
+        "{err}"
+    );
+}
