@@ -19,8 +19,8 @@
 # CLUSTER_KEEP_IMAGE=1 (keep the image), CARGO_TARGET_DIR_STATIC (default target-static: the
 # static build uses other RUSTFLAGS and would otherwise rebuild the normal target dir),
 # CLUSTER_PARTITION_NEW_IP=1 (node3 comes back from the partition with a new address),
-# CLUSTER_STRICT=1 (fail, not just warn, when the full mesh does not re-form after the
-# partition or the restart; CLUSTER_MESH_TIMEOUT seconds, default 30).
+# CLUSTER_STRICT=0 (only warn, not fail, when the full mesh does not re-form after the
+# partition or the restart within CLUSTER_MESH_TIMEOUT seconds, default 60).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -180,12 +180,13 @@ found_by() {
   http GET "${PORTS[$1]}" /v1/status |
     json '",".join(sorted(p.get("discovery") or "-" for p in j["peers"] if p.get("connected")))'
 }
-# After a disruption, every node should be connected to both others again. Until the node
-# redials peers it found by mDNS (see README, "Cluster"), a node whose peers never dial it
-# back stays cut off from them: report it loudly, and fail only with CLUSTER_STRICT=1.
+# After a disruption, every node must be connected to both others again: nodes redial the
+# peers they found by mDNS every 3 s and close connections that stop answering pings (5 s
+# interval, 10 s timeout). CLUSTER_STRICT=0 reports a mesh that does not re-form without
+# failing.
 check_mesh() { # WHAT
   local saved=$TIMEOUT
-  TIMEOUT=${CLUSTER_MESH_TIMEOUT:-30}
+  TIMEOUT=${CLUSTER_MESH_TIMEOUT:-60}
   if (wait_for "full mesh after $1" all_meshed) 2>/dev/null; then
     TIMEOUT=$saved
     echo "full mesh again after $1"
@@ -194,8 +195,8 @@ check_mesh() { # WHAT
   TIMEOUT=$saved
   local n
   for n in 1 2 3; do echo "node$n connected to $(connected_peers "$n") of 2 peers"; done
-  [ "${CLUSTER_STRICT:-0}" = 1 ] && fail "the mesh did not re-form within ${CLUSTER_MESH_TIMEOUT:-30}s after $1"
-  echo "!!!!! WARNING: the mesh did not re-form within ${CLUSTER_MESH_TIMEOUT:-30}s after $1 (known node issue: mDNS peers are not redialed; CLUSTER_STRICT=1 makes this fail) !!!!!"
+  [ "${CLUSTER_STRICT:-1}" = 0 ] || fail "the mesh did not re-form within ${CLUSTER_MESH_TIMEOUT:-60}s after $1"
+  echo "!!!!! WARNING: the mesh did not re-form within ${CLUSTER_MESH_TIMEOUT:-60}s after $1 (CLUSTER_STRICT=0: not failing) !!!!!"
   MESH_WARNINGS=$((MESH_WARNINGS + 1))
 }
 MESH_WARNINGS=0
