@@ -105,10 +105,13 @@ pub struct DataDir {
     pub created_library: bool,
 }
 
+/// The SQLite file's name in the data dir.
+const DATABASE: &str = "library.db";
+
 impl DataDir {
     /// The SQLite file.
     pub fn database(&self) -> PathBuf {
-        self.path.join("library.db")
+        self.path.join(DATABASE)
     }
 }
 
@@ -118,6 +121,21 @@ pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<
     fs::create_dir_all(path)
         .with_context(|| format!("cannot create data dir {}", path.display()))?;
     let key_path = path.join("identity.key");
+    let db_path = path.join(DATABASE);
+    if key_path.exists() && !db_path.exists() {
+        // This identity may have authored ops, numbered 1, 2, ... per author. A new database
+        // would number new ones from 1 again, and peers would drop them as ops they have.
+        bail!(
+            "{} holds an identity but no database ({}): writes made now would reuse the \
+             sequence numbers of this device's earlier writes, and peers would drop them. \
+             Restore the database, or remove {} so this node joins as a new device and gets \
+             the library back from its peers (if a first start was interrupted, removing it \
+             loses nothing)",
+            path.display(),
+            db_path.display(),
+            key_path.display()
+        );
+    }
     let keypair = if key_path.exists() {
         let bytes =
             fs::read(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
@@ -184,6 +202,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = open_data_dir(dir.path(), None).unwrap();
         assert!(a.created_library);
+        // (The store creates the database after the first open.)
+        fs::write(a.database(), b"").unwrap();
         let b = open_data_dir(dir.path(), None).unwrap();
         assert!(!b.created_library);
         assert_eq!(a.secret, b.secret);
@@ -197,5 +217,27 @@ mod tests {
             open_data_dir(dir.path(), Some(&other)).is_err(),
             "a data dir keeps its library"
         );
+    }
+
+    #[test]
+    fn an_identity_without_its_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // First run: neither exists yet; the store then creates the database.
+        open_data_dir(dir.path(), None).unwrap();
+        fs::write(dir.path().join(DATABASE), b"").unwrap();
+        open_data_dir(dir.path(), None).unwrap();
+        // The database is lost, the identity kept: refused, saying what to do.
+        fs::remove_file(dir.path().join(DATABASE)).unwrap();
+        let err = open_data_dir(dir.path(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("identity.key") && err.contains("reuse"),
+            "{err}"
+        );
+        // Without the identity it starts as a new device of the same library.
+        let before = LibrarySecret::read(&dir.path().join("library.key")).unwrap();
+        fs::remove_file(dir.path().join("identity.key")).unwrap();
+        let d = open_data_dir(dir.path(), None).unwrap();
+        assert_eq!(d.secret, before);
+        assert!(!d.created_library);
     }
 }
