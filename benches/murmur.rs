@@ -813,10 +813,10 @@ async fn bench_latency(n: usize, samples: usize) -> Res<(Vec<Row>, J)> {
     ))
 }
 
-/// Waits until `want` distinct nodes saw `uuid`; returns when the last one did.
-async fn wait_seen(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, Uuid, Instant)>,
-    uuid: Uuid,
+/// Waits until `want` distinct nodes received `item`; returns when the last one did.
+async fn wait_seen<T: PartialEq>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, T, Instant)>,
+    item: T,
     want: usize,
     timeout: Duration,
 ) -> Option<Instant> {
@@ -825,7 +825,7 @@ async fn wait_seen(
     let mut last = None;
     while seen.len() < want {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((i, u, at))) if u == uuid => {
+            Ok(Some((i, got, at))) if got == item => {
                 if seen.insert(i) {
                     last = Some(at);
                 }
@@ -893,7 +893,7 @@ async fn bare_gossip(n: usize, samples: usize) -> Res<Vec<f64>> {
             k += 1;
             let body = payload(&format!("warm {w} {k}"));
             let _ = h.publish(body.clone()).await;
-            ok &= wait_body(&mut rx, n, body, Duration::from_secs(2))
+            ok &= wait_seen(&mut rx, body, n - 1, Duration::from_secs(2))
                 .await
                 .is_some();
         }
@@ -910,7 +910,7 @@ async fn bare_gossip(n: usize, samples: usize) -> Res<Vec<f64>> {
         let body = payload(&format!("sample {s}"));
         let t0 = Instant::now();
         let _ = handles[s % n].publish(body.clone()).await;
-        if let Some(last) = wait_body(&mut rx, n, body, Duration::from_secs(5)).await {
+        if let Some(last) = wait_seen(&mut rx, body, n - 1, Duration::from_secs(5)).await {
             out.push((last - t0).as_secs_f64() * 1000.0);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -919,30 +919,6 @@ async fn bare_gossip(n: usize, samples: usize) -> Res<Vec<f64>> {
         h.shutdown().await;
     }
     Ok(out)
-}
-
-/// Waits until `n - 1` swarms received `body`; returns when the last one did.
-async fn wait_body(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, Vec<u8>, Instant)>,
-    n: usize,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Option<Instant> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut seen = HashSet::new();
-    let mut last = None;
-    while seen.len() < n - 1 {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((i, d, at))) if d == body => {
-                if seen.insert(i) {
-                    last = Some(at);
-                }
-            }
-            Ok(Some(_)) => {}
-            _ => return None,
-        }
-    }
-    last
 }
 
 // ---------------------------------------------------------------------------------------

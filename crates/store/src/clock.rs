@@ -61,6 +61,15 @@ impl Hlc {
         })
     }
 
+    /// A timestamp at `time` by the client `Uuid::from_u128(author)`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn at(time: u64, author: u128) -> Hlc {
+        Hlc {
+            time,
+            author: Uuid::from_u128(author),
+        }
+    }
+
     /// The timestamp as the seed writes it: RFC 3339 time, a slash, the author.
     pub fn to_rfc3339(&self) -> String {
         format!(

@@ -211,6 +211,44 @@ pub(crate) fn live_row_from(
     Ok(Some((uuid, row)))
 }
 
+/// A side row read as `uuid, ts, alive` from `crdt_rows`: its existence register, no
+/// properties yet.
+pub(crate) fn side_head_from(r: &sqlx::sqlite::SqliteRow) -> Result<(Uuid, SharedRow), StoreError> {
+    Ok((
+        parse_uuid(r.try_get::<&str, _>(0)?)?,
+        SharedRow {
+            exists_ts: Hlc::from_bytes(r.try_get::<&[u8], _>(1)?)?,
+            alive: r.try_get::<i64, _>(2)? != 0,
+            props: BTreeMap::new(),
+        },
+    ))
+}
+
+/// A property register read as `uuid, property, ts, value` from `crdt_props`.
+pub(crate) fn side_prop_from(
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<(Uuid, String, (Hlc, Value)), StoreError> {
+    Ok((
+        parse_uuid(r.try_get::<&str, _>(0)?)?,
+        r.try_get(1)?,
+        (Hlc::from_bytes(r.try_get::<&[u8], _>(2)?)?, r.try_get(3)?),
+    ))
+}
+
+/// The keys of the UUIDs of `chunk` (`keys[i]` is `chunk[i]`'s) that `found` lacks.
+fn not_found<'k, V>(
+    chunk: &[Uuid],
+    keys: &'k [String],
+    found: &HashMap<Uuid, V>,
+) -> Vec<&'k String> {
+    chunk
+        .iter()
+        .zip(keys)
+        .filter(|(u, _)| !found.contains_key(u))
+        .map(|(_, k)| k)
+        .collect()
+}
+
 /// Whether `crdt_rows` holds any row of a resource, asked once per load: a library without
 /// tombstones (or a resource without) skips the per-row probes.
 #[derive(Default)]
@@ -260,12 +298,7 @@ pub(crate) async fn load_shared(
             }
         }
         // A row's registers are in one place: only rows not live can be in the side tables.
-        let missing: Vec<&String> = chunk
-            .iter()
-            .zip(&keys)
-            .filter(|(u, _)| !rows.contains_key(u))
-            .map(|(_, k)| k)
-            .collect();
+        let missing = not_found(chunk, &keys, &rows);
         if missing.is_empty() || !side.holds(conn, &def.name).await? {
             continue;
         }
@@ -283,15 +316,9 @@ pub(crate) async fn load_shared(
         }
         let mut side_keys = Vec::with_capacity(found.len());
         for r in &found {
-            let key: String = r.try_get(0)?;
-            let uuid = parse_uuid(&key)?;
-            let row = SharedRow {
-                exists_ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
-                alive: r.try_get::<i64, _>(2)? != 0,
-                props: BTreeMap::new(),
-            };
+            let (uuid, row) = side_head_from(r)?;
             rows.insert(uuid, (row, Place::Side));
-            side_keys.push(key);
+            side_keys.push(uuid.hyphenated().to_string());
         }
         let sql = format!(
             "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid IN ({})",
@@ -302,12 +329,9 @@ pub(crate) async fn load_shared(
             q = q.bind(k);
         }
         for r in q.fetch_all(&mut *conn).await? {
-            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-            let prop: String = r.try_get(1)?;
-            let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
-            let value: Value = r.try_get(3)?;
+            let (uuid, prop, register) = side_prop_from(&r)?;
             if let Some((row, _)) = rows.get_mut(&uuid) {
-                row.props.insert(prop, (ts, value));
+                row.props.insert(prop, register);
             }
         }
     }
@@ -652,12 +676,7 @@ async fn load_owned(
             );
         }
         // A live owned row has no tombstone: only look for the others'.
-        let missing: Vec<&String> = chunk
-            .iter()
-            .zip(&keys)
-            .filter(|(u, _)| !out.contains_key(u))
-            .map(|(_, k)| k)
-            .collect();
+        let missing = not_found(chunk, &keys, &out);
         if missing.is_empty() || !side.holds(conn, &def.name).await? {
             continue;
         }

@@ -153,10 +153,7 @@ mod tests {
     use super::*;
 
     fn ts(time: u64, author: u128) -> Hlc {
-        Hlc {
-            time,
-            author: Uuid::from_u128(author),
-        }
+        Hlc::at(time, author)
     }
 
     const COLS: [&str; 2] = ["name", "color"];

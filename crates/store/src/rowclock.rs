@@ -92,13 +92,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<RowClock<'_>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     fn ts(time: u64, author: u128) -> Hlc {
-        Hlc {
-            time,
-            author: Uuid::from_u128(author),
-        }
+        Hlc::at(time, author)
     }
 
     #[test]

@@ -10,7 +10,7 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use crate::clock::Hlc;
-use crate::engine::{live_row_from, parse_uuid};
+use crate::engine::{live_row_from, parse_uuid, side_head_from, side_prop_from};
 use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OpsCursor, OpsPage, OwnedRow, SnapshotRow, VersionVector};
@@ -566,17 +566,9 @@ async fn read_shared_rows(
     .bind(limit as i64)
     .fetch_all(&mut *conn)
     .await?;
-    let mut side: BTreeMap<Uuid, SharedRow> = BTreeMap::new();
-    for r in &heads {
-        side.insert(
-            parse_uuid(&r.try_get::<String, _>(0)?)?,
-            SharedRow {
-                exists_ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
-                alive: r.try_get::<i64, _>(2)? != 0,
-                props: BTreeMap::new(),
-            },
-        );
-    }
+    let side: Result<BTreeMap<Uuid, SharedRow>, StoreError> =
+        heads.iter().map(side_head_from).collect();
+    let mut side = side?;
     if let (Some(first), Some(last)) = (side.keys().next(), side.keys().next_back()) {
         let mut props = sqlx::query(
             "SELECT uuid, property, ts, value FROM crdt_props WHERE resource = ? AND uuid >= ? AND uuid <= ?",
@@ -586,15 +578,9 @@ async fn read_shared_rows(
         .bind(last.hyphenated().to_string())
         .fetch(&mut *conn);
         while let Some(r) = props.try_next().await? {
-            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+            let (uuid, prop, register) = side_prop_from(&r)?;
             if let Some(row) = side.get_mut(&uuid) {
-                row.props.insert(
-                    r.try_get(1)?,
-                    (
-                        Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?,
-                        r.try_get::<Value, _>(3)?,
-                    ),
-                );
+                row.props.insert(prop, register);
             }
         }
     }
