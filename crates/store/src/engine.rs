@@ -13,6 +13,7 @@ use crate::derived;
 use crate::error::StoreError;
 use crate::merge::{OwnedOutcome, OwnedRowState, SharedRow, merge_owned};
 use crate::op::{Change, Method, Op, OpId, OwnedRow, RejectReason, RowEvent, SnapshotRow};
+use crate::oplog;
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::rowclock;
 use crate::sql::{exec, in_list, owned_chunks, query, rows_per_statement, values_list};
@@ -94,72 +95,8 @@ pub(crate) async fn apply_with(
             out.logged.push(op.id());
         }
     }
-    insert_log(conn, &log).await?;
+    oplog::append(conn, &mut log).await?;
     Ok(out)
-}
-
-/// The CBOR stored in the log's `value` column.
-pub(crate) fn log_value(op: &Op) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let res = match op.method {
-        Method::SharedCreate => ciborium::into_writer(&op.fields, &mut buf),
-        Method::SharedUpdate => ciborium::into_writer(&op.value, &mut buf),
-        Method::OwnedBatchCreate => ciborium::into_writer(&op.count, &mut buf),
-        Method::SharedDelete | Method::OwnedDelete => return None,
-    };
-    // Writing CBOR into a Vec cannot fail for these types.
-    res.ok().map(|_| buf)
-}
-
-/// Appends ops to the log. Consecutive ops of one author, method and resource share one
-/// statement that binds those once, so an op costs five or six parameters, not nine.
-async fn insert_log(
-    conn: &mut SqliteConnection,
-    log: &[(&Op, Option<String>)],
-) -> Result<(), StoreError> {
-    fn key<'a>((op, rejected): &(&'a Op, Option<String>)) -> (Uuid, Method, &'a str, bool) {
-        (
-            op.author,
-            op.method,
-            op.resource.as_str(),
-            rejected.is_some(),
-        )
-    }
-    let mut start = 0;
-    while start < log.len() {
-        let k = key(&log[start]);
-        let run = log[start..].iter().take_while(|e| key(e) == k).count();
-        let (author, method, resource, with_rejected) = k;
-        let cols = if with_rejected { 6 } else { 5 };
-        for chunk in log[start..start + run].chunks(rows_per_statement(cols)) {
-            let sql = format!(
-                "INSERT INTO operations (client_uuid, seq, uhlc_timestamp, method, resource_type, \
-                 resource_uuid, resource_property, value, rejected) \
-                 SELECT ?, column1, column2, ?, ?, column3, column4, column5, {} \
-                 FROM (VALUES {}) WHERE true ON CONFLICT (client_uuid, seq) DO NOTHING",
-                if with_rejected { "column6" } else { "NULL" },
-                values_list(chunk.len(), cols)
-            );
-            let mut q = query(sql)
-                .bind(author.hyphenated().to_string())
-                .bind(method.as_str())
-                .bind(resource.to_owned());
-            for (op, rejected) in chunk {
-                q = q
-                    .bind(op.seq as i64)
-                    .bind(op.ts().to_bytes().to_vec())
-                    .bind(op.uuid.map(|u| u.hyphenated().to_string()))
-                    .bind(op.property.clone())
-                    .bind(log_value(op));
-                if with_rejected {
-                    q = q.bind(rejected.clone());
-                }
-            }
-            q.execute(&mut *conn).await?;
-        }
-        start += run;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -290,9 +227,10 @@ pub(crate) async fn load_shared(
         );
         let mut q = query(sql);
         for k in &keys {
-            q = q.bind(k.clone());
+            q = q.bind(k.as_str());
         }
-        for r in q.fetch_all(&mut *conn).await? {
+        let fetched = q.fetch_all(&mut *conn).await?;
+        for r in fetched {
             if let Some((uuid, row)) = live_row_from(def, &r)? {
                 rows.insert(uuid, (row, Place::Data));
             }
@@ -366,7 +304,6 @@ async fn apply_shared(
     };
     let mut dirty: BTreeSet<Uuid> = BTreeSet::new();
     let columns = || def.columns.iter().map(|c| c.name.as_str());
-
     for c in items {
         let op = c.op();
         // Validation guarantees a uuid on shared ops.

@@ -13,6 +13,7 @@
 //! - [`op`]: operations, version vectors, sync pages, snapshot rows.
 //! - [`merge`]: the merge rules as pure functions.
 //! - `engine`: loads registers, merges, stores what moved (multi-row statements).
+//! - `oplog`: the op log, in chunks of consecutive ops of one author.
 //! - [`store`]: opening, local writes, remote apply (one write lock, one transaction).
 //! - `sync`: ops a peer lacks, snapshots, pruning, the digest.
 //! - `clients`: the client pool; `read`: API reads; `derived`: the `files` table.
@@ -26,6 +27,7 @@ mod engine;
 pub mod error;
 pub mod merge;
 pub mod op;
+mod oplog;
 mod read;
 pub mod registry;
 mod rowclock;

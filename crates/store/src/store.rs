@@ -28,6 +28,7 @@ use crate::clock::{Clock, PhysicalClock};
 use crate::engine::{self, parse_uuid};
 use crate::error::StoreError;
 use crate::op::{ApplyReport, Change, Method, Op, OpId, OwnedRow, RowEvent, VersionVector};
+use crate::oplog;
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::sql::{in_list, query, rows_per_statement};
 use crate::validate::validate_change;
@@ -83,8 +84,25 @@ pub struct WriteOutcome {
     pub ops: Vec<Op>,
     /// The row-level changes, for subscribers.
     pub events: Vec<RowEvent>,
-    /// The ops as applied here, owned rows included (what a peer needs to apply them).
-    pub changes: Vec<Change>,
+    /// The rows of an `OwnedBatchCreate` (its header is `ops[0]`); empty for other writes.
+    pub owned_rows: Vec<OwnedRow>,
+}
+
+impl WriteOutcome {
+    /// The write as a peer applies it: the ops, with an owned batch's rows under its header.
+    pub fn into_changes(self) -> Vec<Change> {
+        let mut ops = self.ops;
+        match ops.first() {
+            Some(op) if op.method == Method::OwnedBatchCreate && ops.len() == 1 => {
+                vec![Change::OwnedRows {
+                    header: ops.remove(0),
+                    rows: self.owned_rows,
+                    last: true,
+                }]
+            }
+            _ => ops.into_iter().map(Change::Op).collect(),
+        }
+    }
 }
 
 /// One entry of an atomic batch of shared writes.
@@ -166,7 +184,8 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .row_buffer_size(1024);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file cannot drop a connection: skip the ping before each use, one
@@ -179,7 +198,11 @@ impl Store {
         // Registers left in the side tables by a version before the row clock.
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let moved = engine::move_live_registers(&mut tx, &options.registry).await?;
+        let logged = oplog::move_legacy_rows(&mut tx).await?;
         tx.commit().await?;
+        if logged > 0 {
+            tracing::info!(ops = logged, "moved the op log into chunks");
+        }
         if moved > 0 {
             tracing::info!(
                 rows = moved,
@@ -200,19 +223,8 @@ impl Store {
                 horizon.insert(author, pruned);
             }
         }
-        for r in sqlx::query(
-            "SELECT o.client_uuid, o.seq FROM operations o \
-             LEFT JOIN version_vector v ON v.client_uuid = o.client_uuid \
-             WHERE o.seq > COALESCE(v.contiguous, 0)",
-        )
-        .fetch_all(&pool)
-        .await?
-        {
-            let author = parse_uuid(&r.try_get::<String, _>(0)?)?;
-            vv.add(OpId {
-                author,
-                seq: r.try_get::<i64, _>(1)? as u64,
-            });
+        for (author, seq) in oplog::above_contiguous(&mut *pool.acquire().await?).await? {
+            vv.add(OpId { author, seq });
         }
         let clock = Clock::new(options.client, options.max_drift, options.clock.clone());
         let store = Store {
@@ -346,24 +358,42 @@ impl Store {
         // a local op's timestamp is newer than every one stored, so a create makes its row
         // alive and a delete makes it dead.
         let mut states = load_named_rows(&mut tx, &inner.registry, &prepared).await?;
-        let mut alive: std::collections::HashMap<(String, Uuid), bool> = states
-            .iter()
-            .flat_map(|(res, rows)| {
-                rows.iter()
-                    .map(move |(u, (row, _))| ((res.clone(), *u), row.alive))
-            })
-            .collect();
+        let mut alive: std::collections::HashMap<String, std::collections::HashMap<Uuid, bool>> =
+            states
+                .iter()
+                .map(|(res, rows)| {
+                    let rows = rows.iter().map(|(u, (row, _))| (*u, row.alive)).collect();
+                    (res.clone(), rows)
+                })
+                .collect();
+        fn set_alive(
+            alive: &mut std::collections::HashMap<String, std::collections::HashMap<Uuid, bool>>,
+            resource: &str,
+            uuid: Uuid,
+            is: bool,
+        ) {
+            if let Some(rows) = alive.get_mut(resource) {
+                rows.insert(uuid, is);
+            } else {
+                alive.insert(resource.to_owned(), [(uuid, is)].into());
+            }
+        }
         // Consecutive entries on one resource go through the engine in one call (the same
         // merge as one call per entry, with the same events in the same order).
-        let mut run: Vec<Change> = Vec::new();
+        let mut all: Vec<Change> = Vec::with_capacity(prepared.len());
+        let mut run_start = 0;
         for (index, p) in prepared.into_iter().enumerate() {
             let at = |source| StoreError::BatchEntry {
                 index,
                 source: Box::new(source),
             };
-            let key = (p.resource.clone(), p.uuid);
-            let is_alive = alive.get(&key).copied().unwrap_or(false);
-            let mut ops = Vec::new();
+            let is_alive = alive
+                .get(p.resource.as_str())
+                .and_then(|rows| rows.get(&p.uuid))
+                .copied()
+                .unwrap_or(false);
+            let ops = &mut all;
+            let before = ops.len();
             match p.method {
                 Method::SharedCreate => {
                     if is_alive {
@@ -373,7 +403,7 @@ impl Store {
                         }));
                     }
                     next_seq += 1;
-                    ops.push(self.new_op(
+                    ops.push(Change::Op(self.new_op(
                         next_seq,
                         Method::SharedCreate,
                         &p.resource,
@@ -381,8 +411,8 @@ impl Store {
                         None,
                         None,
                         p.fields,
-                    ));
-                    alive.insert(key, true);
+                    )));
+                    set_alive(&mut alive, &p.resource, p.uuid, true);
                 }
                 Method::SharedUpdate => {
                     if !is_alive {
@@ -393,7 +423,7 @@ impl Store {
                     }
                     for (prop, value) in p.fields {
                         next_seq += 1;
-                        ops.push(self.new_op(
+                        ops.push(Change::Op(self.new_op(
                             next_seq,
                             Method::SharedUpdate,
                             &p.resource,
@@ -401,7 +431,7 @@ impl Store {
                             Some(prop),
                             Some(value),
                             BTreeMap::new(),
-                        ));
+                        )));
                     }
                 }
                 _ => {
@@ -412,7 +442,7 @@ impl Store {
                         }));
                     }
                     next_seq += 1;
-                    ops.push(self.new_op(
+                    ops.push(Change::Op(self.new_op(
                         next_seq,
                         Method::SharedDelete,
                         &p.resource,
@@ -420,27 +450,46 @@ impl Store {
                         None,
                         None,
                         BTreeMap::new(),
-                    ));
-                    alive.insert(key, false);
+                    )));
+                    set_alive(&mut alive, &p.resource, p.uuid, false);
                 }
             }
-            if run.first().is_some_and(|c| c.op().resource != p.resource) {
-                let res =
-                    engine::apply_with(&mut tx, &inner.registry, &run, true, Some(&mut states))
-                        .await?;
+            // This entry's ops start a new run when the resource changes.
+            if before > run_start
+                && before < all.len()
+                && all[run_start].op().resource != all[before].op().resource
+            {
+                let res = engine::apply_with(
+                    &mut tx,
+                    &inner.registry,
+                    &all[run_start..before],
+                    true,
+                    Some(&mut states),
+                )
+                .await?;
                 out.events.extend(res.events);
-                out.changes.append(&mut run);
+                run_start = before;
             }
-            run.extend(ops.iter().cloned().map(Change::Op));
             out.uuids.push(p.uuid);
-            out.ops.extend(ops);
         }
-        if !run.is_empty() {
-            let res =
-                engine::apply_with(&mut tx, &inner.registry, &run, true, Some(&mut states)).await?;
+        if all.len() > run_start {
+            let res = engine::apply_with(
+                &mut tx,
+                &inner.registry,
+                &all[run_start..],
+                true,
+                Some(&mut states),
+            )
+            .await?;
             out.events.extend(res.events);
-            out.changes.append(&mut run);
         }
+        out.ops = all
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Op(op) => Some(op),
+                Change::OwnedRows { .. } => None,
+            })
+            .collect();
         self.commit_local(tx, &out.ops).await?;
         Ok(out)
     }
@@ -647,11 +696,15 @@ impl Store {
         }
         let ops = vec![op];
         self.commit_local(tx, &ops).await?;
+        let owned_rows = match change {
+            Change::OwnedRows { rows, .. } => rows,
+            Change::Op(_) => Vec::new(),
+        };
         Ok(WriteOutcome {
             uuids,
             ops,
             events: res.events,
-            changes: vec![change],
+            owned_rows,
         })
     }
 
@@ -693,15 +746,21 @@ impl Store {
                 None,
                 BTreeMap::new(),
             );
-            let changes = vec![Change::Op(op.clone())];
+            let changes = vec![Change::Op(op)];
             let res = engine::apply(&mut tx, &inner.registry, &changes, true).await?;
-            let ops = vec![op];
+            let ops: Vec<Op> = changes
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::Op(op) => Some(op),
+                    Change::OwnedRows { .. } => None,
+                })
+                .collect();
             s.commit_local(tx, &ops).await?;
             Ok(WriteOutcome {
                 uuids: vec![uuid],
                 ops,
                 events: res.events,
-                changes,
+                owned_rows: Vec::new(),
             })
         })
         .await

@@ -14,6 +14,7 @@ use crate::engine::{live_row_from, parse_uuid, side_head_from, side_prop_from};
 use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OpsCursor, OpsPage, OwnedRow, SnapshotRow, VersionVector};
+use crate::oplog;
 use crate::registry::{Kind, ResourceDef};
 use crate::store::{Store, persist_vv};
 use crate::value::Value;
@@ -41,53 +42,6 @@ pub struct Digest {
     /// Live rows counted (shared and owned).
     pub rows: u64,
 }
-
-fn op_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Op, StoreError> {
-    let author = parse_uuid(&r.try_get::<String, _>(0)?)?;
-    let seq = r.try_get::<i64, _>(1)? as u64;
-    let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
-    let method_s: String = r.try_get(3)?;
-    let method = Method::parse(&method_s)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown method {method_s}")))?;
-    let resource: String = r.try_get(4)?;
-    let uuid = r
-        .try_get::<Option<String>, _>(5)?
-        .map(|s| parse_uuid(&s))
-        .transpose()?;
-    let property: Option<String> = r.try_get(6)?;
-    let raw: Option<Vec<u8>> = r.try_get(7)?;
-    let corrupt =
-        |e: ciborium::de::Error<std::io::Error>| StoreError::Corrupt(format!("op value: {e}"));
-    let mut op = Op {
-        author,
-        seq,
-        time: ts.time,
-        method,
-        resource,
-        uuid,
-        property,
-        value: None,
-        fields: BTreeMap::new(),
-        count: None,
-    };
-    if let Some(raw) = raw {
-        match method {
-            Method::SharedCreate => {
-                op.fields = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
-            }
-            Method::SharedUpdate => {
-                op.value = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
-            }
-            Method::OwnedBatchCreate => {
-                op.count = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
-            }
-            _ => {}
-        }
-    }
-    Ok(op)
-}
-
-const OP_COLUMNS: &str = "client_uuid, seq, uhlc_timestamp, method, resource_type, resource_uuid, resource_property, value";
 
 impl Store {
     /// Whether a peer with version vector `theirs` is behind this log's horizon (it lacks
@@ -143,22 +97,15 @@ impl Store {
                     });
                     return Ok(page);
                 }
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {OP_COLUMNS} FROM operations WHERE client_uuid = ? AND seq > ? \
-                     ORDER BY seq LIMIT ?"
-                )))
-                .bind(author.hyphenated().to_string())
-                .bind(after as i64)
-                .bind(budget as i64)
-                .fetch_all(&mut *conn)
-                .await?;
-                if rows.is_empty() {
+                let upto = after.saturating_add(budget as u64);
+                let ops = oplog::chunks_after(&mut conn, *author, after, upto).await?;
+                if ops.is_empty() {
                     break;
                 }
-                for r in &rows {
-                    let op = op_from_row(r)?;
-                    if their.has(op.seq) {
-                        after = op.seq;
+                for (op, _) in ops {
+                    let seq = op.seq;
+                    if their.has(seq) {
+                        after = seq;
                         continue;
                     }
                     if op.method == Method::OwnedBatchCreate {
@@ -179,10 +126,10 @@ impl Store {
                             return Ok(page);
                         }
                     } else {
-                        page.changes.push(Change::Op(op.clone()));
+                        page.changes.push(Change::Op(op));
                         budget -= 1;
                     }
-                    after = op.seq;
+                    after = seq;
                     if budget == 0 {
                         break;
                     }
@@ -248,12 +195,8 @@ impl Store {
                 if h == 0 || new_h.get(&author).is_some_and(|cur| *cur >= h) {
                     continue;
                 }
-                removed += sqlx::query("DELETE FROM operations WHERE client_uuid = ? AND seq <= ?")
-                    .bind(author.hyphenated().to_string())
-                    .bind(h as i64)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                let pruned = new_h.get(&author).copied().unwrap_or(0);
+                removed += oplog::prune(&mut tx, author, pruned, h).await?;
                 sqlx::query(
                     "INSERT INTO version_vector (client_uuid, contiguous, pruned_through) VALUES (?, ?, ?) \
                      ON CONFLICT (client_uuid) DO UPDATE SET pruned_through = excluded.pruned_through",
@@ -275,10 +218,8 @@ impl Store {
 
     /// How many ops the log holds.
     pub async fn pending_operations(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operations")
-            .fetch_one(&self.inner.pool)
-            .await?;
-        Ok(n as u64)
+        let mut conn = self.inner.pool.acquire().await?;
+        oplog::pending(&mut conn).await
     }
 
     // -----------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ pub async fn random_write(s: &Store, rng: &mut StdRng) -> Vec<Change> {
         }
     };
     match res {
-        Ok(out) => out.changes,
+        Ok(out) => out.into_changes(),
         // e.g. a create of a relation that exists: a refused local write changes nothing.
         Err(_) => vec![],
     }

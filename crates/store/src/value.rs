@@ -193,6 +193,17 @@ impl sqlx::Type<sqlx::Sqlite> for Value {
 }
 
 impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Value {
+    /// Moves a text value into the statement's arguments instead of copying it.
+    fn encode(
+        self,
+        buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self {
+            Value::Text(s) => <String as sqlx::Encode<sqlx::Sqlite>>::encode(s, buf),
+            other => other.encode_by_ref(buf),
+        }
+    }
+
     fn encode_by_ref(
         &self,
         buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
