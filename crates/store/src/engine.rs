@@ -220,18 +220,35 @@ pub(crate) async fn load_shared(
     let mut side = SideTables::default();
     for chunk in uuids.chunks(rows_per_statement(1)) {
         let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        // The first read also asks whether the side tables hold any row of the resource,
+        // as one extra row with a NULL uuid (saves a round trip per load).
+        let ask_side = side.0.is_none();
         let sql = format!(
-            "SELECT uuid, crdt_clock{cols} FROM {} WHERE uuid IN ({})",
-            def.name,
-            in_list(keys.len())
+            "SELECT uuid, crdt_clock{cols} FROM {name} WHERE uuid IN ({keys}){marker}",
+            name = def.name,
+            keys = in_list(keys.len()),
+            marker = if ask_side {
+                format!(
+                    " UNION ALL SELECT NULL, NULL{nulls} WHERE EXISTS \
+                     (SELECT 1 FROM crdt_rows WHERE resource = ?)",
+                    nulls = ", NULL".repeat(def.columns.len())
+                )
+            } else {
+                String::new()
+            }
         );
         let mut q = query(sql);
         for k in &keys {
             q = q.bind(k.as_str());
         }
-        let fetched = q.fetch_all(&mut *conn).await?;
-        for r in fetched {
-            if let Some((uuid, row)) = live_row_from(def, &r)? {
+        if ask_side {
+            q = q.bind(def.name.as_str());
+            side.0 = Some(false);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            if r.try_get::<Option<&str>, _>(0)?.is_none() {
+                side.0 = Some(true);
+            } else if let Some((uuid, row)) = live_row_from(def, &r)? {
                 rows.insert(uuid, (row, Place::Data));
             }
         }
