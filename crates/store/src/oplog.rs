@@ -106,7 +106,8 @@ pub(crate) fn decode(
     }
     let entries: Vec<Entry> =
         ciborium::from_reader(body).map_err(|e| corrupt(format!("CBOR: {e}")))?;
-    if last < first || entries.len() as u64 != last - first + 1 {
+    let span = last.checked_sub(first).and_then(|d| d.checked_add(1));
+    if span != Some(entries.len() as u64) {
         return Err(corrupt(format!("{} entries", entries.len())));
     }
     Ok(entries
@@ -369,4 +370,81 @@ fn legacy_op(r: &sqlx::sqlite::SqliteRow) -> Result<Op, StoreError> {
         }
     }
     Ok(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops() -> Vec<Op> {
+        let author = Uuid::from_u128(9);
+        let base = Op {
+            author,
+            seq: 5,
+            time: 1 << 40,
+            method: Method::SharedCreate,
+            resource: "tags".into(),
+            uuid: Some(Uuid::from_u128(1)),
+            property: None,
+            value: None,
+            fields: BTreeMap::from([("name".to_owned(), Value::Text("a".into()))]),
+            count: None,
+        };
+        let update = Op {
+            seq: 6,
+            method: Method::SharedUpdate,
+            property: Some("name".into()),
+            value: Some(Value::Int(3)),
+            fields: BTreeMap::new(),
+            ..base.clone()
+        };
+        let batch = Op {
+            seq: 7,
+            method: Method::OwnedBatchCreate,
+            resource: "file_paths".into(),
+            uuid: None,
+            fields: BTreeMap::new(),
+            count: Some(2),
+            ..base.clone()
+        };
+        vec![base, update, batch]
+    }
+
+    #[test]
+    fn a_chunk_decodes_to_the_ops_it_was_encoded_from() {
+        let ops = ops();
+        let entries: Vec<(&Op, Option<String>)> = ops
+            .iter()
+            .map(|op| (op, (op.seq == 6).then(|| "not the owner".to_owned())))
+            .collect();
+        let blob = encode(&entries).unwrap();
+        let back = decode(ops[0].author, 5, 7, &blob).unwrap();
+        assert_eq!(
+            back.iter().map(|(op, _)| op.clone()).collect::<Vec<_>>(),
+            ops
+        );
+        assert_eq!(back[1].1.as_deref(), Some("not the owner"));
+    }
+
+    #[test]
+    fn corrupt_chunks_are_errors_not_panics() {
+        let ops = ops();
+        let entries: Vec<(&Op, Option<String>)> = ops.iter().map(|op| (op, None)).collect();
+        let blob = encode(&entries).unwrap();
+        let author = ops[0].author;
+        for cut in 0..blob.len() {
+            assert!(decode(author, 5, 7, &blob[..cut]).is_err(), "cut at {cut}");
+        }
+        // A range that does not match the entries, or is reversed.
+        assert!(decode(author, 5, 8, &blob).is_err());
+        assert!(decode(author, 5, 6, &blob).is_err());
+        assert!(decode(author, 7, 5, &blob).is_err());
+        assert!(decode(author, 0, u64::MAX, &blob).is_err());
+        // An unknown format, and CBOR that is not a list of entries.
+        let mut other = blob.clone();
+        other[0] = 2;
+        assert!(decode(author, 5, 7, &other).is_err());
+        assert!(decode(author, 5, 7, &[FORMAT_V1, 0x01]).is_err());
+        assert!(decode(author, 5, 7, &[FORMAT_V1, 0x83, 0x01, 0x02, 0x03]).is_err());
+    }
 }
