@@ -12,7 +12,9 @@ use crate::clock::Hlc;
 use crate::derived;
 use crate::error::StoreError;
 use crate::merge::{OwnedOutcome, OwnedRowState, SharedRow, merge_owned};
-use crate::op::{Change, Method, Op, OpId, OwnedRow, RejectReason, RowEvent, SnapshotRow};
+use crate::op::{
+    Change, Method, Op, OpId, OwnedRow, RejectReason, RowEvent, SnapshotRow, VersionVector,
+};
 use crate::oplog;
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::rowclock;
@@ -35,14 +37,17 @@ pub(crate) struct EngineOutcome {
     pub not_owner: Option<(Uuid, Uuid)>,
 }
 
-/// Applies validated, not yet applied changes in order. `local` marks the events.
+/// Applies validated, not yet applied changes in order. `local` marks the events. The ops
+/// logged are added to `vv`, the caller's copy of the version vector, and the new
+/// contiguous seqs of their authors are stored in the same statement as the log.
 pub(crate) async fn apply(
     conn: &mut SqliteConnection,
     registry: &Registry,
     changes: &[Change],
     local: bool,
+    vv: &mut VersionVector,
 ) -> Result<EngineOutcome, StoreError> {
-    apply_with(conn, registry, changes, local, None).await
+    apply_with(conn, registry, changes, local, vv, None).await
 }
 
 /// Shared rows' registers already read in this transaction, per resource (a local batch
@@ -56,6 +61,7 @@ pub(crate) async fn apply_with(
     registry: &Registry,
     changes: &[Change],
     local: bool,
+    vv: &mut VersionVector,
     mut preloaded: Option<&mut Preloaded>,
 ) -> Result<EngineOutcome, StoreError> {
     let mut out = EngineOutcome::default();
@@ -95,7 +101,15 @@ pub(crate) async fn apply_with(
             out.logged.push(op.id());
         }
     }
-    oplog::append(conn, &mut log).await?;
+    for id in &out.logged {
+        vv.add(*id);
+    }
+    let authors: BTreeSet<Uuid> = out.logged.iter().map(|id| id.author).collect();
+    let contiguous: Vec<(Uuid, u64)> = authors
+        .into_iter()
+        .map(|a| (a, vv.contiguous(&a)))
+        .collect();
+    oplog::append(conn, &mut log, &contiguous).await?;
     Ok(out)
 }
 

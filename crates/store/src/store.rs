@@ -353,7 +353,8 @@ impl Store {
         let _guard = inner.write.lock().await;
         let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = WriteOutcome::default();
-        let mut next_seq = self.own_seq();
+        let mut vv = self.read_vv();
+        let mut next_seq = vv.contiguous(&inner.client);
         // Whether each named row is alive, read in bulk, then followed through the batch:
         // a local op's timestamp is newer than every one stored, so a create makes its row
         // alive and a delete makes it dead.
@@ -464,6 +465,7 @@ impl Store {
                     &inner.registry,
                     &all[run_start..before],
                     true,
+                    &mut vv,
                     Some(&mut states),
                 )
                 .await?;
@@ -478,6 +480,7 @@ impl Store {
                 &inner.registry,
                 &all[run_start..],
                 true,
+                &mut vv,
                 Some(&mut states),
             )
             .await?;
@@ -490,7 +493,7 @@ impl Store {
                 Change::OwnedRows { .. } => None,
             })
             .collect();
-        self.commit_local(tx, &out.ops).await?;
+        self.commit(tx, vv).await?;
         Ok(out)
     }
 
@@ -557,10 +560,6 @@ impl Store {
         Ok(def)
     }
 
-    fn own_seq(&self) -> u64 {
-        self.read_vv().contiguous(&self.inner.client)
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn new_op(
         &self,
@@ -587,19 +586,13 @@ impl Store {
         }
     }
 
-    /// Persists the version vector of this client's new ops, commits, then records them in
-    /// memory. Call with the write lock held.
-    async fn commit_local(
+    /// Commits, then records the version vector the engine advanced (and stored in the
+    /// transaction) in memory. Call with the write lock held.
+    async fn commit(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-        ops: &[Op],
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        vv: VersionVector,
     ) -> Result<(), StoreError> {
-        let ids: Vec<OpId> = ops.iter().map(Op::id).collect();
-        let mut vv = self.read_vv();
-        for id in &ids {
-            vv.add(*id);
-        }
-        persist_vv(&mut tx, &vv, ids.iter().map(|i| i.author)).await?;
         tx.commit().await?;
         *self.inner.vv.write().unwrap_or_else(|e| e.into_inner()) = vv;
         Ok(())
@@ -662,8 +655,9 @@ impl Store {
         let _guard = inner.write.lock().await;
         let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let uuids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
+        let mut vv = self.read_vv();
         let mut op = self.new_op(
-            self.own_seq() + 1,
+            vv.contiguous(&inner.client) + 1,
             Method::OwnedBatchCreate,
             &def.name,
             None,
@@ -682,6 +676,7 @@ impl Store {
             &inner.registry,
             std::slice::from_ref(&change),
             true,
+            &mut vv,
         )
         .await?;
         // Rows that exist must be ours: the engine refused the batch otherwise, and the
@@ -695,7 +690,7 @@ impl Store {
             });
         }
         let ops = vec![op];
-        self.commit_local(tx, &ops).await?;
+        self.commit(tx, vv).await?;
         let owned_rows = match change {
             Change::OwnedRows { rows, .. } => rows,
             Change::Op(_) => Vec::new(),
@@ -737,8 +732,9 @@ impl Store {
                 }
                 Some(_) => {}
             }
+            let mut vv = s.read_vv();
             let op = s.new_op(
-                s.own_seq() + 1,
+                vv.contiguous(&inner.client) + 1,
                 Method::OwnedDelete,
                 &def.name,
                 Some(uuid),
@@ -747,7 +743,7 @@ impl Store {
                 BTreeMap::new(),
             );
             let changes = vec![Change::Op(op)];
-            let res = engine::apply(&mut tx, &inner.registry, &changes, true).await?;
+            let res = engine::apply(&mut tx, &inner.registry, &changes, true, &mut vv).await?;
             let ops: Vec<Op> = changes
                 .into_iter()
                 .filter_map(|c| match c {
@@ -755,7 +751,7 @@ impl Store {
                     Change::OwnedRows { .. } => None,
                 })
                 .collect();
-            s.commit_local(tx, &ops).await?;
+            s.commit(tx, vv).await?;
             Ok(WriteOutcome {
                 uuids: vec![uuid],
                 ops,
@@ -814,15 +810,8 @@ impl Store {
             return Ok(report);
         }
         let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let res = engine::apply(&mut tx, &inner.registry, &accepted, false).await?;
-        for id in &res.logged {
-            vv.add(*id);
-        }
-        let authors: std::collections::BTreeSet<Uuid> =
-            res.logged.iter().map(|i| i.author).collect();
-        persist_vv(&mut tx, &vv, authors.into_iter()).await?;
-        tx.commit().await?;
-        *inner.vv.write().unwrap_or_else(|e| e.into_inner()) = vv;
+        let res = engine::apply(&mut tx, &inner.registry, &accepted, false, &mut vv).await?;
+        self.commit(tx, vv).await?;
         report.applied = res.logged.len();
         report.rows = res.rows;
         report.events = res.events;

@@ -250,3 +250,34 @@ fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
     ciborium::into_writer(v, &mut buf).unwrap();
     buf
 }
+
+#[tokio::test]
+async fn the_version_vector_stored_with_the_log_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lib.db");
+    let a = open_at(&path, 1).await;
+    create_tags(&a, 700).await;
+    a.prune(&BTreeMap::from([(a.client(), 700)])).await.unwrap();
+    let t = a.create_shared("tags", None, tag("x")).await.unwrap().uuids[0];
+    a.update_shared(
+        "tags",
+        t,
+        fields(serde_json::json!({"name": "y", "color": "z"})),
+    )
+    .await
+    .unwrap();
+    a.delete_shared("tags", t).await.unwrap();
+    let rows = vec![fields(serde_json::json!({"name": "f", "cas_id": "c"}))];
+    a.write_owned("file_paths", rows).await.unwrap();
+    let want = a.version_vector();
+    assert_eq!(want.contiguous(&a.client()), 705);
+    // Without the log, the stored version vector is all that remembers the sequence.
+    a.prune(&BTreeMap::from([(a.client(), 705)])).await.unwrap();
+    assert_eq!(a.pending_operations().await.unwrap(), 0);
+    a.close().await;
+    let a = open_at(&path, 1).await;
+    assert_eq!(a.version_vector(), want);
+    // The next write continues the sequence.
+    let next = a.create_shared("tags", None, tag("n")).await.unwrap().ops;
+    assert_eq!(next[0].seq, 706);
+}
