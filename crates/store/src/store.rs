@@ -359,6 +359,7 @@ impl Store {
         // a local op's timestamp is newer than every one stored, so a create makes its row
         // alive and a delete makes it dead.
         let mut states = load_named_rows(&mut tx, &inner.registry, &prepared).await?;
+        // (`states` has an entry for every resource the batch names.)
         let mut alive: std::collections::HashMap<String, std::collections::HashMap<Uuid, bool>> =
             states
                 .iter()
@@ -367,18 +368,6 @@ impl Store {
                     (res.clone(), rows)
                 })
                 .collect();
-        fn set_alive(
-            alive: &mut std::collections::HashMap<String, std::collections::HashMap<Uuid, bool>>,
-            resource: &str,
-            uuid: Uuid,
-            is: bool,
-        ) {
-            if let Some(rows) = alive.get_mut(resource) {
-                rows.insert(uuid, is);
-            } else {
-                alive.insert(resource.to_owned(), [(uuid, is)].into());
-            }
-        }
         // Consecutive entries on one resource go through the engine in one call (the same
         // merge as one call per entry, with the same events in the same order).
         let mut all: Vec<Change> = Vec::with_capacity(prepared.len());
@@ -393,8 +382,7 @@ impl Store {
                 .and_then(|rows| rows.get(&p.uuid))
                 .copied()
                 .unwrap_or(false);
-            let ops = &mut all;
-            let before = ops.len();
+            let before = all.len();
             match p.method {
                 Method::SharedCreate => {
                     if is_alive {
@@ -404,7 +392,7 @@ impl Store {
                         }));
                     }
                     next_seq += 1;
-                    ops.push(Change::Op(self.new_op(
+                    all.push(Change::Op(self.new_op(
                         next_seq,
                         Method::SharedCreate,
                         &p.resource,
@@ -413,7 +401,9 @@ impl Store {
                         None,
                         p.fields,
                     )));
-                    set_alive(&mut alive, &p.resource, p.uuid, true);
+                    if let Some(rows) = alive.get_mut(p.resource.as_str()) {
+                        rows.insert(p.uuid, true);
+                    }
                 }
                 Method::SharedUpdate => {
                     if !is_alive {
@@ -424,7 +414,7 @@ impl Store {
                     }
                     for (prop, value) in p.fields {
                         next_seq += 1;
-                        ops.push(Change::Op(self.new_op(
+                        all.push(Change::Op(self.new_op(
                             next_seq,
                             Method::SharedUpdate,
                             &p.resource,
@@ -443,7 +433,7 @@ impl Store {
                         }));
                     }
                     next_seq += 1;
-                    ops.push(Change::Op(self.new_op(
+                    all.push(Change::Op(self.new_op(
                         next_seq,
                         Method::SharedDelete,
                         &p.resource,
@@ -452,7 +442,9 @@ impl Store {
                         None,
                         BTreeMap::new(),
                     )));
-                    set_alive(&mut alive, &p.resource, p.uuid, false);
+                    if let Some(rows) = alive.get_mut(p.resource.as_str()) {
+                        rows.insert(p.uuid, false);
+                    }
                 }
             }
             // This entry's ops start a new run when the resource changes.
@@ -742,15 +734,9 @@ impl Store {
                 None,
                 BTreeMap::new(),
             );
-            let changes = vec![Change::Op(op)];
+            let changes = vec![Change::Op(op.clone())];
             let res = engine::apply(&mut tx, &inner.registry, &changes, true, &mut vv).await?;
-            let ops: Vec<Op> = changes
-                .into_iter()
-                .filter_map(|c| match c {
-                    Change::Op(op) => Some(op),
-                    Change::OwnedRows { .. } => None,
-                })
-                .collect();
+            let ops = vec![op];
             s.commit(tx, vv).await?;
             Ok(WriteOutcome {
                 uuids: vec![uuid],
