@@ -35,6 +35,8 @@ pub(crate) struct EngineOutcome {
     /// The first owned row an op could not change, with its owner (a local write turns it
     /// into an error).
     pub not_owner: Option<(Uuid, Uuid)>,
+    /// `SharedUpdate`s merged in place by SQLite (see [`update_in_place`]).
+    pub in_place: usize,
 }
 
 /// Applies validated, not yet applied changes in order. `local` marks the events. The ops
@@ -320,9 +322,18 @@ async fn apply_shared(
     preloaded: Option<&mut SharedState>,
 ) -> Result<(), StoreError> {
     let mut loaded;
+    let mut items = items;
+    let rest;
     let state = match preloaded {
         Some(s) => s,
         None => {
+            if let Some(left) = update_in_place(conn, def, items, local, out).await? {
+                rest = left;
+                items = &rest;
+            }
+            if items.is_empty() {
+                return Ok(());
+            }
             let uuids: Vec<Uuid> = items
                 .iter()
                 .filter_map(|c| c.op().uuid)
@@ -380,6 +391,153 @@ async fn apply_shared(
     Ok(())
 }
 
+/// Rows per in-place statement: larger than [`rows_per_statement`]'s, as this statement is
+/// run once per chunk of a remote batch (measured: 2.51 µs per row at 500 rows, 2.41 at
+/// 2,500) and its three parameters per row stay far below SQLite's limit.
+const IN_PLACE_ROWS: usize = 2_000;
+
+/// The remote fast path: `SharedUpdate`s of rows that are live here, merged by SQLite itself
+/// in one statement per property and chunk, without reading the rows into Rust.
+///
+/// Only the updates of rows that no create or delete in `items` names are tried. The
+/// statement writes a value and its slot of the row's clock (see [`crate::rowclock`]) only
+/// where the row is live, its clock has the registry's current layout, and the op is newer
+/// than the register: exactly the rows [`SharedRow::update`] would change. When every op
+/// changed its row, they are done, and the other items are returned for the general path.
+/// Otherwise (a row not live here, an older op, a clock of an earlier layout, or a statement
+/// SQLite refused) everything is rolled back to before the attempt and `None` is returned:
+/// the general path then applies all of `items`.
+async fn update_in_place<'c>(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    items: &[&'c Change],
+    local: bool,
+    out: &mut EngineOutcome,
+) -> Result<Option<Vec<&'c Change>>, StoreError> {
+    let column_of = |op: &Op| op.property.as_deref().and_then(|p| def.column_index(p));
+    let plain_update = |c: &Change| {
+        let op = c.op();
+        matches!(c, Change::Op(_))
+            && op.method == Method::SharedUpdate
+            && op.uuid.is_some()
+            && op.value.is_some()
+            && column_of(op).is_some()
+    };
+    let others: BTreeSet<Uuid> = items
+        .iter()
+        .filter(|c| !plain_update(c))
+        .filter_map(|c| c.op().uuid)
+        .collect();
+    // Per column, in item order: each update with its row's key.
+    let mut by_column: BTreeMap<usize, Vec<(&Op, String)>> = BTreeMap::new();
+    let mut rest = Vec::new();
+    let mut fast = Vec::new();
+    for c in items {
+        let op = c.op();
+        match (plain_update(c), op.uuid, column_of(op)) {
+            (true, Some(u), Some(col)) if !others.contains(&u) => {
+                by_column
+                    .entry(col)
+                    .or_default()
+                    .push((op, u.hyphenated().to_string()));
+                fast.push(op);
+            }
+            _ => rest.push(*c),
+        }
+    }
+    if fast.is_empty() {
+        return Ok(None);
+    }
+
+    let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
+    let at = rowclock::offsets(&layout, def.columns.len());
+    // Constants of the registry, never input: inlined as blob literals.
+    let prefix_hex = format!("{:02X}{}", rowclock::VERSION, hex::encode_upper(&layout));
+    let same_hex = hex::encode_upper(rowclock::SLOT_SAME);
+    let ts = rowclock::TS;
+    let t = &def.name;
+    exec(conn, "SAVEPOINT murmur_in_place".to_owned(), |q| q).await?;
+    let mut all_changed = true;
+    'columns: for (col, ops) in by_column {
+        let name = &def.columns[col].name;
+        // 1-based positions, as substr counts.
+        let pos = at.slots + col * ts + 1;
+        let exists = at.exists + 1;
+        let slot = format!("substr({t}.crdt_clock, {pos}, {ts})");
+        for chunk in ops.chunks(IN_PLACE_ROWS) {
+            // A clock of another layout (or a text value) never equals the prefix literal.
+            // A compact clock (no slots: every register at the existence timestamp) gets
+            // its slots; `substr` past its end is an empty blob, read as "existence".
+            // `||` makes text of blobs: the new clock is cast back to a blob (same bytes).
+            let sql = format!(
+                "INSERT INTO {t} (uuid, {name}, crdt_clock) \
+                 SELECT column1, column2, column3 FROM (VALUES {values}) AS v \
+                 WHERE EXISTS (SELECT 1 FROM {t} AS cur WHERE cur.uuid = v.column1) \
+                 ON CONFLICT (uuid) DO UPDATE SET {name} = excluded.{name}, \
+                 crdt_clock = CAST(CASE length({t}.crdt_clock) \
+                 WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || excluded.crdt_clock \
+                 || substr({t}.crdt_clock, {after}) \
+                 ELSE {t}.crdt_clock || X'{same_before}' || excluded.crdt_clock || X'{same_after}' \
+                 END AS BLOB) \
+                 WHERE length({t}.crdt_clock) IN ({len}, {compact}) \
+                 AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
+                 AND excluded.crdt_clock > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
+                 WHEN X'' THEN {exists_ts} ELSE {slot} END",
+                values = values_list(chunk.len(), 3),
+                before = pos - 1,
+                after = pos + ts,
+                len = at.len,
+                compact = at.slots,
+                prefix = at.prefix,
+                same_before = same_hex.repeat(col),
+                same_after = same_hex.repeat(def.columns.len() - col - 1),
+                exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
+            );
+            let expected = chunk.len() as u64;
+            let res = exec(conn, sql, |mut q| {
+                for (op, key) in chunk {
+                    q = q
+                        .bind(key.clone())
+                        .bind(op.value.clone())
+                        .bind(op.ts().to_bytes().to_vec());
+                }
+                q
+            })
+            .await;
+            match res {
+                Ok(n) if n == expected => {}
+                Ok(_) => {
+                    all_changed = false;
+                    break 'columns;
+                }
+                Err(e) => {
+                    tracing::debug!(resource = %t, error = %e, "in-place update refused; taking the general path");
+                    all_changed = false;
+                    break 'columns;
+                }
+            }
+        }
+    }
+    if !all_changed {
+        exec(conn, "ROLLBACK TO murmur_in_place".to_owned(), |q| q).await?;
+        exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
+        return Ok(None);
+    }
+    exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
+    out.in_place += fast.len();
+    for op in fast {
+        out.events.push(RowEvent {
+            resource: def.name.clone(),
+            uuid: op.uuid,
+            method: op.method,
+            author: op.author,
+            remote: !local,
+            count: None,
+        });
+    }
+    Ok(Some(rest))
+}
+
 /// Stores the registers of the `dirty` rows: live rows into the data table with their
 /// clocks, the others into the side tables, and removes each from where it no longer is.
 async fn write_shared(
@@ -389,6 +547,7 @@ async fn write_shared(
     dirty: &BTreeSet<Uuid>,
 ) -> Result<(), StoreError> {
     let columns = || def.columns.iter().map(|c| c.name.as_str());
+    let layout = rowclock::layout(columns());
     let mut live: Vec<(Uuid, Vec<u8>, Vec<Value>)> = Vec::new();
     let mut dead: Vec<(Uuid, &SharedRow)> = Vec::new();
     let mut leave_data: Vec<Uuid> = Vec::new();
@@ -400,7 +559,8 @@ async fn write_shared(
         if row.alive {
             let clock = rowclock::encode(
                 row.exists_ts,
-                row.props.iter().map(|(n, (ts, _))| (n.as_str(), *ts)),
+                &layout,
+                columns().map(|c| row.props.get(c).map(|(ts, _)| *ts)),
             );
             live.push((*u, clock, row.values(columns())));
             if *place == Place::Side {

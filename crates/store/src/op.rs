@@ -403,4 +403,7 @@ pub struct ApplyReport {
     pub needs_rows: Vec<Op>,
     /// What changed, for subscribers.
     pub events: Vec<RowEvent>,
+    /// Of `applied`, the `SharedUpdate`s that SQLite merged in place (rows live here, the
+    /// op newer than the register); the others took the general path.
+    pub in_place: usize,
 }

@@ -801,6 +801,7 @@ impl Store {
         report.applied = res.logged.len();
         report.rows = res.rows;
         report.events = res.events;
+        report.in_place = res.in_place;
         report.rejected.extend(res.rejected);
         Ok(report)
     }
