@@ -35,7 +35,7 @@ pub(crate) struct EngineOutcome {
     /// The first owned row an op could not change, with its owner (a local write turns it
     /// into an error).
     pub not_owner: Option<(Uuid, Uuid)>,
-    /// `SharedUpdate`s merged in place by SQLite (see [`update_in_place`]).
+    /// Ops applied in place by SQLite (see [`in_place`]).
     pub in_place: usize,
 }
 
@@ -327,7 +327,7 @@ async fn apply_shared(
     let state = match preloaded {
         Some(s) => s,
         None => {
-            if let Some(left) = update_in_place(conn, def, items, local, out).await? {
+            if let Some(left) = in_place(conn, def, items, local, out).await? {
                 rest = left;
                 items = &rest;
             }
@@ -391,23 +391,26 @@ async fn apply_shared(
     Ok(())
 }
 
-/// Rows per in-place statement: larger than [`rows_per_statement`]'s, as this statement is
-/// run once per chunk of a remote batch (measured: 2.51 µs per row at 500 rows, 2.41 at
-/// 2,500) and its three parameters per row stay far below SQLite's limit.
+/// Rows per in-place update statement: larger than [`rows_per_statement`]'s, as this
+/// statement is run once per chunk of a remote batch (measured: 2.51 µs per row at 500
+/// rows, 2.41 at 2,500) and its three parameters per row stay far below SQLite's limit.
 const IN_PLACE_ROWS: usize = 2_000;
 
-/// The remote fast path: `SharedUpdate`s of rows that are live here, merged by SQLite itself
-/// in one statement per property and chunk, without reading the rows into Rust.
+/// The fast path: ops SQLite can apply by itself, without reading rows into Rust.
 ///
-/// Only the updates of rows that no create or delete in `items` names are tried. The
-/// statement writes a value and its slot of the row's clock (see [`crate::rowclock`]) only
-/// where the row is live, its clock has the registry's current layout, and the op is newer
-/// than the register: exactly the rows [`SharedRow::update`] would change. When every op
-/// changed its row, they are done, and the other items are returned for the general path.
-/// Otherwise (a row not live here, an older op, a clock of an earlier layout, or a statement
-/// SQLite refused) everything is rolled back to before the attempt and `None` is returned:
-/// the general path then applies all of `items`.
-async fn update_in_place<'c>(
+/// - A `SharedCreate` of a row that no other op of `items` names is inserted as a new live
+///   row (its clock in the compact form), where neither the data table nor the side tables
+///   know the row: exactly what the merge makes of a create of an unknown row.
+/// - A `SharedUpdate` of a row that no create or delete of `items` names writes its value
+///   and its slot of the row's clock (see [`crate::rowclock`]) where the row is live, its
+///   clock has the registry's current layout, and the op is newer than the register:
+///   exactly the rows [`SharedRow::update`] would change.
+///
+/// When every such op changed its row, they are done, and the other items are returned for
+/// the general path. Otherwise (a row already known, not live, an older op, a clock of an
+/// earlier layout, or a statement SQLite refused) everything is rolled back to before the
+/// attempt and `None` is returned: the general path then applies all of `items`.
+async fn in_place<'c>(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     items: &[&'c Change],
@@ -423,19 +426,30 @@ async fn update_in_place<'c>(
             && op.value.is_some()
             && column_of(op).is_some()
     };
+    let mut named: HashMap<Uuid, usize> = HashMap::with_capacity(items.len());
+    for u in items.iter().filter_map(|c| c.op().uuid) {
+        *named.entry(u).or_default() += 1;
+    }
     let others: BTreeSet<Uuid> = items
         .iter()
         .filter(|c| !plain_update(c))
         .filter_map(|c| c.op().uuid)
         .collect();
+    let mut creates: Vec<&Op> = Vec::new();
     // Per column, in item order: each update with its row's key.
     let mut by_column: BTreeMap<usize, Vec<(&Op, String)>> = BTreeMap::new();
     let mut rest = Vec::new();
     let mut fast = Vec::new();
     for c in items {
         let op = c.op();
-        match (plain_update(c), op.uuid, column_of(op)) {
-            (true, Some(u), Some(col)) if !others.contains(&u) => {
+        match (c, op.uuid, column_of(op)) {
+            (Change::Op(op), Some(u), _)
+                if op.method == Method::SharedCreate && named.get(&u) == Some(&1) =>
+            {
+                creates.push(op);
+                fast.push(op);
+            }
+            (_, Some(u), Some(col)) if plain_update(c) && !others.contains(&u) => {
                 by_column
                     .entry(col)
                     .or_default()
@@ -449,76 +463,15 @@ async fn update_in_place<'c>(
         return Ok(None);
     }
 
-    let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
-    let at = rowclock::offsets(&layout, def.columns.len());
-    // Constants of the registry, never input: inlined as blob literals.
-    let prefix_hex = format!("{:02X}{}", rowclock::VERSION, hex::encode_upper(&layout));
-    let same_hex = hex::encode_upper(rowclock::SLOT_SAME);
-    let ts = rowclock::TS;
-    let t = &def.name;
     exec(conn, "SAVEPOINT murmur_in_place".to_owned(), |q| q).await?;
-    let mut all_changed = true;
-    'columns: for (col, ops) in by_column {
-        let name = &def.columns[col].name;
-        // 1-based positions, as substr counts.
-        let pos = at.slots + col * ts + 1;
-        let exists = at.exists + 1;
-        let slot = format!("substr({t}.crdt_clock, {pos}, {ts})");
-        for chunk in ops.chunks(IN_PLACE_ROWS) {
-            // A clock of another layout (or a text value) never equals the prefix literal.
-            // A compact clock (no slots: every register at the existence timestamp) gets
-            // its slots; `substr` past its end is an empty blob, read as "existence".
-            // `||` makes text of blobs: the new clock is cast back to a blob (same bytes).
-            let sql = format!(
-                "INSERT INTO {t} (uuid, {name}, crdt_clock) \
-                 SELECT column1, column2, column3 FROM (VALUES {values}) AS v \
-                 WHERE EXISTS (SELECT 1 FROM {t} AS cur WHERE cur.uuid = v.column1) \
-                 ON CONFLICT (uuid) DO UPDATE SET {name} = excluded.{name}, \
-                 crdt_clock = CAST(CASE length({t}.crdt_clock) \
-                 WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || excluded.crdt_clock \
-                 || substr({t}.crdt_clock, {after}) \
-                 ELSE {t}.crdt_clock || X'{same_before}' || excluded.crdt_clock || X'{same_after}' \
-                 END AS BLOB) \
-                 WHERE length({t}.crdt_clock) IN ({len}, {compact}) \
-                 AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
-                 AND excluded.crdt_clock > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
-                 WHEN X'' THEN {exists_ts} ELSE {slot} END",
-                values = values_list(chunk.len(), 3),
-                before = pos - 1,
-                after = pos + ts,
-                len = at.len,
-                compact = at.slots,
-                prefix = at.prefix,
-                same_before = same_hex.repeat(col),
-                same_after = same_hex.repeat(def.columns.len() - col - 1),
-                exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
-            );
-            let expected = chunk.len() as u64;
-            let res = exec(conn, sql, |mut q| {
-                for (op, key) in chunk {
-                    q = q
-                        .bind(key.clone())
-                        .bind(op.value.clone())
-                        .bind(op.ts().to_bytes().to_vec());
-                }
-                q
-            })
-            .await;
-            match res {
-                Ok(n) if n == expected => {}
-                Ok(_) => {
-                    all_changed = false;
-                    break 'columns;
-                }
-                Err(e) => {
-                    tracing::debug!(resource = %t, error = %e, "in-place update refused; taking the general path");
-                    all_changed = false;
-                    break 'columns;
-                }
-            }
+    let mut done = insert_new(conn, def, &creates).await?;
+    for (col, ops) in &by_column {
+        if !done {
+            break;
         }
+        done = update_column(conn, def, *col, ops).await?;
     }
-    if !all_changed {
+    if !done {
         exec(conn, "ROLLBACK TO murmur_in_place".to_owned(), |q| q).await?;
         exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
         return Ok(None);
@@ -536,6 +489,126 @@ async fn update_in_place<'c>(
         });
     }
     Ok(Some(rest))
+}
+
+/// Whether an in-place statement changed all `expected` rows. A statement SQLite refused
+/// (a constraint of a custom table, say) only means "not in place": the general path then
+/// does the work, and reports the error if it is real.
+fn all_changed(res: Result<u64, StoreError>, expected: usize, table: &str) -> bool {
+    match res {
+        Ok(n) => n == expected as u64,
+        Err(e) => {
+            tracing::debug!(resource = %table, error = %e, "in-place statement refused; taking the general path");
+            false
+        }
+    }
+}
+
+/// Inserts the rows `creates` make, where no row of theirs is known here (live, dead, or
+/// known from updates). Whether every one was inserted.
+async fn insert_new(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    creates: &[&Op],
+) -> Result<bool, StoreError> {
+    let columns = || def.columns.iter().map(|c| c.name.as_str());
+    let layout = rowclock::layout(columns());
+    let ncols = def.columns.len() + 2;
+    let names = columns().collect::<Vec<_>>().join(", ");
+    let t = &def.name;
+    for chunk in creates.chunks(rows_per_statement(ncols)) {
+        // The resource's name is the registry's, like the table's: never input.
+        let sql = format!(
+            "INSERT INTO {t} (uuid, crdt_clock, {names}) \
+             SELECT * FROM (VALUES {values}) AS v \
+             WHERE NOT EXISTS (SELECT 1 FROM crdt_rows WHERE resource = '{t}' AND uuid = v.column1) \
+             ON CONFLICT (uuid) DO NOTHING",
+            values = values_list(chunk.len(), ncols),
+        );
+        let res = exec(conn, sql, |mut q| {
+            for op in chunk {
+                let ts = op.ts();
+                let key = op.uuid.unwrap_or_default().hyphenated().to_string();
+                let clock = rowclock::encode(ts, &layout, columns().map(|_| Some(ts)));
+                q = q.bind(key).bind(clock);
+                for c in columns() {
+                    q = q.bind(op.fields.get(c).cloned().unwrap_or(Value::Null));
+                }
+            }
+            q
+        })
+        .await;
+        if !all_changed(res, chunk.len(), t) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Sets column `col` from `ops` (updates with their rows' keys) where each op is newer than
+/// the register and the row is live here. Whether every op changed its row.
+async fn update_column(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    col: usize,
+    ops: &[(&Op, String)],
+) -> Result<bool, StoreError> {
+    let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
+    let at = rowclock::offsets(&layout, def.columns.len());
+    // Constants of the registry, never input: inlined as blob literals.
+    let prefix_hex = format!("{:02X}{}", rowclock::VERSION, hex::encode_upper(&layout));
+    let same_hex = hex::encode_upper(rowclock::SLOT_SAME);
+    let ts = rowclock::TS;
+    let t = &def.name;
+    let name = &def.columns[col].name;
+    // 1-based positions, as substr counts.
+    let pos = at.slots + col * ts + 1;
+    let exists = at.exists + 1;
+    let slot = format!("substr({t}.crdt_clock, {pos}, {ts})");
+    for chunk in ops.chunks(IN_PLACE_ROWS) {
+        // A clock of another layout (or a text value) never equals the prefix literal.
+        // A compact clock (no slots: every register at the existence timestamp) gets its
+        // slots; `substr` past its end is an empty blob, read as "existence".
+        // `||` makes text of blobs: the new clock is cast back to a blob (same bytes).
+        let sql = format!(
+            "INSERT INTO {t} (uuid, {name}, crdt_clock) \
+             SELECT column1, column2, column3 FROM (VALUES {values}) AS v \
+             WHERE EXISTS (SELECT 1 FROM {t} AS cur WHERE cur.uuid = v.column1) \
+             ON CONFLICT (uuid) DO UPDATE SET {name} = excluded.{name}, \
+             crdt_clock = CAST(CASE length({t}.crdt_clock) \
+             WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || excluded.crdt_clock \
+             || substr({t}.crdt_clock, {after}) \
+             ELSE {t}.crdt_clock || X'{same_before}' || excluded.crdt_clock || X'{same_after}' \
+             END AS BLOB) \
+             WHERE length({t}.crdt_clock) IN ({len}, {compact}) \
+             AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
+             AND excluded.crdt_clock > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
+             WHEN X'' THEN {exists_ts} ELSE {slot} END",
+            values = values_list(chunk.len(), 3),
+            before = pos - 1,
+            after = pos + ts,
+            len = at.len,
+            compact = at.slots,
+            prefix = at.prefix,
+            same_before = same_hex.repeat(col),
+            same_after = same_hex.repeat(def.columns.len() - col - 1),
+            exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
+        );
+        let res = exec(conn, sql, |mut q| {
+            for (op, key) in chunk {
+                q = q
+                    .bind(key.clone())
+                    .bind(op.value.clone())
+                    .bind(op.ts().to_bytes().to_vec());
+            }
+            q
+        })
+        .await;
+        if !all_changed(res, chunk.len(), t) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Stores the registers of the `dirty` rows: live rows into the data table with their

@@ -403,7 +403,8 @@ pub struct ApplyReport {
     pub needs_rows: Vec<Op>,
     /// What changed, for subscribers.
     pub events: Vec<RowEvent>,
-    /// Of `applied`, the `SharedUpdate`s that SQLite merged in place (rows live here, the
-    /// op newer than the register); the others took the general path.
+    /// Of `applied`, the ops SQLite applied in place: creates of rows unknown here, and
+    /// updates of rows live here newer than their register. The others took the general
+    /// path (reading the rows' registers into the merge).
     pub in_place: usize,
 }

@@ -1,8 +1,9 @@
-//! Remote `SharedUpdate`s of rows that are live here are merged by SQLite in place (one
-//! statement per property, no read into Rust). Whenever one op of a batch would not change
-//! its row that way (older than the register, a row not live here, a clock of an earlier
-//! layout), the whole attempt is rolled back and the batch takes the general path: the
-//! result is the same either way, and these tests check it against the author's state.
+//! Remote `SharedCreate`s of rows unknown here, and `SharedUpdate`s of rows that are live
+//! here, are applied by SQLite in place (no read into Rust). Whenever one op of a batch
+//! would not change its row that way (a row already known, older than the register, a row
+//! not live here, a clock of an earlier layout), the whole attempt is rolled back and the
+//! batch takes the general path: the result is the same either way, and these tests check
+//! it against the author's state, down to the bytes of the row clocks.
 
 mod common;
 
@@ -53,9 +54,18 @@ async fn updates_of_live_rows_are_merged_in_place() {
     let rep = b.apply(changes(&creates)).await.unwrap();
     assert_eq!(
         (rep.applied, rep.in_place),
-        (3, 0),
-        "creates take the general path"
+        (3, 3),
+        "creates of unknown rows, in place"
     );
+    assert_eq!(rep.events.len(), 3);
+    for u in &uuids {
+        assert_eq!(
+            clock_of(&a, *u).await,
+            clock_of(&b, *u).await,
+            "clock of {u}"
+        );
+    }
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 
     // Two properties, and one row renamed twice in the same batch.
     let mut updates = vec![
@@ -156,13 +166,19 @@ async fn updates_of_rows_not_live_here_take_the_general_path() {
     assert_eq!((rep.applied, rep.in_place), (1, 0));
     assert_eq!(name_of(&b, ux).await, None, "still deleted");
 
-    // D has nothing yet: an update before its create waits in the side tables too.
+    // D has nothing yet: an update before its create waits in the side tables too, and
+    // the create that follows must merge with it (not be inserted in place over it).
     let (d, _dd) = store(4).await;
     let rep = d.apply(changes(&[renamed.clone()])).await.unwrap();
     assert_eq!((rep.applied, rep.in_place), (1, 0));
-    d.apply(changes(&[x.ops, deleted.ops].concat()))
-        .await
-        .unwrap();
+    let rep = d.apply(changes(&x.ops)).await.unwrap();
+    assert_eq!(
+        (rep.applied, rep.in_place),
+        (1, 0),
+        "the row is known from the side tables"
+    );
+    assert_eq!(name_of(&d, ux).await.as_deref(), Some("renamed"));
+    d.apply(changes(&deleted.ops)).await.unwrap();
 
     a.apply(changes(&[renamed])).await.unwrap();
     let want = a.digest().await.unwrap();
@@ -240,4 +256,22 @@ async fn a_clock_of_an_earlier_version_is_rewritten_then_updated_in_place() {
     assert_eq!((rep.applied, rep.in_place), (1, 1));
     assert_eq!(name_of(&b, ux).await.as_deref(), Some("two"));
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_create_of_a_row_already_here_merges() {
+    // Two devices create the same relation: tags_on_files derives its UUID from its
+    // columns, so both creates name one row.
+    let (a, _da) = store(1).await;
+    let (b, _db) = store(2).await;
+    let rel = || fields(json!({"tag_uuid": Uuid::from_u128(9).to_string(), "cas_id": "c1"}));
+    let from_a = a.create_shared("tags_on_files", None, rel()).await.unwrap();
+    let from_b = b.create_shared("tags_on_files", None, rel()).await.unwrap();
+    assert_eq!(from_a.uuids, from_b.uuids);
+    let rep = b.apply(changes(&from_a.ops)).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (1, 0), "the row is live here");
+    let rep = a.apply(changes(&from_b.ops)).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (1, 0));
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    assert_eq!(a.digest().await.unwrap().rows, 1);
 }
