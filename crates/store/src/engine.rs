@@ -90,7 +90,62 @@ pub(crate) async fn apply_with(
         }
     }
 
-    // Log every complete op, with the rule that refused it if one did.
+    log_changes(conn, changes, &rejected_ops, &mut out, vv).await?;
+    Ok(out)
+}
+
+/// Local creates of rows that are all new, inserted in place (see [`insert_new`]) and
+/// logged, without reading any row. `None` when one row is already known here: the
+/// transaction then holds some of the inserts, and the caller must roll it back (and take
+/// the general path, which tells an existing row from a dead one).
+pub(crate) async fn apply_new(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[Change],
+    vv: &mut VersionVector,
+) -> Result<Option<EngineOutcome>, StoreError> {
+    let mut by_resource: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for c in changes {
+        match c {
+            Change::Op(op) if op.method == Method::SharedCreate && op.uuid.is_some() => by_resource
+                .entry(op.resource.as_str())
+                .or_default()
+                .push(op),
+            _ => return Ok(None),
+        }
+    }
+    for (resource, ops) in by_resource {
+        let def = registry.get(resource)?;
+        if def.kind != Kind::Shared || !insert_new(conn, def, &ops).await? {
+            return Ok(None);
+        }
+    }
+    let mut out = EngineOutcome::default();
+    for c in changes {
+        let op = c.op();
+        out.events.push(RowEvent {
+            resource: op.resource.clone(),
+            uuid: op.uuid,
+            method: op.method,
+            author: op.author,
+            remote: false,
+            count: None,
+        });
+    }
+    out.in_place = changes.len();
+    log_changes(conn, changes, &HashMap::new(), &mut out, vv).await?;
+    Ok(Some(out))
+}
+
+/// Logs every complete op of `changes`, with the rule that refused it if one did, adds
+/// them to `vv` and stores their authors' new contiguous seqs with the log.
+async fn log_changes(
+    conn: &mut SqliteConnection,
+    changes: &[Change],
+    rejected_ops: &HashMap<OpId, String>,
+    out: &mut EngineOutcome,
+    vv: &mut VersionVector,
+) -> Result<(), StoreError> {
     let mut log: Vec<(&Op, Option<String>)> = Vec::new();
     for c in changes {
         let complete = match c {
@@ -112,7 +167,7 @@ pub(crate) async fn apply_with(
         .map(|a| (a, vv.contiguous(&a)))
         .collect();
     oplog::append(conn, &mut log, &contiguous).await?;
-    Ok(out)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -147,6 +147,14 @@ impl Change {
         }
     }
 
+    /// The op this change belongs to, by value (an owned batch's rows are dropped).
+    pub fn into_op(self) -> Op {
+        match self {
+            Change::Op(op) => op,
+            Change::OwnedRows { header, .. } => header,
+        }
+    }
+
     /// How many items it weighs in a page: one per op or row.
     pub fn weight(&self) -> usize {
         match self {

@@ -354,6 +354,20 @@ impl Store {
         let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = WriteOutcome::default();
         let mut vv = self.read_vv();
+        // Creates only, each of another row: insert them without reading a row first.
+        // When one row is known here after all, start over on the general path.
+        let prepared = match self.try_new_rows(&mut tx, prepared, &mut vv).await? {
+            NewRows::Done(out) => {
+                self.commit(tx, vv).await?;
+                return Ok(out);
+            }
+            NewRows::NotTried(prepared) => prepared,
+            NewRows::Known(prepared) => {
+                tx.rollback().await?;
+                tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+                prepared
+            }
+        };
         let mut next_seq = vv.contiguous(&inner.client);
         // Whether each named row is alive, read in bulk, then followed through the batch:
         // a local op's timestamp is newer than every one stored, so a create makes its row
@@ -392,13 +406,10 @@ impl Store {
                         }));
                     }
                     next_seq += 1;
-                    all.push(Change::Op(self.new_op(
+                    all.push(Change::Op(self.create_op(
                         next_seq,
-                        Method::SharedCreate,
                         &p.resource,
-                        Some(p.uuid),
-                        None,
-                        None,
+                        p.uuid,
                         p.fields,
                     )));
                     if let Some(rows) = alive.get_mut(p.resource.as_str()) {
@@ -489,6 +500,57 @@ impl Store {
         Ok(out)
     }
 
+    /// The fast path of [`Store::batch`] for a batch of creates of distinct rows: the rows
+    /// are inserted where none of them is known here (live, dead, or from updates), with no
+    /// read. Not tried for any other batch.
+    async fn try_new_rows(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        prepared: Vec<Prepared>,
+        vv: &mut VersionVector,
+    ) -> Result<NewRows, StoreError> {
+        let mut seen = std::collections::HashSet::with_capacity(prepared.len());
+        let creates_of_distinct_rows = prepared.iter().all(|p| {
+            p.method == Method::SharedCreate && seen.insert((p.resource.as_str(), p.uuid))
+        });
+        if prepared.is_empty() || !creates_of_distinct_rows {
+            return Ok(NewRows::NotTried(prepared));
+        }
+        let mut seq = vv.contiguous(&self.inner.client);
+        let changes: Vec<Change> = prepared
+            .into_iter()
+            .map(|p| {
+                seq += 1;
+                Change::Op(self.create_op(seq, &p.resource, p.uuid, p.fields))
+            })
+            .collect();
+        match engine::apply_new(tx, &self.inner.registry, &changes, vv).await? {
+            Some(res) => {
+                let ops: Vec<Op> = changes.into_iter().map(Change::into_op).collect();
+                Ok(NewRows::Done(WriteOutcome {
+                    uuids: ops.iter().filter_map(|op| op.uuid).collect(),
+                    ops,
+                    events: res.events,
+                    owned_rows: Vec::new(),
+                }))
+            }
+            None => Ok(NewRows::Known(
+                changes
+                    .into_iter()
+                    .map(|c| {
+                        let op = c.into_op();
+                        Prepared {
+                            uuid: op.uuid.unwrap_or_default(),
+                            resource: op.resource,
+                            fields: op.fields,
+                            method: op.method,
+                        }
+                    })
+                    .collect(),
+            )),
+        }
+    }
+
     fn prepare_entry(&self, e: BatchEntry) -> Result<Prepared, StoreError> {
         let (resource, uuid, fields, method) = match e {
             BatchEntry::Create {
@@ -550,6 +612,24 @@ impl Store {
             });
         }
         Ok(def)
+    }
+
+    fn create_op(
+        &self,
+        seq: u64,
+        resource: &str,
+        uuid: Uuid,
+        fields: BTreeMap<String, Value>,
+    ) -> Op {
+        self.new_op(
+            seq,
+            Method::SharedCreate,
+            resource,
+            Some(uuid),
+            None,
+            None,
+            fields,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -818,6 +898,16 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// What [`Store::try_new_rows`] did.
+enum NewRows {
+    /// The batch is written (not yet committed).
+    Done(WriteOutcome),
+    /// Not a batch of new rows: the entries, untouched.
+    NotTried(Vec<Prepared>),
+    /// A row is known here: the entries back, and the transaction must be rolled back.
+    Known(Vec<Prepared>),
 }
 
 struct Prepared {

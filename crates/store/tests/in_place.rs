@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use murmur_store::{Change, Method, Op, Store};
+use murmur_store::{BatchEntry, Change, Method, Op, Store, StoreError};
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
@@ -274,4 +274,74 @@ async fn a_create_of_a_row_already_here_merges() {
     assert_eq!((rep.applied, rep.in_place), (1, 0));
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
     assert_eq!(a.digest().await.unwrap().rows, 1);
+}
+
+fn create(uuid: Uuid, name: &str) -> BatchEntry {
+    BatchEntry::Create {
+        resource: "tags".into(),
+        uuid: Some(uuid),
+        fields: tag(name),
+    }
+}
+
+#[tokio::test]
+async fn a_local_batch_of_new_rows_and_one_with_a_known_row() {
+    let (a, _da) = store(1).await;
+    let u: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    // New rows only: inserted without a read, in the compact clock form.
+    let w = a
+        .batch(vec![
+            create(u[0], "a"),
+            create(u[1], "b"),
+            create(u[2], "c"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(w.uuids, u[..3].to_vec());
+    assert_eq!((w.ops.len(), w.events.len()), (3, 3));
+    assert!(w.events.iter().all(|e| !e.remote));
+    assert_eq!(clock_of(&a, u[0]).await.len(), 40);
+    assert_eq!(name_of(&a, u[1]).await.as_deref(), Some("b"));
+
+    // A live row among them: the batch fails at that entry and writes nothing.
+    let err = a
+        .batch(vec![create(u[3], "d"), create(u[0], "again")])
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::BatchEntry { index, source } => {
+            assert_eq!(index, 1);
+            assert!(
+                matches!(*source, StoreError::AlreadyExists { .. }),
+                "{source}"
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(
+        name_of(&a, u[3]).await,
+        None,
+        "nothing of the failed batch stays"
+    );
+    assert_eq!(name_of(&a, u[0]).await.as_deref(), Some("a"));
+    assert_eq!(a.version_vector().contiguous(&Uuid::from_u128(1)), 3);
+
+    // A deleted row among them: created again (the general path revives it).
+    a.delete_shared("tags", u[1]).await.unwrap();
+    let w = a
+        .batch(vec![create(u[4], "e"), create(u[1], "b again")])
+        .await
+        .unwrap();
+    assert_eq!(w.ops.len(), 2);
+    assert_eq!(name_of(&a, u[1]).await.as_deref(), Some("b again"));
+    assert_eq!(name_of(&a, u[4]).await.as_deref(), Some("e"));
+    assert_eq!(a.version_vector().contiguous(&Uuid::from_u128(1)), 6);
+
+    // Another replica fed with the log reaches the same state.
+    let (b, _db) = store(2).await;
+    b.apply(all_changes(&a).await).await.unwrap();
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+    for x in [u[0], u[1], u[4]] {
+        assert_eq!(clock_of(&a, x).await, clock_of(&b, x).await);
+    }
 }
