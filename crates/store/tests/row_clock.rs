@@ -205,3 +205,27 @@ async fn a_column_whose_affinity_would_convert_values_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_library_of_a_newer_version_is_refused_at_open() {
+    // How a binary older than a library's format (such as the row clock version 2 of
+    // migration 0005) meets it: a migration it does not know, and a clean refusal.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lib.db");
+    let opts = || {
+        let mut o = StoreOptions::new(&path, Uuid::from_u128(7));
+        o.durability = murmur_store::Durability::Normal;
+        o
+    };
+    let s = Store::open(opts()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer murmur', 1, x'00', 0)",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    s.close().await;
+    let err = Store::open(opts()).await.err().expect("refused");
+    assert!(err.to_string().contains("9999"), "{err}");
+}
