@@ -120,19 +120,14 @@ pub(crate) async fn apply_new(
             return Ok(None);
         }
     }
-    let mut out = EngineOutcome::default();
-    for c in changes {
-        let op = c.op();
-        out.events.push(RowEvent {
-            resource: op.resource.clone(),
-            uuid: op.uuid,
-            method: op.method,
-            author: op.author,
-            remote: false,
-            count: None,
-        });
-    }
-    out.in_place = changes.len();
+    let mut out = EngineOutcome {
+        events: changes
+            .iter()
+            .map(|c| RowEvent::of(c.op(), false))
+            .collect(),
+        in_place: changes.len(),
+        ..EngineOutcome::default()
+    };
     log_changes(conn, changes, &HashMap::new(), &mut out, vv).await?;
     Ok(Some(out))
 }
@@ -425,14 +420,7 @@ async fn apply_shared(
         };
         if changed.any() {
             dirty.insert(uuid);
-            out.events.push(RowEvent {
-                resource: def.name.clone(),
-                uuid: Some(uuid),
-                method: op.method,
-                author: op.author,
-                remote: !local,
-                count: None,
-            });
+            out.events.push(RowEvent::of(op, !local));
         }
     }
 
@@ -533,16 +521,8 @@ async fn in_place<'c>(
     }
     exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
     out.in_place += fast.len();
-    for op in fast {
-        out.events.push(RowEvent {
-            resource: def.name.clone(),
-            uuid: op.uuid,
-            method: op.method,
-            author: op.author,
-            remote: !local,
-            count: None,
-        });
-    }
+    out.events
+        .extend(fast.into_iter().map(|op| RowEvent::of(op, !local)));
     Ok(Some(rest))
 }
 
@@ -1071,14 +1051,7 @@ async fn apply_owned(
                                 ts: op.ts(),
                             },
                         );
-                        out.events.push(RowEvent {
-                            resource: def.name.clone(),
-                            uuid: Some(uuid),
-                            method: Method::OwnedDelete,
-                            author: op.author,
-                            remote: !local,
-                            count: None,
-                        });
+                        out.events.push(RowEvent::of(op, !local));
                     }
                     OwnedOutcome::Ignore => {}
                     OwnedOutcome::NotOwner(owner) => {

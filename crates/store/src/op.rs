@@ -396,6 +396,20 @@ pub struct RowEvent {
     pub count: Option<u64>,
 }
 
+impl RowEvent {
+    /// The change `op` made to its one row.
+    pub(crate) fn of(op: &Op, remote: bool) -> RowEvent {
+        RowEvent {
+            resource: op.resource.clone(),
+            uuid: op.uuid,
+            method: op.method,
+            author: op.author,
+            remote,
+            count: None,
+        }
+    }
+}
+
 /// What [`crate::Store::apply`] did with a batch.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyReport {
