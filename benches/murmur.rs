@@ -1,10 +1,12 @@
 //! murmur's benchmark harness: every scenario of issue 6 with its baseline, in one run.
 //!
 //! ```text
-//! cargo bench --bench murmur -- [--scale 0.1 | --quick] [--json target/bench.json] [--only NAME,...]
+//! cargo bench --bench murmur -- [--scale 0.1 | --quick] [--rounds 5] [--json target/bench.json] [--only NAME,...]
 //! ```
 //!
-//! Each scenario measures its baseline in the same run, so ratios hold on a noisy machine.
+//! Each scenario measures its baseline in the same run, so ratios hold on a noisy machine;
+//! the apply and local scenarios interleave several rounds of murmur and of each baseline
+//! (`--rounds`, 5 by default) and report the median of the per-round ratios.
 //! Stores use the node default, `Durability::Full` (fsync on each commit); the plain-SQL
 //! baselines use the same pragmas (WAL, synchronous=FULL) through the same driver (sqlx).
 //! Nodes whose peak RSS is reported run in a child process: this binary re-executed with
@@ -36,6 +38,8 @@ const TX_ROWS: usize = 5_000;
 
 struct Args {
     scale: f64,
+    /// Interleaved rounds of murmur and its baselines in the apply and local scenarios.
+    rounds: usize,
     json: Option<PathBuf>,
     only: Option<Vec<String>>,
 }
@@ -43,13 +47,18 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         scale: 1.0,
+        rounds: 5,
         json: None,
         only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--quick" => a.scale = 0.1,
+            "--quick" => {
+                a.scale = 0.1;
+                a.rounds = 3;
+            }
+            "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5).max(1),
             "--scale" => a.scale = it.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
             "--json" => a.json = it.next().map(PathBuf::from),
             "--only" => a.only = it.next().map(|s| s.split(',').map(str::to_owned).collect()),
@@ -109,12 +118,12 @@ async fn run(args: Args) -> Res<()> {
     );
 
     if want("apply") {
-        let (r, j) = bench_apply(scaled(100_000, s)).await?;
+        let (r, j) = bench_apply(scaled(100_000, s), args.rounds).await?;
         rows.extend(r);
         figures.insert("apply_remote_updates".into(), j);
     }
     if want("local") {
-        let (r, j) = bench_local(scaled(100_000, s), scaled(2_000, s)).await?;
+        let (r, j) = bench_local(scaled(100_000, s), scaled(2_000, s), args.rounds).await?;
         rows.extend(r);
         figures.insert("local_writes".into(), j);
     }
@@ -346,92 +355,170 @@ impl PlainLog {
     }
 }
 
-/// The least SQLite must do to merge a `SharedUpdate` into a row that carries its
-/// per-property timestamps, as murmur's in-place path does but with no Rust around it: a
-/// table of `(uuid, name, color, crdt_clock)` whose rows hold a clock of murmur's compact
-/// size (40 bytes), and per 2,000 updates one `INSERT … SELECT … WHERE EXISTS … ON CONFLICT
-/// DO UPDATE … WHERE newer` that splices the register's timestamp into the clock, plus the
-/// log in chunks. The bound on the apply ratio of any design that keeps registers in the row.
-async fn plain_tags_merged(
-    pool: &SqlitePool,
-    created: &[(String, String, String)],
-    updates: &[(String, String, String)],
-) -> Res<Duration> {
-    // version 2, then the names ("name", "color"), as murmur's clocks start.
-    const PREFIX: &str = "02000200046E616D650005636F6C6F72";
-    let prefix_len = PREFIX.len() / 2;
-    let (exists, slots) = (prefix_len + 1, prefix_len + 25);
-    let full = slots - 1 + 48;
-    pool.execute(
-        "CREATE TABLE IF NOT EXISTS tags_merged (uuid TEXT PRIMARY KEY NOT NULL, name TEXT, \
-         color TEXT, crdt_clock BLOB NOT NULL) WITHOUT ROWID",
-    )
-    .await?;
-    let ts = |t: u64| {
-        let mut b = t.to_be_bytes().to_vec();
-        b.extend_from_slice(&[7u8; 16]);
-        b
-    };
-    let prefix = b"\x02\x00\x02\x00\x04name\x00\x05color".to_vec();
-    assert_eq!(prefix.len(), prefix_len);
-    let mut conn = pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for chunk in created.chunks(SQL_ROWS) {
-        let sql = format!(
-            "INSERT INTO tags_merged VALUES {}",
-            vec!["(?,?,?,?)"; chunk.len()].join(",")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (u, n, c) in chunk {
-            let mut clock = prefix.clone();
-            clock.extend(ts(1));
-            q = q
-                .bind(u.as_str())
-                .bind(n.as_str())
-                .bind(c.as_str())
-                .bind(clock);
+/// A per-property last-writer-wins merge written in plain SQL, for the floors of the apply
+/// scenario: how a table keeps its registers' timestamps, and the statement that merges
+/// one `SharedUpdate` of `name` into each of up to 2,000 rows.
+struct PlainMerge {
+    /// The table's name.
+    table: &'static str,
+    /// `CREATE TABLE` of `(uuid, name, color, <timestamps>)`.
+    create: String,
+    /// One row of the initial insert: `(uuid, name, color, <timestamps of a create>)`, with
+    /// `?` for the uuid, name, color and the create's timestamp.
+    insert_row: &'static str,
+    /// The merge of `n` rows bound as `(uuid, name, timestamp)`: changes a row only where
+    /// it is live and the op is newer than its `name` register.
+    merge: Box<dyn Fn(usize) -> String>,
+}
+
+impl PlainMerge {
+    /// murmur's design: the timestamps in one clock blob of murmur's size (version 2, 40
+    /// bytes compact, 88 with slots), merged by murmur's in-place statement
+    /// (`engine::update_column`): `INSERT … SELECT … WHERE EXISTS … ON CONFLICT DO UPDATE`
+    /// that splices the slot into the clock where the layout matches and the op is newer.
+    fn clock_blob() -> Self {
+        // version 2, then the names ("name", "color"), as murmur's clocks start.
+        const PREFIX: &str = "02000200046E616D650005636F6C6F72";
+        let prefix_len = PREFIX.len() / 2;
+        let (exists, slots) = (prefix_len + 1, prefix_len + 25);
+        let full = slots - 1 + 48;
+        let same = "FF".repeat(24);
+        PlainMerge {
+            table: "tags_merged",
+            create: "CREATE TABLE IF NOT EXISTS tags_merged (uuid TEXT PRIMARY KEY NOT NULL, \
+                     name TEXT, color TEXT, crdt_clock BLOB NOT NULL) WITHOUT ROWID"
+                .into(),
+            insert_row: "(?, ?, ?, CAST(X'02000200046E616D650005636F6C6F72' || ? AS BLOB))",
+            merge: Box::new(move |n| {
+                format!(
+                    "INSERT INTO tags_merged (uuid, name, crdt_clock) \
+                     SELECT column1, column2, column3 FROM (VALUES {values}) AS v \
+                     WHERE EXISTS (SELECT 1 FROM tags_merged AS cur WHERE cur.uuid = v.column1) \
+                     ON CONFLICT (uuid) DO UPDATE SET name = excluded.name, \
+                     crdt_clock = CAST(CASE length(crdt_clock) \
+                     WHEN {full} THEN substr(crdt_clock, 1, {before}) || excluded.crdt_clock \
+                     || substr(crdt_clock, {after}) \
+                     ELSE crdt_clock || excluded.crdt_clock || X'{same}' END AS BLOB) \
+                     WHERE length(crdt_clock) IN ({full}, {compact}) \
+                     AND substr(crdt_clock, 1, {prefix_len}) = X'{PREFIX}' \
+                     AND excluded.crdt_clock > CASE substr(crdt_clock, {slots}, 24) \
+                     WHEN X'{same}' THEN substr(crdt_clock, {exists}, 24) \
+                     WHEN X'' THEN substr(crdt_clock, {exists}, 24) \
+                     ELSE substr(crdt_clock, {slots}, 24) END",
+                    values = vec!["(?,?,?)"; n].join(","),
+                    before = slots - 1,
+                    after = slots + 24,
+                    compact = slots - 1,
+                )
+            }),
         }
-        q.execute(&mut *tx).await?;
     }
-    tx.commit().await?;
-    let same = "FF".repeat(24);
-    let mut log = PlainLog::new();
-    let t = Instant::now();
-    for (i, tx_rows) in updates.chunks(TX_ROWS).enumerate() {
+
+    /// The least any per-property last-writer-wins merge in SQLite must do: a timestamp
+    /// column per property beside the row's existence timestamp (no blob to parse or
+    /// splice, no layout to check), a check that the row is live (so that no update
+    /// inserts a row), and one comparison with the register's timestamp.
+    fn lww_columns() -> Self {
+        Self::lww("tags_lww", true)
+    }
+
+    /// A lower bound, not a correct merge: [`Self::lww_columns`] without the check that
+    /// the row is live, so that an update of a row unknown here would insert it.
+    fn lww_unchecked() -> Self {
+        Self::lww("tags_lww_unchecked", false)
+    }
+
+    fn lww(table: &'static str, checked: bool) -> Self {
+        PlainMerge {
+            table,
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {table} (uuid TEXT PRIMARY KEY NOT NULL, name TEXT, \
+                 color TEXT, exists_ts BLOB NOT NULL, name_ts BLOB, color_ts BLOB) WITHOUT ROWID"
+            ),
+            insert_row: "(?, ?, ?, ?, NULL, NULL)",
+            merge: Box::new(move |n| {
+                let values = vec!["(?,?,?)"; n].join(",");
+                let rows = if checked {
+                    format!(
+                        "SELECT column1, column2, X'', column3 FROM (VALUES {values}) AS v \
+                         WHERE EXISTS (SELECT 1 FROM {table} AS cur WHERE cur.uuid = v.column1)"
+                    )
+                } else {
+                    // `WHERE true`: without it, SQLite would read `ON CONFLICT` as a join's `ON`.
+                    format!(
+                        "SELECT column1, column2, X'', column3 FROM (VALUES {values}) WHERE true"
+                    )
+                };
+                format!(
+                    "INSERT INTO {table} (uuid, name, exists_ts, name_ts) {rows} \
+                     ON CONFLICT (uuid) DO UPDATE SET name = excluded.name, name_ts = excluded.name_ts \
+                     WHERE excluded.name_ts > coalesce(name_ts, exists_ts)"
+                )
+            }),
+        }
+    }
+
+    /// Creates the table and its `created` rows (not timed).
+    async fn setup(&self, pool: &SqlitePool, created: &[(String, String, String)]) -> Res<()> {
+        pool.execute(AssertSqlSafe(self.create.clone())).await?;
+        let mut conn = pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let now = ts(2 + i as u64);
-        for chunk in tx_rows.chunks(2_000) {
+        for chunk in created.chunks(SQL_ROWS) {
             let sql = format!(
-                "INSERT INTO tags_merged (uuid, name, crdt_clock) \
-                 SELECT column1, column2, column3 FROM (VALUES {values}) AS v \
-                 WHERE EXISTS (SELECT 1 FROM tags_merged AS cur WHERE cur.uuid = v.column1) \
-                 ON CONFLICT (uuid) DO UPDATE SET name = excluded.name, \
-                 crdt_clock = CAST(CASE length(crdt_clock) \
-                 WHEN {full} THEN substr(crdt_clock, 1, {before}) || excluded.crdt_clock \
-                 || substr(crdt_clock, {after}) \
-                 ELSE crdt_clock || excluded.crdt_clock || X'{same}' END AS BLOB) \
-                 WHERE length(crdt_clock) IN ({full}, {compact}) \
-                 AND substr(crdt_clock, 1, {prefix_len}) = X'{PREFIX}' \
-                 AND excluded.crdt_clock > CASE substr(crdt_clock, {slots}, 24) \
-                 WHEN X'{same}' THEN substr(crdt_clock, {exists}, 24) \
-                 WHEN X'' THEN substr(crdt_clock, {exists}, 24) \
-                 ELSE substr(crdt_clock, {slots}, 24) END",
-                values = vec!["(?,?,?)"; chunk.len()].join(","),
-                before = slots - 1,
-                after = slots + 24,
-                compact = slots - 1,
+                "INSERT INTO {} VALUES {}",
+                self.table,
+                vec![self.insert_row; chunk.len()].join(",")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (u, n, _) in chunk {
-                q = q.bind(u.as_str()).bind(n.as_str()).bind(now.clone());
+            for (u, n, c) in chunk {
+                q = q
+                    .bind(u.as_str())
+                    .bind(n.as_str())
+                    .bind(c.as_str())
+                    .bind(plain_ts(0, 0));
             }
-            let done = q.execute(&mut *tx).await?.rows_affected();
-            assert_eq!(done as usize, chunk.len(), "every plain merge applies");
+            q.execute(&mut *tx).await?;
         }
-        log.append(&mut tx, tx_rows, true, "SharedUpdate").await?;
         tx.commit().await?;
+        Ok(())
     }
-    Ok(t.elapsed())
+
+    /// Merges `updates` (one per row, [`TX_ROWS`] per transaction, each with its log
+    /// entries in chunks, as murmur's log stores them), newer than those of every earlier
+    /// `round`: the time of the merges, with no Rust between the statements.
+    async fn round(
+        &self,
+        pool: &SqlitePool,
+        updates: &[(String, String, String)],
+        round: u64,
+    ) -> Res<Duration> {
+        let mut log = PlainLog::new();
+        let mut conn = pool.acquire().await?;
+        let t = Instant::now();
+        for (i, tx_rows) in updates.chunks(TX_ROWS).enumerate() {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let now = plain_ts(round + 1, i as u64);
+            for chunk in tx_rows.chunks(2_000) {
+                let mut q = sqlx::query(AssertSqlSafe((self.merge)(chunk.len())));
+                for (u, n, _) in chunk {
+                    q = q.bind(u.as_str()).bind(n.as_str()).bind(now.clone());
+                }
+                let done = q.execute(&mut *tx).await?.rows_affected();
+                assert_eq!(done as usize, chunk.len(), "every plain merge applies");
+            }
+            log.append(&mut tx, tx_rows, true, "SharedUpdate").await?;
+            tx.commit().await?;
+        }
+        Ok(t.elapsed())
+    }
+}
+
+/// A 24-byte timestamp as murmur's clocks store them (time, then the author), for the
+/// plain merges: later `round`s and later `tx`s of a round are newer.
+fn plain_ts(round: u64, tx: u64) -> Vec<u8> {
+    let mut b = (round << 32 | tx).to_be_bytes().to_vec();
+    b.extend_from_slice(&[7u8; 16]);
+    b
 }
 
 /// One multi-row insert (or upsert) of `(uuid, name, color)` rows into `tags`.
@@ -495,8 +582,10 @@ async fn open_store(path: &Path, client: Uuid) -> Res<Store> {
 // ---------------------------------------------------------------------------------------
 // 1. Remote apply
 
-async fn bench_apply(n: usize) -> Res<(Vec<Row>, J)> {
-    eprintln!("[apply] {n} remote SharedUpdate ops in batches of {TX_ROWS}");
+async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
+    eprintln!(
+        "[apply] {n} remote SharedUpdate ops in batches of {TX_ROWS}, {rounds} rounds of murmur and its baselines, interleaved"
+    );
     let dir = tempfile::tempdir()?;
     let store = open_store(&dir.path().join("r.db"), Uuid::new_v4()).await?;
     let author = Uuid::new_v4();
@@ -514,7 +603,7 @@ async fn bench_apply(n: usize) -> Res<(Vec<Row>, J)> {
         fields,
         count: None,
     };
-    // The rows exist first (not timed).
+    // The rows exist first (not timed), here and in each baseline's table.
     let mut seq = 0u64;
     let t = Instant::now();
     for chunk in uuids.chunks(TX_ROWS) {
@@ -533,36 +622,6 @@ async fn bench_apply(n: usize) -> Res<(Vec<Row>, J)> {
         assert_eq!(rep.applied, chunk.len(), "creates applied");
     }
     let creates = t.elapsed();
-    // The timed part: one SharedUpdate per row.
-    let updates: Vec<Vec<Change>> = uuids
-        .chunks(TX_ROWS)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|u| {
-                    seq += 1;
-                    Change::Op(op(
-                        seq,
-                        Method::SharedUpdate,
-                        *u,
-                        Some("name"),
-                        Some(Value::Text(format!("renamed {seq}"))),
-                        BTreeMap::new(),
-                    ))
-                })
-                .collect()
-        })
-        .collect();
-    let t = Instant::now();
-    for batch in updates {
-        let len = batch.len();
-        let rep = store.apply(batch).await?;
-        assert_eq!(rep.applied, len, "updates applied");
-    }
-    let took = t.elapsed();
-    store.close().await;
-
-    // Baseline: the same rows, upserted with plain SQL through sqlx.
     let pool = plain_pool(&dir.path().join("plain.db")).await?;
     let base: Vec<(String, String, String)> = uuids
         .iter()
@@ -570,89 +629,189 @@ async fn bench_apply(n: usize) -> Res<(Vec<Row>, J)> {
         .map(|(i, u)| (u.hyphenated().to_string(), format!("tag {i}"), "red".into()))
         .collect();
     plain_tags(&pool, &base, TX_ROWS, true).await?;
-    let upd: Vec<(String, String, String)> = base
-        .into_iter()
-        .enumerate()
-        .map(|(i, (u, _, c))| (u, format!("renamed {i}"), c))
-        .collect();
-    let t = Instant::now();
-    plain_tags(&pool, &upd, TX_ROWS, true).await?;
-    let base_took = t.elapsed();
-    let t = Instant::now();
-    plain_tags_logged(&pool, &upd, TX_ROWS, true, "SharedUpdate").await?;
-    let floor_took = t.elapsed();
-    let merged_took = plain_tags_merged(&pool, &upd, &upd).await?;
+    let (blob, lww, unchecked) = (
+        PlainMerge::clock_blob(),
+        PlainMerge::lww_columns(),
+        PlainMerge::lww_unchecked(),
+    );
+    blob.setup(&pool, &base).await?;
+    lww.setup(&pool, &base).await?;
+    unchecked.setup(&pool, &base).await?;
+
+    // Each round times murmur and every baseline once, in an order rotated per round, on
+    // the same rows: one SharedUpdate of `name` per row, newer than the last round's.
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut ratios = Vec::with_capacity(rounds);
+    let mut in_place = 0usize;
+    for round in 0..rounds {
+        let updates: Vec<Vec<Change>> = uuids
+            .chunks(TX_ROWS)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|u| {
+                        seq += 1;
+                        Change::Op(op(
+                            seq,
+                            Method::SharedUpdate,
+                            *u,
+                            Some("name"),
+                            Some(Value::Text(format!("renamed {seq}"))),
+                            BTreeMap::new(),
+                        ))
+                    })
+                    .collect()
+            })
+            .collect();
+        let upd: Vec<(String, String, String)> = base
+            .iter()
+            .enumerate()
+            .map(|(i, (u, _, c))| (u.clone(), format!("renamed {round} {i}"), c.clone()))
+            .collect();
+        let mut round_times: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut updates = Some(updates);
+        for k in 0..6 {
+            let (name, took) = match (k + round) % 6 {
+                0 => {
+                    let t = Instant::now();
+                    for batch in updates.take().unwrap_or_default() {
+                        let len = batch.len();
+                        let rep = store.apply(batch).await?;
+                        assert_eq!(rep.applied, len, "updates applied");
+                        in_place += rep.in_place;
+                    }
+                    ("murmur", t.elapsed())
+                }
+                1 => {
+                    let t = Instant::now();
+                    plain_tags(&pool, &upd, TX_ROWS, true).await?;
+                    ("baseline", t.elapsed())
+                }
+                2 => {
+                    let t = Instant::now();
+                    plain_tags_logged(&pool, &upd, TX_ROWS, true, "SharedUpdate").await?;
+                    ("floor", t.elapsed())
+                }
+                3 => ("merge_floor", blob.round(&pool, &upd, round as u64).await?),
+                4 => ("lww_floor", lww.round(&pool, &upd, round as u64).await?),
+                _ => (
+                    "lww_unchecked",
+                    unchecked.round(&pool, &upd, round as u64).await?,
+                ),
+            };
+            round_times.insert(name, rate(n, took));
+        }
+        let ratio = round_times["murmur"] / round_times["baseline"];
+        eprintln!(
+            "  round {}: murmur {}, plain upserts {}, ratio {ratio:.2}; floors: log {:.2}, merge {:.2}, LWW {:.2}, LWW unchecked {:.2}",
+            round + 1,
+            fmt_rate(round_times["murmur"]),
+            fmt_rate(round_times["baseline"]),
+            round_times["floor"] / round_times["baseline"],
+            round_times["merge_floor"] / round_times["baseline"],
+            round_times["lww_floor"] / round_times["baseline"],
+            round_times["lww_unchecked"] / round_times["baseline"],
+        );
+        ratios.push(ratio);
+        for (k, v) in round_times {
+            times.entry(k).or_default().push(v);
+        }
+    }
+    store.close().await;
     pool.close().await;
 
-    let (m, b) = (rate(n, took), rate(n, base_took));
-    let ratio = m / b;
-    let floor = rate(n, floor_took);
-    let merged = rate(n, merged_took);
+    let med = |k: &str| median(&times[k]);
+    let (m, b) = (med("murmur"), med("baseline"));
+    let ratio = median(&ratios);
+    let (lo, hi) = min_max(&ratios);
+    let (floor, merged, lww) = (med("floor"), med("merge_floor"), med("lww_floor"));
+    let unchecked = med("lww_unchecked");
     eprintln!(
-        "  merge floor (plain in-place merge statements on rows with clocks + log chunks): {} ({:.2} of the baseline; murmur is {:.2} of it)",
-        fmt_rate(merged),
-        merged / b,
-        m / merged
-    );
-    eprintln!(
-        "  floor (plain upserts + plain log chunks, no reads): {} ({:.2} of the baseline; murmur is {:.2} of it)",
-        fmt_rate(floor),
-        floor / b,
-        m / floor
-    );
-    eprintln!(
-        "  murmur {} ({:.2} s; creates first {:.2} s), plain upserts {} ({:.2} s), ratio {ratio:.2}",
+        "  medians: murmur {} ({:.0}% in place), plain upserts {}, ratio {ratio:.2} ({lo:.2} to {hi:.2} over rounds)",
         fmt_rate(m),
-        took.as_secs_f64(),
-        creates.as_secs_f64(),
+        100.0 * in_place as f64 / (n * rounds) as f64,
         fmt_rate(b),
-        base_took.as_secs_f64()
+    );
+    eprintln!(
+        "  floors, of the baseline: upserts + log {:.2}; murmur's merge statement + log (merge floor) {:.2}, murmur is {:.2} of it; \
+         a timestamp column per property + log (LWW floor) {:.2}, murmur is {:.2} of it; \
+         the same without the live-row check (a bound, not a correct merge) {:.2}",
+        floor / b,
+        merged / b,
+        m / merged,
+        lww / b,
+        m / lww,
+        unchecked / b
     );
     Ok((
         vec![Row {
             scenario: format!("apply {n} remote SharedUpdate ops, {TX_ROWS}/batch"),
-            figure: "ops/s (ratio)".into(),
-            murmur: format!("{} ({ratio:.2})", fmt_rate(m)),
+            figure: "ops/s (median ratio)".into(),
+            murmur: format!("{} ({ratio:.2}; {lo:.2}-{hi:.2})", fmt_rate(m)),
             baseline: format!(
-                "{} plain upserts (+log: {}, {:.2}; merge floor: {}, {:.2})",
+                "{} plain upserts (+log: {:.2}; merge floor: {:.2}; LWW floor: {:.2}, unchecked {:.2})",
                 fmt_rate(b),
-                fmt_rate(floor),
                 floor / b,
-                fmt_rate(merged),
-                merged / b
+                merged / b,
+                lww / b,
+                unchecked / b
             ),
             goal: "ratio >= 0.5".into(),
             pass: Some(ratio >= 0.5),
         }],
-        json!({"ops": n, "batch": TX_ROWS, "seconds": took.as_secs_f64(), "ops_per_s": m,
-               "create_seconds": creates.as_secs_f64(),
-               "baseline_seconds": base_took.as_secs_f64(), "baseline_per_s": b, "ratio": ratio,
-               "floor_seconds": floor_took.as_secs_f64(), "floor_per_s": floor,
-               "floor_ratio": floor / b, "murmur_of_floor": m / floor,
-               "merge_floor_seconds": merged_took.as_secs_f64(), "merge_floor_per_s": merged,
-               "merge_floor_ratio": merged / b, "murmur_of_merge_floor": m / merged}),
+        json!({"ops": n, "batch": TX_ROWS, "rounds": rounds, "ops_per_s": m,
+               "in_place_ops": in_place, "create_seconds": creates.as_secs_f64(),
+               "baseline_per_s": b, "ratio": ratio, "ratio_min": lo, "ratio_max": hi,
+               "ratios": ratios,
+               "floor_per_s": floor, "floor_ratio": floor / b, "murmur_of_floor": m / floor,
+               "merge_floor_per_s": merged, "merge_floor_ratio": merged / b,
+               "murmur_of_merge_floor": m / merged,
+               "lww_floor_per_s": lww, "lww_floor_ratio": lww / b, "murmur_of_lww_floor": m / lww,
+               "lww_unchecked_per_s": unchecked, "lww_unchecked_ratio": unchecked / b,
+               "per_round_per_s": times}),
     ))
+}
+
+/// The median of `v` (the mean of the middle two for an even length); 0 when empty.
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
 }
 
 // ---------------------------------------------------------------------------------------
 // 2. Local writes
 
-async fn bench_local(n_batched: usize, n_single: usize) -> Res<(Vec<Row>, J)> {
+async fn bench_local(n_batched: usize, n_single: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
     const PER_BATCH: usize = 500;
     eprintln!(
-        "[local] {n_batched} creates via Store::batch ({PER_BATCH}/tx), {n_single} single create_shared"
+        "[local] {n_batched} creates via Store::batch ({PER_BATCH}/tx), {n_single} single create_shared; {rounds} rounds of murmur and its baselines, interleaved"
     );
     let dir = tempfile::tempdir()?;
     let store = open_store(&dir.path().join("l.db"), Uuid::new_v4()).await?;
-    let rows: Vec<(String, String, String)> = (0..n_batched)
-        .map(|i| {
-            (
-                Uuid::now_v7().hyphenated().to_string(),
-                format!("tag {i}"),
-                "blue".into(),
-            )
-        })
-        .collect();
+    let pool = plain_pool(&dir.path().join("plain.db")).await?;
+    let new_rows = |n: usize, prefix: &str| -> Vec<(String, String, String)> {
+        (0..n)
+            .map(|i| {
+                (
+                    Uuid::now_v7().hyphenated().to_string(),
+                    format!("{prefix} {i}"),
+                    "blue".into(),
+                )
+            })
+            .collect()
+    };
     let entry = |(u, name, color): &(String, String, String)| BatchEntry::Create {
         resource: "tags".into(),
         uuid: Uuid::parse_str(u).ok(),
@@ -661,99 +820,122 @@ async fn bench_local(n_batched: usize, n_single: usize) -> Res<(Vec<Row>, J)> {
             .cloned()
             .unwrap_or_default(),
     };
-    // The API's input is built before timing, as the baseline's rows are.
-    let batches: Vec<Vec<BatchEntry>> = rows
-        .chunks(PER_BATCH)
-        .map(|chunk| chunk.iter().map(entry).collect())
-        .collect();
-    let t = Instant::now();
-    for batch in batches {
-        store.batch(batch).await?;
+    // Each round writes new rows (murmur's, the baseline's and the floor's each their own),
+    // so every table grows alike; the API's input is built before timing, as the rows are.
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let (mut batched_ratios, mut single_ratios) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let rows = new_rows(n_batched, "tag");
+        let floor_rows = new_rows(n_batched, "tag");
+        let singles = new_rows(n_single, "single");
+        let mut batches: Option<Vec<Vec<BatchEntry>>> = Some(
+            rows.chunks(PER_BATCH)
+                .map(|chunk| chunk.iter().map(entry).collect())
+                .collect(),
+        );
+        let mut single_entries: Option<Vec<BatchEntry>> = Some(singles.iter().map(entry).collect());
+        let mut round_times: BTreeMap<&str, f64> = BTreeMap::new();
+        for k in 0..5 {
+            let t = Instant::now();
+            let (name, n) = match (k + round) % 5 {
+                0 => {
+                    for batch in batches.take().unwrap_or_default() {
+                        store.batch(batch).await?;
+                    }
+                    ("murmur_batched", n_batched)
+                }
+                1 => {
+                    for e in single_entries.take().unwrap_or_default() {
+                        if let BatchEntry::Create { uuid, fields, .. } = e {
+                            store.create_shared("tags", uuid, fields).await?;
+                        }
+                    }
+                    ("murmur_single", n_single)
+                }
+                2 => {
+                    plain_tags(&pool, &rows, PER_BATCH, false).await?;
+                    ("baseline_batched", n_batched)
+                }
+                3 => {
+                    plain_tags(&pool, &singles, 1, false).await?;
+                    ("baseline_single", n_single)
+                }
+                _ => {
+                    plain_tags_logged(&pool, &floor_rows, PER_BATCH, false, "SharedCreate").await?;
+                    ("floor_batched", n_batched)
+                }
+            };
+            round_times.insert(name, rate(n, t.elapsed()));
+        }
+        let rb = round_times["murmur_batched"] / round_times["baseline_batched"];
+        let rs = round_times["murmur_single"] / round_times["baseline_single"];
+        eprintln!(
+            "  round {}: batched murmur {} vs plain {} ({rb:.2}); single murmur {} vs plain {} ({rs:.2})",
+            round + 1,
+            fmt_rate(round_times["murmur_batched"]),
+            fmt_rate(round_times["baseline_batched"]),
+            fmt_rate(round_times["murmur_single"]),
+            fmt_rate(round_times["baseline_single"]),
+        );
+        batched_ratios.push(rb);
+        single_ratios.push(rs);
+        for (k, v) in round_times {
+            times.entry(k).or_default().push(v);
+        }
     }
-    let batched = t.elapsed();
-    let singles: Vec<(String, String, String)> = (0..n_single)
-        .map(|i| {
-            (
-                Uuid::now_v7().hyphenated().to_string(),
-                format!("single {i}"),
-                "green".into(),
-            )
-        })
-        .collect();
-    let single_entries: Vec<BatchEntry> = singles.iter().map(entry).collect();
-    let t = Instant::now();
-    for e in single_entries {
-        let BatchEntry::Create { uuid, fields, .. } = e else {
-            unreachable!()
-        };
-        store.create_shared("tags", uuid, fields).await?;
-    }
-    let single = t.elapsed();
     store.close().await;
-
-    let pool = plain_pool(&dir.path().join("plain.db")).await?;
-    let t = Instant::now();
-    plain_tags(&pool, &rows, PER_BATCH, false).await?;
-    let base_batched = t.elapsed();
-    let t = Instant::now();
-    plain_tags(&pool, &singles, 1, false).await?;
-    let base_single = t.elapsed();
-    // The floor: the same inserts with their log chunks, in a fresh table.
-    pool.execute("DELETE FROM tags").await?;
-    let t = Instant::now();
-    plain_tags_logged(&pool, &rows, PER_BATCH, false, "SharedCreate").await?;
-    let floor_batched = t.elapsed();
     pool.close().await;
 
-    let (mb, bb) = (rate(n_batched, batched), rate(n_batched, base_batched));
-    let (ms, bs) = (rate(n_single, single), rate(n_single, base_single));
-    let fb = rate(n_batched, floor_batched);
-    eprintln!(
-        "  floor (plain inserts + plain log chunks): {} ({:.2} of the baseline; murmur is {:.2} of it)",
-        fmt_rate(fb),
-        fb / bb,
-        mb / fb
+    let med = |k: &str| median(&times[k]);
+    let (mb, bb, fb) = (
+        med("murmur_batched"),
+        med("baseline_batched"),
+        med("floor_batched"),
     );
+    let (ms, bs) = (med("murmur_single"), med("baseline_single"));
+    let (rb, rs) = (median(&batched_ratios), median(&single_ratios));
+    let ((blo, bhi), (slo, shi)) = (min_max(&batched_ratios), min_max(&single_ratios));
     eprintln!(
-        "  batched: murmur {} vs plain {} ({:.2}); single: murmur {} vs plain {} ({:.2})",
+        "  medians: batched murmur {} vs plain {} ({rb:.2}; {blo:.2} to {bhi:.2}); single murmur {} vs plain {} ({rs:.2}; {slo:.2} to {shi:.2}); \
+         floor (plain inserts + log) {:.2} of the baseline, murmur is {:.2} of it",
         fmt_rate(mb),
         fmt_rate(bb),
-        mb / bb,
         fmt_rate(ms),
         fmt_rate(bs),
-        ms / bs
+        fb / bb,
+        mb / fb
     );
     Ok((
         vec![
             Row {
                 scenario: format!("local creates, Store::batch of {PER_BATCH} ({n_batched})"),
-                figure: "writes/s (ratio)".into(),
-                murmur: format!("{} ({:.2})", fmt_rate(mb), mb / bb),
+                figure: "writes/s (median ratio)".into(),
+                murmur: format!("{} ({rb:.2}; {blo:.2}-{bhi:.2})", fmt_rate(mb)),
                 baseline: format!(
-                    "{} plain inserts, {PER_BATCH}/tx (+log: {}, {:.2})",
+                    "{} plain inserts, {PER_BATCH}/tx (+log: {:.2})",
                     fmt_rate(bb),
-                    fmt_rate(fb),
                     fb / bb
                 ),
                 goal: "ratio >= 0.3".into(),
-                pass: Some(mb / bb >= 0.3),
+                pass: Some(rb >= 0.3),
             },
             Row {
                 scenario: format!("local creates, one create_shared per tx ({n_single})"),
-                figure: "writes/s (ratio)".into(),
-                murmur: format!("{} ({:.2})", fmt_rate(ms), ms / bs),
+                figure: "writes/s (median ratio)".into(),
+                murmur: format!("{} ({rs:.2}; {slo:.2}-{shi:.2})", fmt_rate(ms)),
                 baseline: format!("{} plain inserts, 1/tx", fmt_rate(bs)),
                 goal: "ratio >= 0.3".into(),
-                pass: Some(ms / bs >= 0.3),
+                pass: Some(rs >= 0.3),
             },
         ],
         json!({
-            "batched": {"writes": n_batched, "per_tx": PER_BATCH, "seconds": batched.as_secs_f64(),
-                        "per_s": mb, "baseline_seconds": base_batched.as_secs_f64(), "baseline_per_s": bb, "ratio": mb / bb,
-                        "floor_seconds": floor_batched.as_secs_f64(), "floor_per_s": fb, "floor_ratio": fb / bb,
-                        "murmur_of_floor": mb / fb},
-            "single": {"writes": n_single, "seconds": single.as_secs_f64(), "per_s": ms,
-                       "baseline_seconds": base_single.as_secs_f64(), "baseline_per_s": bs, "ratio": ms / bs},
+            "rounds": rounds,
+            "batched": {"writes": n_batched, "per_tx": PER_BATCH, "per_s": mb, "baseline_per_s": bb,
+                        "ratio": rb, "ratio_min": blo, "ratio_max": bhi, "ratios": batched_ratios,
+                        "floor_per_s": fb, "floor_ratio": fb / bb, "murmur_of_floor": mb / fb},
+            "single": {"writes": n_single, "per_s": ms, "baseline_per_s": bs,
+                       "ratio": rs, "ratio_min": slo, "ratio_max": shi, "ratios": single_ratios},
+            "per_round_per_s": times,
         }),
     ))
 }

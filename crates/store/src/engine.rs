@@ -506,13 +506,19 @@ async fn in_place<'c>(
         return Ok(None);
     }
 
+    // With the table's unborn index, an update does not check that its row is live: it
+    // inserts the row it does not find, and one look at the index afterwards finds any.
+    let unchecked = !by_column.is_empty() && has_unborn_index(conn, &def.name).await?;
     exec(conn, "SAVEPOINT murmur_in_place".to_owned(), |q| q).await?;
     let mut done = insert_new(conn, def, &creates).await?;
     for (col, ops) in &by_column {
         if !done {
             break;
         }
-        done = update_column(conn, def, *col, ops).await?;
+        done = update_column(conn, def, *col, ops, unchecked).await?;
+    }
+    if done && unchecked {
+        done = !any_unborn(conn, &def.name).await?;
     }
     if !done {
         exec(conn, "ROLLBACK TO murmur_in_place".to_owned(), |q| q).await?;
@@ -537,6 +543,75 @@ fn all_changed(res: Result<u64, StoreError>, expected: usize, table: &str) -> bo
             false
         }
     }
+}
+
+/// The partial index of a shared table's rows whose clock is a bare timestamp: rows an
+/// unchecked in-place update inserted because it did not find them live (see [`in_place`]).
+/// No stored clock has that length (version 1 takes at least 25 bytes, version 2 at least
+/// 27, and the column's default is empty), so the index is empty outside an attempt.
+fn unborn_index(table: &str) -> String {
+    format!("{table}_murmur_unborn")
+}
+
+/// The `WHERE` of [`unborn_index`]; a query must repeat it as is to use the index.
+const UNBORN: &str = "length(crdt_clock) = 24";
+
+/// Whether `table` has its [`unborn_index`].
+async fn has_unborn_index(conn: &mut SqliteConnection, table: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = ? AND tbl_name = ?",
+    )
+    .bind(unborn_index(table))
+    .bind(table.to_owned())
+    .fetch_one(&mut *conn)
+    .await?
+        > 0)
+}
+
+/// Whether an unchecked in-place update inserted a row of `table` (one look at its index).
+async fn any_unborn(conn: &mut SqliteConnection, table: &str) -> Result<bool, StoreError> {
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {UNBORN})");
+    Ok(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await?
+        != 0)
+}
+
+/// Gives each shared table whose rows an update can insert with only its uuid, one column
+/// and its clock (no other `NOT NULL` column without a default, no `CHECK`) its
+/// [`unborn_index`], so that in-place updates need not check that their rows are live;
+/// drops it from any other. Runs when the store opens; returns the tables indexed.
+pub(crate) async fn ensure_unborn_indexes(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+) -> Result<usize, StoreError> {
+    let mut indexed = 0;
+    for def in registry.iter().filter(|d| d.kind == Kind::Shared) {
+        let t = &def.name;
+        let required: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pragma_table_info(?) WHERE \"notnull\" = 1 AND pk = 0 \
+             AND dflt_value IS NULL",
+        )
+        .bind(t.clone())
+        .fetch_one(&mut *conn)
+        .await?;
+        let sql: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?")
+                .bind(t.clone())
+                .fetch_optional(&mut *conn)
+                .await?
+                .unwrap_or_default();
+        let index = unborn_index(t);
+        // Table names are the registry's, checked against the schema: never input.
+        let ddl = if required == 0 && !sql.to_ascii_uppercase().contains("CHECK") {
+            indexed += 1;
+            format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (uuid) WHERE {UNBORN}")
+        } else {
+            format!("DROP INDEX IF EXISTS {index}")
+        };
+        exec(conn, ddl, |q| q).await?;
+    }
+    Ok(indexed)
 }
 
 /// Inserts the rows `creates` make, where no row of theirs is known here (live, dead, or
@@ -587,6 +662,7 @@ async fn update_column(
     def: &ResourceDef,
     col: usize,
     ops: &[(&Op, String)],
+    unchecked: bool,
 ) -> Result<bool, StoreError> {
     let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
     let at = rowclock::offsets(&layout, def.columns.len());
@@ -601,34 +677,55 @@ async fn update_column(
     let exists = at.exists + 1;
     let slot = format!("substr({t}.crdt_clock, {pos}, {ts})");
     for chunk in ops.chunks(IN_PLACE_ROWS) {
+        // The op's value and timestamp: the upsert's `excluded` row, or the joined `v`.
+        let (value, op_ts) = if unchecked {
+            (format!("excluded.{name}"), "excluded.crdt_clock")
+        } else {
+            ("v.column2".to_owned(), "v.column3")
+        };
         // A clock of another layout (or a text value) never equals the prefix literal.
         // A compact clock (no slots: every register at the existence timestamp) gets its
         // slots; `substr` past its end is an empty blob, read as "existence".
         // `||` makes text of blobs: the new clock is cast back to a blob (same bytes).
-        let sql = format!(
-            "INSERT INTO {t} (uuid, {name}, crdt_clock) \
-             SELECT column1, column2, column3 FROM (VALUES {values}) AS v \
-             WHERE EXISTS (SELECT 1 FROM {t} AS cur WHERE cur.uuid = v.column1) \
-             ON CONFLICT (uuid) DO UPDATE SET {name} = excluded.{name}, \
+        let set = format!(
+            "{name} = {value}, \
              crdt_clock = CAST(CASE length({t}.crdt_clock) \
-             WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || excluded.crdt_clock \
+             WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || {op_ts} \
              || substr({t}.crdt_clock, {after}) \
-             ELSE {t}.crdt_clock || X'{same_before}' || excluded.crdt_clock || X'{same_after}' \
-             END AS BLOB) \
-             WHERE length({t}.crdt_clock) IN ({len}, {compact}) \
-             AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
-             AND excluded.crdt_clock > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
-             WHEN X'' THEN {exists_ts} ELSE {slot} END",
-            values = values_list(chunk.len(), 3),
+             ELSE {t}.crdt_clock || X'{same_before}' || {op_ts} || X'{same_after}' \
+             END AS BLOB)",
             before = pos - 1,
             after = pos + ts,
             len = at.len,
-            compact = at.slots,
-            prefix = at.prefix,
             same_before = same_hex.repeat(col),
             same_after = same_hex.repeat(def.columns.len() - col - 1),
+        );
+        let newer = format!(
+            "length({t}.crdt_clock) IN ({len}, {compact}) \
+             AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
+             AND {op_ts} > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
+             WHEN X'' THEN {exists_ts} ELSE {slot} END",
+            len = at.len,
+            compact = at.slots,
+            prefix = at.prefix,
             exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
         );
+        let values = values_list(chunk.len(), 3);
+        let sql = if unchecked {
+            // A row not found is inserted: `in_place` then finds it in the unborn index.
+            format!(
+                "INSERT INTO {t} (uuid, {name}, crdt_clock) VALUES {values} \
+                 ON CONFLICT (uuid) DO UPDATE SET {set} WHERE {newer}"
+            )
+        } else {
+            // Only rows found are changed, whatever the table's constraints. A row named
+            // twice in the chunk is changed once (by either op): one change short, so the
+            // general path takes the batch.
+            format!(
+                "UPDATE {t} SET {set} FROM (VALUES {values}) AS v \
+                 WHERE {t}.uuid = v.column1 AND {newer}"
+            )
+        };
         let res = exec(conn, sql, |mut q| {
             for (op, key) in chunk {
                 q = q

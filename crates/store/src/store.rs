@@ -198,6 +198,11 @@ impl Store {
         // Registers left in the side tables by a version before the row clock.
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let moved = engine::move_live_registers(&mut tx, &options.registry).await?;
+        let indexed = engine::ensure_unborn_indexes(&mut tx, &options.registry).await?;
+        tracing::debug!(
+            tables = indexed,
+            "shared tables whose in-place updates skip the live-row check"
+        );
         let logged = oplog::move_legacy_rows(&mut tx).await?;
         tx.commit().await?;
         if logged > 0 {

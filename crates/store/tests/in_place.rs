@@ -345,3 +345,135 @@ async fn a_local_batch_of_new_rows_and_one_with_a_known_row() {
         assert_eq!(clock_of(&a, x).await, clock_of(&b, x).await);
     }
 }
+
+/// Whether the library at `s` has an index called `name`.
+async fn has_index(s: &Store, name: &str) -> bool {
+    sqlx::query("SELECT 1 FROM sqlite_schema WHERE type = 'index' AND name = ?")
+        .bind(name)
+        .fetch_optional(s.pool())
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test]
+async fn the_look_for_rows_an_unchecked_update_inserted_uses_the_partial_index() {
+    let (s, _d) = store(1).await;
+    for t in ["tags", "albums", "comments", "jobs", "tags_on_files"] {
+        assert!(has_index(&s, &format!("{t}_murmur_unborn")).await, "{t}");
+    }
+    // The engine's query after an unchecked update, as it is written there: one index
+    // look-up, not a scan of the table (which would cost every batch a pass over the rows).
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT EXISTS (SELECT 1 FROM tags WHERE length(crdt_clock) = 24)",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<String, _>(3))
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|p| p.contains("USING INDEX tags_murmur_unborn")
+                || p.contains("USING COVERING INDEX tags_murmur_unborn")),
+        "{plan:?}"
+    );
+    assert!(!plan.iter().any(|p| p == "SCAN tags"), "{plan:?}");
+}
+
+#[tokio::test]
+async fn a_table_an_upsert_cannot_write_takes_its_updates_in_place_as_update_from() {
+    use murmur_store::{ColumnType, Kind, ResourceDef, StoreOptions};
+    // An application's table with a NOT NULL column: an upsert that named only the updated
+    // column would fail on it (SQLite checks NOT NULL before the conflict, even for a row
+    // that exists), so the table gets no unborn index, and its updates go in place as an
+    // `UPDATE … FROM`, which changes only the rows it finds.
+    let open = |n: u128, dir: &std::path::Path| {
+        let path = dir.join("lib.db");
+        async move {
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+            sqlx::query(
+                "CREATE TABLE notes (uuid TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL, \
+                 body TEXT, crdt_clock BLOB NOT NULL DEFAULT x'') WITHOUT ROWID",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            let mut o = StoreOptions::new(&path, Uuid::from_u128(n));
+            o.durability = murmur_store::Durability::Normal;
+            o.registry.register(ResourceDef::new(
+                "notes",
+                Kind::Shared,
+                &[("title", ColumnType::Text), ("body", ColumnType::Text)],
+            ));
+            Store::open(o).await.unwrap()
+        }
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(1, da.path()).await, open(2, db.path()).await);
+    assert!(!has_index(&b, "notes_murmur_unborn").await);
+    assert!(has_index(&b, "tags_murmur_unborn").await);
+
+    let mut creates = Vec::new();
+    let mut uuids = Vec::new();
+    for i in 0..3 {
+        let w = a
+            .create_shared("notes", None, fields(json!({"title": format!("n{i}")})))
+            .await
+            .unwrap();
+        uuids.push(w.uuids[0]);
+        creates.extend(w.ops);
+    }
+    b.apply(changes(&creates)).await.unwrap();
+    let mut updates = Vec::new();
+    for (i, u) in uuids.iter().enumerate() {
+        let w = a
+            .update_shared("notes", *u, fields(json!({"body": format!("body {i}")})))
+            .await
+            .unwrap();
+        updates.extend(w.ops);
+    }
+    let rep = b.apply(changes(&updates)).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (3, 3), "checked, in place");
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+
+    // An update older than B's own write of the same register changes nothing.
+    let old = a
+        .update_shared("notes", uuids[1], fields(json!({"body": "a, older"})))
+        .await
+        .unwrap();
+    let mine = b
+        .update_shared("notes", uuids[1], fields(json!({"body": "b, newer"})))
+        .await
+        .unwrap();
+    let rep = b.apply(changes(&old.ops)).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (1, 0));
+    let row = b.get_row("notes", uuids[1]).await.unwrap().unwrap();
+    assert_eq!(row["body"], "b, newer");
+    a.apply(changes(&mine.ops)).await.unwrap();
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+
+    // An update of a row B has never seen: the checked statement leaves it alone, and the
+    // general path keeps it in the side tables until its create arrives.
+    let w = a
+        .create_shared("notes", None, fields(json!({"title": "late"})))
+        .await
+        .unwrap();
+    let late = a
+        .update_shared("notes", w.uuids[0], fields(json!({"body": "early"})))
+        .await
+        .unwrap();
+    let rep = b.apply(changes(&late.ops)).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (1, 0));
+    assert!(b.get_row("notes", w.uuids[0]).await.unwrap().is_none());
+    b.apply(changes(&w.ops)).await.unwrap();
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
