@@ -39,6 +39,8 @@ pub struct Metrics {
     pub gossip_dropped: Counter,
     /// Requests served.
     pub requests_served: Counter,
+    /// Pages of ops served from the page read for the request before (same page asked again).
+    pub pages_reused: Counter,
     /// Catch-ups completed.
     pub catchups: Counter,
     /// Snapshots imported.
@@ -72,6 +74,7 @@ impl Metrics {
             gossip_received: Counter::default(),
             gossip_dropped: Counter::default(),
             requests_served: Counter::default(),
+            pages_reused: Counter::default(),
             catchups: Counter::default(),
             snapshots_imported: Counter::default(),
             ops_pruned: Counter::default(),
@@ -119,6 +122,11 @@ impl Metrics {
             "requests_served",
             "Sync requests served to peers",
             m.requests_served.clone(),
+        );
+        registry.register(
+            "pages_reused",
+            "Pages of ops served again without a read (another peer asked for the same page)",
+            m.pages_reused.clone(),
         );
         registry.register("catchups", "Catch-ups completed", m.catchups.clone());
         registry.register(

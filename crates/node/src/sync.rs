@@ -23,7 +23,8 @@ use murmur_p2p::{Acceptance, Discovery, Event, Handle, Responder};
 use murmur_store::validate::{MAX_SEQ, validate_op};
 use murmur_store::wire::{from_cbor, to_cbor};
 use murmur_store::{
-    ApplyReport, Change, Op, OpsCursor, Registry, RowEvent, Store, StoreError, VersionVector,
+    ApplyReport, Change, Op, OpsCursor, OpsPage, Registry, RowEvent, Store, StoreError,
+    VersionVector,
 };
 use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
@@ -145,6 +146,8 @@ pub struct SyncLoop {
     pulls: JoinSet<(PeerId, Result<PullSummary, PullError>)>,
     serving: Arc<Semaphore>,
     serve_tasks: JoinSet<()>,
+    /// The last page of ops served (see [`LastPage`]).
+    last_page: Arc<tokio::sync::Mutex<LastPage>>,
     /// Announced contiguous seqs per author, highest seen from any peer (for sync lag).
     announced: BTreeMap<Uuid, u64>,
 }
@@ -175,6 +178,7 @@ impl SyncLoop {
                 pulls: JoinSet::new(),
                 serving: Arc::new(Semaphore::new(SERVE_CAP)),
                 serve_tasks: JoinSet::new(),
+                last_page: Arc::default(),
                 announced: BTreeMap::new(),
             },
             SyncHandle { publish: tx },
@@ -571,22 +575,24 @@ impl SyncLoop {
         };
         let store = self.store.clone();
         let metrics = self.metrics.clone();
+        let last_page = self.last_page.clone();
         self.serve_tasks.spawn(
             async move {
-                let resp = match serve_request(&store, request).await {
-                    Ok(resp) => resp,
-                    // A request naming what does not exist (a resource, a position): the
-                    // peer's fault, counted, not a warning.
-                    Err(e) if e.is_bad_input() => {
-                        metrics.reject("bad_request");
-                        debug!("refused a request: {e}");
-                        Response::Error(e.to_string())
-                    }
-                    Err(e) => {
-                        warn!("serving a request failed: {e}");
-                        Response::Error(e.to_string())
-                    }
-                };
+                let resp =
+                    match serve_request_with(&store, request, Some((&last_page, &metrics))).await {
+                        Ok(resp) => resp,
+                        // A request naming what does not exist (a resource, a position): the
+                        // peer's fault, counted, not a warning.
+                        Err(e) if e.is_bad_input() => {
+                            metrics.reject("bad_request");
+                            debug!("refused a request: {e}");
+                            Response::Error(e.to_string())
+                        }
+                        Err(e) => {
+                            warn!("serving a request failed: {e}");
+                            Response::Error(e.to_string())
+                        }
+                    };
                 metrics.requests_served.inc();
                 if let Err(e) = responder.respond(resp).await {
                     debug!("cannot answer: {e}");
@@ -683,8 +689,30 @@ fn account(
     }
 }
 
+/// The last page of ops a node served, with what it was read for: the requester's version
+/// vector, the cursor, the limit, and this node's version vector before the read. Peers
+/// that pull the same ops at once (every peer of a new owned batch asks for the same pages
+/// of its rows) get the page read and decoded once; any new op here changes the version
+/// vector, so a kept page is never served for a log that has changed since.
+#[derive(Default)]
+struct LastPage {
+    key: Option<(VersionVector, OpsCursor, usize, VersionVector)>,
+    page: OpsPage,
+}
+
 /// Answers a peer's request from the store.
 pub async fn serve_request(store: &Store, request: Request) -> Result<Response, StoreError> {
+    serve_request_with(store, request, None).await
+}
+
+/// [`serve_request`], answering a request for the page served last from `last_page`. The
+/// lock is held during the read, so a second request for the same page waits for the first
+/// read instead of making its own.
+async fn serve_request_with(
+    store: &Store,
+    request: Request,
+    last_page: Option<(&tokio::sync::Mutex<LastPage>, &Metrics)>,
+) -> Result<Response, StoreError> {
     Ok(match request {
         Request::OpsSince {
             have,
@@ -695,7 +723,21 @@ pub async fn serve_request(store: &Store, request: Request) -> Result<Response, 
                 Response::SnapshotRequired
             } else {
                 let limit = (limit as usize).clamp(1, PAGE_SIZE);
-                let page = store.ops_since(&have, &cursor, limit).await?;
+                let page = match last_page {
+                    None => store.ops_since(&have, &cursor, limit).await?,
+                    Some((last, metrics)) => {
+                        let mut last = last.lock().await;
+                        let key = (have, cursor, limit, store.version_vector());
+                        if last.key.as_ref() == Some(&key) {
+                            metrics.pages_reused.inc();
+                        } else {
+                            last.key = None;
+                            last.page = store.ops_since(&key.0, &key.1, limit).await?;
+                            last.key = Some(key);
+                        }
+                        last.page.clone()
+                    }
+                };
                 Response::Ops {
                     page,
                     server: store.version_vector().contiguous_map(),
@@ -1007,5 +1049,52 @@ mod tests {
             .into_iter()
             .fold(0u64, u64::saturating_add);
         assert_eq!(total, u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_page_asked_for_again_is_served_without_a_read_until_the_log_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = murmur_store::StoreOptions::new(dir.path().join("lib.db"), Uuid::from_u128(1));
+        o.durability = murmur_store::Durability::Normal;
+        let store = Store::open(o).await.unwrap();
+        let tag = |n: &str| {
+            let mut m = serde_json::Map::new();
+            m.insert("name".into(), n.into());
+            m
+        };
+        for n in ["a", "b", "c"] {
+            store.create_shared("tags", None, tag(n)).await.unwrap();
+        }
+        let (last, metrics) = (tokio::sync::Mutex::new(LastPage::default()), Metrics::new());
+        let ask = |cursor: OpsCursor| Request::OpsSince {
+            have: VersionVector::default(),
+            cursor,
+            limit: 2,
+        };
+        let ops = |r: Response| match r {
+            Response::Ops { page, .. } => page,
+            other => panic!("{other:?}"),
+        };
+        let serve = |r| serve_request_with(&store, r, Some((&last, &metrics)));
+
+        let first = ops(serve(ask(OpsCursor::default())).await.unwrap());
+        assert_eq!(first.changes.len(), 2);
+        assert_eq!(metrics.pages_reused.get(), 0);
+        let again = ops(serve(ask(OpsCursor::default())).await.unwrap());
+        assert_eq!((again, metrics.pages_reused.get()), (first.clone(), 1));
+        // Another page is read, and replaces the one kept.
+        let next = ops(serve(ask(first.next.clone().unwrap())).await.unwrap());
+        assert_eq!(next.changes.len(), 1);
+        assert_eq!(metrics.pages_reused.get(), 1);
+        // A new op here: the same request is read again, and sees it.
+        store.create_shared("tags", None, tag("d")).await.unwrap();
+        let after = ops(serve(ask(first.next.clone().unwrap())).await.unwrap());
+        assert_eq!(after.changes.len(), 2);
+        assert_eq!(metrics.pages_reused.get(), 1);
+        let fresh = ops(serve_request(&store, ask(first.next.unwrap()))
+            .await
+            .unwrap());
+        assert_eq!(after, fresh);
+        store.close().await;
     }
 }
