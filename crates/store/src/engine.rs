@@ -676,40 +676,41 @@ async fn update_column(
     let pos = at.slots + col * ts + 1;
     let exists = at.exists + 1;
     let slot = format!("substr({t}.crdt_clock, {pos}, {ts})");
+    // Built once: the chunks' statements differ only in their number of rows.
+    // The op's value and timestamp: the upsert's `excluded` row, or the joined `v`.
+    let (value, op_ts) = if unchecked {
+        (format!("excluded.{name}"), "excluded.crdt_clock")
+    } else {
+        ("v.column2".to_owned(), "v.column3")
+    };
+    // A clock of another layout (or a text value) never equals the prefix literal.
+    // A compact clock (no slots: every register at the existence timestamp) gets its
+    // slots; `substr` past its end is an empty blob, read as "existence".
+    // `||` makes text of blobs: the new clock is cast back to a blob (same bytes).
+    let set = format!(
+        "{name} = {value}, \
+         crdt_clock = CAST(CASE length({t}.crdt_clock) \
+         WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || {op_ts} \
+         || substr({t}.crdt_clock, {after}) \
+         ELSE {t}.crdt_clock || X'{same_before}' || {op_ts} || X'{same_after}' \
+         END AS BLOB)",
+        before = pos - 1,
+        after = pos + ts,
+        len = at.len,
+        same_before = same_hex.repeat(col),
+        same_after = same_hex.repeat(def.columns.len() - col - 1),
+    );
+    let newer = format!(
+        "length({t}.crdt_clock) IN ({len}, {compact}) \
+         AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
+         AND {op_ts} > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
+         WHEN X'' THEN {exists_ts} ELSE {slot} END",
+        len = at.len,
+        compact = at.slots,
+        prefix = at.prefix,
+        exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
+    );
     for chunk in ops.chunks(IN_PLACE_ROWS) {
-        // The op's value and timestamp: the upsert's `excluded` row, or the joined `v`.
-        let (value, op_ts) = if unchecked {
-            (format!("excluded.{name}"), "excluded.crdt_clock")
-        } else {
-            ("v.column2".to_owned(), "v.column3")
-        };
-        // A clock of another layout (or a text value) never equals the prefix literal.
-        // A compact clock (no slots: every register at the existence timestamp) gets its
-        // slots; `substr` past its end is an empty blob, read as "existence".
-        // `||` makes text of blobs: the new clock is cast back to a blob (same bytes).
-        let set = format!(
-            "{name} = {value}, \
-             crdt_clock = CAST(CASE length({t}.crdt_clock) \
-             WHEN {len} THEN substr({t}.crdt_clock, 1, {before}) || {op_ts} \
-             || substr({t}.crdt_clock, {after}) \
-             ELSE {t}.crdt_clock || X'{same_before}' || {op_ts} || X'{same_after}' \
-             END AS BLOB)",
-            before = pos - 1,
-            after = pos + ts,
-            len = at.len,
-            same_before = same_hex.repeat(col),
-            same_after = same_hex.repeat(def.columns.len() - col - 1),
-        );
-        let newer = format!(
-            "length({t}.crdt_clock) IN ({len}, {compact}) \
-             AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
-             AND {op_ts} > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
-             WHEN X'' THEN {exists_ts} ELSE {slot} END",
-            len = at.len,
-            compact = at.slots,
-            prefix = at.prefix,
-            exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
-        );
         let values = values_list(chunk.len(), 3);
         let sql = if unchecked {
             // A row not found is inserted: `in_place` then finds it in the unborn index.
