@@ -2,7 +2,7 @@
 //! the pure rules of [`crate::merge`], and stores what moved with multi-row statements, all
 //! inside the caller's transaction. Local writes and remote batches both come through here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
@@ -52,6 +52,18 @@ pub(crate) async fn apply(
     apply_with(conn, registry, changes, local, vv, None).await
 }
 
+/// Remote changes, as [`apply`] does, but first [`in_place`] where SQLite can apply them by
+/// itself; `unborn` names the tables whose updates need not check that their rows are live.
+pub(crate) async fn apply_remote(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    unborn: &Unborn,
+    changes: &[Change],
+    vv: &mut VersionVector,
+) -> Result<EngineOutcome, StoreError> {
+    run(conn, registry, changes, false, vv, None, Some(unborn)).await
+}
+
 /// Shared rows' registers already read in this transaction, per resource (a local batch
 /// reads them once to check its entries, and the engine then uses and updates them).
 pub(crate) type Preloaded = HashMap<String, SharedState>;
@@ -64,7 +76,20 @@ pub(crate) async fn apply_with(
     changes: &[Change],
     local: bool,
     vv: &mut VersionVector,
+    preloaded: Option<&mut Preloaded>,
+) -> Result<EngineOutcome, StoreError> {
+    run(conn, registry, changes, local, vv, preloaded, None).await
+}
+
+/// [`apply_with`], and with `in_place` [`apply_remote`]'s attempt first.
+async fn run(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[Change],
+    local: bool,
+    vv: &mut VersionVector,
     mut preloaded: Option<&mut Preloaded>,
+    in_place: Option<&Unborn>,
 ) -> Result<EngineOutcome, StoreError> {
     let mut out = EngineOutcome::default();
     let mut rejected_ops: HashMap<OpId, String> = HashMap::new();
@@ -82,7 +107,7 @@ pub(crate) async fn apply_with(
         match def.kind {
             Kind::Shared => {
                 let state = preloaded.as_deref_mut().and_then(|m| m.get_mut(resource));
-                apply_shared(conn, def, &items, local, &mut out, state).await?
+                apply_shared(conn, def, &items, local, &mut out, state, in_place).await?
             }
             Kind::Owned => {
                 apply_owned(conn, def, &items, local, &mut out, &mut rejected_ops).await?
@@ -359,6 +384,13 @@ pub(crate) async fn load_shared(
     Ok(rows)
 }
 
+/// A row's key as its table stores it (hyphenated, lower case), without the formatting
+/// machinery of `to_string`.
+fn key_of(u: Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    u.hyphenated().encode_lower(&mut buf).to_owned()
+}
+
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("bad uuid {s:?} in store: {e}")))
 }
@@ -370,6 +402,7 @@ async fn apply_shared(
     local: bool,
     out: &mut EngineOutcome,
     preloaded: Option<&mut SharedState>,
+    try_in_place: Option<&Unborn>,
 ) -> Result<(), StoreError> {
     let mut loaded;
     let mut items = items;
@@ -377,7 +410,9 @@ async fn apply_shared(
     let state = match preloaded {
         Some(s) => s,
         None => {
-            if let Some(left) = in_place(conn, def, items, local, out).await? {
+            if let Some(unborn) = try_in_place
+                && let Some(left) = in_place(conn, def, items, local, out, unborn).await?
+            {
                 rest = left;
                 items = &rest;
             }
@@ -459,6 +494,7 @@ async fn in_place<'c>(
     items: &[&'c Change],
     local: bool,
     out: &mut EngineOutcome,
+    unborn: &Unborn,
 ) -> Result<Option<Vec<&'c Change>>, StoreError> {
     let column_of = |op: &Op| op.property.as_deref().and_then(|p| def.column_index(p));
     let plain_update = |c: &Change| {
@@ -469,15 +505,21 @@ async fn in_place<'c>(
             && op.value.is_some()
             && column_of(op).is_some()
     };
-    let mut named: HashMap<Uuid, usize> = HashMap::with_capacity(items.len());
-    for u in items.iter().filter_map(|c| c.op().uuid) {
-        *named.entry(u).or_default() += 1;
-    }
-    let others: BTreeSet<Uuid> = items
+    // The rows of ops other than plain updates; a create goes in place only when it is the
+    // one op of the batch naming its row. A batch of updates alone has none of either.
+    let others: HashSet<Uuid> = items
         .iter()
         .filter(|c| !plain_update(c))
         .filter_map(|c| c.op().uuid)
         .collect();
+    let mut named: HashMap<Uuid, usize> = HashMap::new();
+    if !others.is_empty() {
+        for u in items.iter().filter_map(|c| c.op().uuid) {
+            if others.contains(&u) {
+                *named.entry(u).or_default() += 1;
+            }
+        }
+    }
     let mut creates: Vec<&Op> = Vec::new();
     // Per column, in item order: each update with its row's key.
     let mut by_column: BTreeMap<usize, Vec<(&Op, String)>> = BTreeMap::new();
@@ -493,10 +535,7 @@ async fn in_place<'c>(
                 fast.push(op);
             }
             (_, Some(u), Some(col)) if plain_update(c) && !others.contains(&u) => {
-                by_column
-                    .entry(col)
-                    .or_default()
-                    .push((op, u.hyphenated().to_string()));
+                by_column.entry(col).or_default().push((op, key_of(u)));
                 fast.push(op);
             }
             _ => rest.push(*c),
@@ -508,14 +547,14 @@ async fn in_place<'c>(
 
     // With the table's unborn index, an update does not check that its row is live: it
     // inserts the row it does not find, and one look at the index afterwards finds any.
-    let unchecked = !by_column.is_empty() && has_unborn_index(conn, &def.name).await?;
+    let unchecked = !by_column.is_empty() && unborn.contains(&def.name);
     exec(conn, "SAVEPOINT murmur_in_place".to_owned(), |q| q).await?;
     let mut done = insert_new(conn, def, &creates).await?;
-    for (col, ops) in &by_column {
+    for (col, ops) in by_column {
         if !done {
             break;
         }
-        done = update_column(conn, def, *col, ops, unchecked).await?;
+        done = update_column(conn, def, col, ops, unchecked).await?;
     }
     if done && unchecked {
         done = !any_unborn(conn, &def.name).await?;
@@ -556,17 +595,10 @@ fn unborn_index(table: &str) -> String {
 /// The `WHERE` of [`unborn_index`]; a query must repeat it as is to use the index.
 const UNBORN: &str = "length(crdt_clock) = 24";
 
-/// Whether `table` has its [`unborn_index`].
-async fn has_unborn_index(conn: &mut SqliteConnection, table: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = ? AND tbl_name = ?",
-    )
-    .bind(unborn_index(table))
-    .bind(table.to_owned())
-    .fetch_one(&mut *conn)
-    .await?
-        > 0)
-}
+/// The shared tables with their [`unborn_index`] (made by [`ensure_unborn_indexes`] when
+/// the store opens). Should one be dropped while the store runs, its in-place updates stay
+/// right: the look for unborn rows then scans the table.
+pub(crate) type Unborn = BTreeSet<String>;
 
 /// Whether an unchecked in-place update inserted a row of `table` (one look at its index).
 async fn any_unborn(conn: &mut SqliteConnection, table: &str) -> Result<bool, StoreError> {
@@ -584,8 +616,8 @@ async fn any_unborn(conn: &mut SqliteConnection, table: &str) -> Result<bool, St
 pub(crate) async fn ensure_unborn_indexes(
     conn: &mut SqliteConnection,
     registry: &Registry,
-) -> Result<usize, StoreError> {
-    let mut indexed = 0;
+) -> Result<Unborn, StoreError> {
+    let mut indexed = Unborn::new();
     for def in registry.iter().filter(|d| d.kind == Kind::Shared) {
         let t = &def.name;
         let required: i64 = sqlx::query_scalar(
@@ -604,7 +636,7 @@ pub(crate) async fn ensure_unborn_indexes(
         let index = unborn_index(t);
         // Table names are the registry's, checked against the schema: never input.
         let ddl = if required == 0 && !sql.to_ascii_uppercase().contains("CHECK") {
-            indexed += 1;
+            indexed.insert(t.clone());
             format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (uuid) WHERE {UNBORN}")
         } else {
             format!("DROP INDEX IF EXISTS {index}")
@@ -661,7 +693,7 @@ async fn update_column(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     col: usize,
-    ops: &[(&Op, String)],
+    ops: Vec<(&Op, String)>,
     unchecked: bool,
 ) -> Result<bool, StoreError> {
     let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
@@ -700,48 +732,78 @@ async fn update_column(
         same_before = same_hex.repeat(col),
         same_after = same_hex.repeat(def.columns.len() - col - 1),
     );
+    // The layout check compares the clock with the prefix and its successor (no `substr`,
+    // so no copy of the clock's start for each row): a clock starts with the prefix exactly
+    // when it sorts between them.
+    let layout_check = match rowclock::successor(&at_prefix_bytes(&layout)) {
+        Some(upper) => format!(
+            "{t}.crdt_clock >= X'{prefix_hex}' AND {t}.crdt_clock < X'{}'",
+            hex::encode_upper(upper)
+        ),
+        None => format!(
+            "substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}'",
+            prefix = at.prefix
+        ),
+    };
     let newer = format!(
         "length({t}.crdt_clock) IN ({len}, {compact}) \
-         AND substr({t}.crdt_clock, 1, {prefix}) = X'{prefix_hex}' \
+         AND {layout_check} \
          AND {op_ts} > CASE {slot} WHEN X'{same_hex}' THEN {exists_ts} \
          WHEN X'' THEN {exists_ts} ELSE {slot} END",
         len = at.len,
         compact = at.slots,
-        prefix = at.prefix,
         exists_ts = format!("substr({t}.crdt_clock, {exists}, {ts})"),
     );
-    for chunk in ops.chunks(IN_PLACE_ROWS) {
-        let values = values_list(chunk.len(), 3);
-        let sql = if unchecked {
-            // A row not found is inserted: `in_place` then finds it in the unborn index.
-            format!(
-                "INSERT INTO {t} (uuid, {name}, crdt_clock) VALUES {values} \
-                 ON CONFLICT (uuid) DO UPDATE SET {set} WHERE {newer}"
-            )
-        } else {
-            // Only rows found are changed, whatever the table's constraints. A row named
-            // twice in the chunk is changed once (by either op): one change short, so the
-            // general path takes the batch.
-            format!(
-                "UPDATE {t} SET {set} FROM (VALUES {values}) AS v \
-                 WHERE {t}.uuid = v.column1 AND {newer}"
-            )
+    // The statement for a chunk of `n` rows, kept while the chunks are that long.
+    let mut statement: Option<(usize, String)> = None;
+    for chunk in owned_chunks(ops, IN_PLACE_ROWS) {
+        let sql = match &statement {
+            Some((n, sql)) if *n == chunk.len() => sql.clone(),
+            _ => {
+                let values = values_list(chunk.len(), 3);
+                let sql = if unchecked {
+                    // A row not found is inserted: `in_place` then finds it in the unborn
+                    // index.
+                    format!(
+                        "INSERT INTO {t} (uuid, {name}, crdt_clock) VALUES {values} \
+                         ON CONFLICT (uuid) DO UPDATE SET {set} WHERE {newer}"
+                    )
+                } else {
+                    // Only rows found are changed, whatever the table's constraints. A row
+                    // named twice in the chunk is changed once (by either op): one change
+                    // short, so the general path takes the batch.
+                    format!(
+                        "UPDATE {t} SET {set} FROM (VALUES {values}) AS v \
+                         WHERE {t}.uuid = v.column1 AND {newer}"
+                    )
+                };
+                statement.insert((chunk.len(), sql)).1.clone()
+            }
         };
+        let expected = chunk.len();
         let res = exec(conn, sql, |mut q| {
             for (op, key) in chunk {
                 q = q
-                    .bind(key.clone())
+                    .bind(key)
                     .bind(op.value.clone())
                     .bind(op.ts().to_bytes().to_vec());
             }
             q
         })
         .await;
-        if !all_changed(res, chunk.len(), t) {
+        if !all_changed(res, expected, t) {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// The version byte and `layout`: the start of every current clock of a resource.
+fn at_prefix_bytes(layout: &[u8]) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(1 + layout.len());
+    prefix.push(rowclock::VERSION);
+    prefix.extend_from_slice(layout);
+    prefix
 }
 
 /// Stores the registers of the `dirty` rows: live rows into the data table with their

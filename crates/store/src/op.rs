@@ -186,6 +186,11 @@ impl AuthorVersion {
         if seq <= self.contiguous {
             return;
         }
+        // The usual case, an author's next op: no set to touch.
+        if seq == self.contiguous + 1 && self.extra.is_empty() {
+            self.contiguous = seq;
+            return;
+        }
         self.extra.insert(seq);
         while self.extra.remove(&(self.contiguous + 1)) {
             self.contiguous += 1;

@@ -88,6 +88,15 @@ pub(crate) fn layout<'a>(columns: impl ExactSizeIterator<Item = &'a str>) -> Vec
     out
 }
 
+/// The least byte string greater than every string that starts with `prefix` (its last
+/// byte below 0xff incremented, the bytes after it dropped); `None` when every byte is 0xff.
+pub(crate) fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xff)?;
+    let mut upper = prefix[..=last].to_vec();
+    upper[last] += 1;
+    Some(upper)
+}
+
 /// Encodes a live row's clock: its existence timestamp and, for each of the resource's
 /// columns in registry order, the timestamp of its register if it has one. `layout` is
 /// [`layout`] of the same columns.
@@ -224,6 +233,30 @@ fn decode_v1(rest: &[u8]) -> Result<RowClock<'_>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_successor_of_a_prefix_bounds_exactly_the_strings_that_start_with_it() {
+        assert_eq!(successor(&[1, 2, 3]), Some(vec![1, 2, 4]));
+        assert_eq!(successor(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(successor(&[0xff, 0xff]), None);
+        let prefix = [2u8, 0, 2, 0, 4, b'n', b'a', b'm', b'e'];
+        let upper = successor(&prefix).unwrap_or_default();
+        let mut starts = prefix.to_vec();
+        starts.extend_from_slice(&[0xff; 30]);
+        let mut other = prefix.to_vec();
+        *other.last_mut().unwrap_or(&mut 0) += 1;
+        for (s, inside) in [
+            (prefix.to_vec(), true),
+            (starts, true),
+            (prefix[..8].to_vec(), false),
+            (other, false),
+            (vec![2, 0, 2, 0, 4, b'n', b'a', b'm', b'd', 0xff], false),
+        ] {
+            let between = s.as_slice() >= &prefix[..] && s < upper;
+            assert_eq!(between, inside, "{s:?}");
+            assert_eq!(s.starts_with(&prefix), inside, "{s:?}");
+        }
+    }
 
     fn ts(time: u64, author: u128) -> Hlc {
         Hlc::at(time, author)

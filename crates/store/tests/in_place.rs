@@ -212,13 +212,34 @@ async fn a_create_in_the_batch_keeps_its_row_on_the_general_path() {
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 }
 
+/// Two stores, and a tag `a` created and `b` applied: `(a, b, the create, their dirs)`.
+async fn a_tag_on_two_stores() -> (
+    Store,
+    Store,
+    murmur_store::WriteOutcome,
+    [tempfile::TempDir; 2],
+) {
+    let (a, da) = store(1).await;
+    let (b, db) = store(2).await;
+    let x = a.create_shared("tags", None, tag("x")).await.unwrap();
+    b.apply(changes(&x.ops)).await.unwrap();
+    (a, b, x, [da, db])
+}
+
+/// Overwrites the clock of a row of `tags`, as another version or registry wrote it.
+async fn set_clock(s: &Store, uuid: Uuid, clock: Vec<u8>) {
+    sqlx::query("UPDATE tags SET crdt_clock = ? WHERE uuid = ?")
+        .bind(clock)
+        .bind(uuid.hyphenated().to_string())
+        .execute(s.pool())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_clock_of_an_earlier_version_is_rewritten_then_updated_in_place() {
-    let (a, _da) = store(1).await;
-    let (b, _db) = store(2).await;
-    let x = a.create_shared("tags", None, tag("x")).await.unwrap();
+    let (a, b, x, _dirs) = a_tag_on_two_stores().await;
     let ux = x.uuids[0];
-    b.apply(changes(&x.ops)).await.unwrap();
     let current = clock_of(&b, ux).await;
     assert_eq!(current[0], 2, "clocks are written in version 2");
     assert_eq!(current.len(), 40, "in the compact form");
@@ -231,12 +252,7 @@ async fn a_clock_of_an_earlier_version_is_rewritten_then_updated_in_place() {
         v1.extend_from_slice(name.as_bytes());
         v1.push(0);
     }
-    sqlx::query("UPDATE tags SET crdt_clock = ? WHERE uuid = ?")
-        .bind(v1)
-        .bind(ux.hyphenated().to_string())
-        .execute(b.pool())
-        .await
-        .unwrap();
+    set_clock(&b, ux, v1).await;
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 
     let first = rename(&a, ux, "one").await;
@@ -254,6 +270,35 @@ async fn a_clock_of_an_earlier_version_is_rewritten_then_updated_in_place() {
     let second = rename(&a, ux, "two").await;
     let rep = b.apply(vec![Change::Op(second)]).await.unwrap();
     assert_eq!((rep.applied, rep.in_place), (1, 1));
+    assert_eq!(name_of(&b, ux).await.as_deref(), Some("two"));
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_clock_of_another_layout_of_the_same_length_is_not_updated_in_place() {
+    let (a, b, x, _dirs) = a_tag_on_two_stores().await;
+    let ux = x.uuids[0];
+    // The columns named in the other order (as a registry that lists them so would write
+    // them): the same length, so only the layout check tells the clocks apart.
+    let mut swapped = vec![2u8, 0, 2];
+    for name in ["color", "name"] {
+        swapped.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        swapped.extend_from_slice(name.as_bytes());
+    }
+    swapped.extend_from_slice(&x.ops[0].ts().to_bytes());
+    assert_eq!(swapped.len(), clock_of(&b, ux).await.len());
+    set_clock(&b, ux, swapped).await;
+
+    let first = rename(&a, ux, "one").await;
+    let rep = b.apply(vec![Change::Op(first)]).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (1, 0), "not touched by SQL");
+    let second = rename(&a, ux, "two").await;
+    let rep = b.apply(vec![Change::Op(second)]).await.unwrap();
+    assert_eq!(
+        (rep.applied, rep.in_place),
+        (1, 1),
+        "rewritten, then in place"
+    );
     assert_eq!(name_of(&b, ux).await.as_deref(), Some("two"));
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 }

@@ -172,6 +172,31 @@ async fn drifted_op_is_rejected_then_accepted_when_the_clock_catches_up() {
 }
 
 #[tokio::test]
+async fn in_one_batch_only_the_drifted_ops_are_rejected() {
+    let ahead = manual();
+    let behind = manual();
+    let (a, _da) = store_with(1, murmur_store::PhysicalClock::Manual(ahead.clone())).await;
+    let (b, _db) = store_with(2, murmur_store::PhysicalClock::Manual(behind.clone())).await;
+    let now = a.create_shared("tags", None, tag("now")).await.unwrap();
+    ahead.advance(Duration::from_secs(2));
+    let later = a.create_shared("tags", None, tag("later")).await.unwrap();
+    let mut ops = now.ops.clone();
+    ops.extend(later.ops.iter().cloned());
+    // The batch's latest op is too far ahead: each op is then checked on its own.
+    let r = b.apply(changes(&ops)).await.unwrap();
+    assert_eq!(r.applied, 1, "{:?}", r.rejected);
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].0, later.ops[0].id());
+    assert_eq!(r.rejected[0].1, RejectReason::Drift);
+    assert!(b.version_vector().has(now.ops[0].id()));
+    assert!(!b.version_vector().has(later.ops[0].id()));
+    assert!(b.get_row("tags", now.uuids[0]).await.unwrap().is_some());
+    assert!(b.get_row("tags", later.uuids[0]).await.unwrap().is_none());
+    ahead.release();
+    behind.release();
+}
+
+#[tokio::test]
 async fn bad_input_is_a_typed_error_and_writes_nothing() {
     let (a, _da) = store(1).await;
     let before = a.digest().await.unwrap();
