@@ -141,7 +141,7 @@ pub(crate) async fn apply_new(
     }
     for (resource, ops) in by_resource {
         let def = registry.get(resource)?;
-        if def.kind != Kind::Shared || !insert_new(conn, def, &ops).await? {
+        if def.kind != Kind::Shared || !insert_new(conn, def, &ops, None).await? {
             return Ok(None);
         }
     }
@@ -486,8 +486,10 @@ const IN_PLACE_ROWS: usize = 2_000;
 ///
 /// When every such op changed its row, they are done, and the other items are returned for
 /// the general path. Otherwise (a row already known, not live, an older op, a clock of an
-/// earlier layout, or a statement SQLite refused) everything is rolled back to before the
-/// attempt and `None` is returned: the general path then applies all of `items`.
+/// earlier layout) the attempt is rolled back to its savepoint and run again, its
+/// statements now naming the rows they change: the ops that changed theirs are done, and
+/// the others are returned with the rest. `None` (the general path applies all of
+/// `items`) when no op could go in place, or SQLite refused a statement.
 async fn in_place<'c>(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
@@ -524,7 +526,7 @@ async fn in_place<'c>(
     // Per column, in item order: each update with its row's key.
     let mut by_column: BTreeMap<usize, Vec<(&Op, String)>> = BTreeMap::new();
     let mut rest = Vec::new();
-    let mut fast = Vec::new();
+    let mut fast: Vec<&'c Change> = Vec::new();
     for c in items {
         let op = c.op();
         match (c, op.uuid, column_of(op)) {
@@ -532,11 +534,11 @@ async fn in_place<'c>(
                 if op.method == Method::SharedCreate && named.get(&u) == Some(&1) =>
             {
                 creates.push(op);
-                fast.push(op);
+                fast.push(*c);
             }
             (_, Some(u), Some(col)) if plain_update(c) && !others.contains(&u) => {
                 by_column.entry(col).or_default().push((op, key_of(u)));
-                fast.push(op);
+                fast.push(*c);
             }
             _ => rest.push(*c),
         }
@@ -549,26 +551,145 @@ async fn in_place<'c>(
     // inserts the row it does not find, and one look at the index afterwards finds any.
     let unchecked = !by_column.is_empty() && unborn.contains(&def.name);
     exec(conn, "SAVEPOINT murmur_in_place".to_owned(), |q| q).await?;
-    let mut done = insert_new(conn, def, &creates).await?;
-    for (col, ops) in by_column {
-        if !done {
-            break;
-        }
-        done = update_column(conn, def, col, ops, unchecked).await?;
-    }
+    let mut done = statements(conn, def, &creates, &by_column, unchecked, None).await?;
     if done && unchecked {
         done = !any_unborn(conn, &def.name).await?;
     }
-    if !done {
+    if done {
+        exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
+        out.in_place += fast.len();
+        out.events
+            .extend(fast.into_iter().map(|c| RowEvent::of(c.op(), !local)));
+        return Ok(Some(rest));
+    }
+
+    // A miss: an op SQLite did not apply (older than its register, a row not live here or
+    // with a clock of another layout, a row named twice in one statement). Tried again,
+    // the statements now name the rows they change; the ops that changed nothing are left
+    // to the general path, instead of the whole batch. Rows named more than once for one
+    // column are left to it at once (which of their ops changed the row is not known).
+    exec(conn, "ROLLBACK TO murmur_in_place".to_owned(), |q| q).await?;
+    let mut retry: BTreeMap<usize, Vec<(&Op, String)>> = BTreeMap::new();
+    for (col, ops) in by_column {
+        let mut count: HashMap<&str, usize> = HashMap::with_capacity(ops.len());
+        for (_, key) in &ops {
+            *count.entry(key.as_str()).or_default() += 1;
+        }
+        let once: Vec<(&Op, String)> = ops
+            .iter()
+            .filter(|(_, key)| count.get(key.as_str()) == Some(&1))
+            .cloned()
+            .collect();
+        retry.insert(col, once);
+    }
+    let mut changed = Changed::default();
+    if !statements(conn, def, &creates, &retry, unchecked, Some(&mut changed)).await? {
+        // A statement SQLite refused: the general path takes everything.
         exec(conn, "ROLLBACK TO murmur_in_place".to_owned(), |q| q).await?;
         exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
         return Ok(None);
     }
+    // Rows an unchecked update inserted were not live here: removed, and their ops left to
+    // the general path.
+    let unborn_keys = if unchecked {
+        delete_unborn(conn, &def.name).await?
+    } else {
+        HashSet::new()
+    };
     exec(conn, "RELEASE murmur_in_place".to_owned(), |q| q).await?;
-    out.in_place += fast.len();
-    out.events
-        .extend(fast.into_iter().map(|op| RowEvent::of(op, !local)));
+    let mut applied: HashSet<OpId> = HashSet::with_capacity(fast.len());
+    for c in &fast {
+        let op = c.op();
+        let Some(u) = op.uuid else { continue };
+        let key = key_of(u);
+        let done = match column_of(op) {
+            _ if op.method == Method::SharedCreate => changed.creates.contains(&key),
+            Some(col) => {
+                !unborn_keys.contains(&key)
+                    && changed.columns.get(&col).is_some_and(|k| k.contains(&key))
+            }
+            None => false,
+        };
+        if done {
+            applied.insert(op.id());
+            out.events.push(RowEvent::of(op, !local));
+        }
+    }
+    out.in_place += applied.len();
+    // The rest in item order: what the general path would have seen of the batch.
+    let rest = items
+        .iter()
+        .copied()
+        .filter(|c| !applied.contains(&c.op().id()))
+        .collect();
     Ok(Some(rest))
+}
+
+/// The keys of the rows an in-place attempt changed: by its creates, and per column by its
+/// updates.
+#[derive(Default)]
+struct Changed {
+    creates: HashSet<String>,
+    columns: BTreeMap<usize, HashSet<String>>,
+}
+
+/// Runs the in-place statements of an attempt: the creates, then each column's updates.
+/// Without `changed`, whether every op changed its row; with it, the keys of the rows
+/// changed are put there, and false means only that SQLite refused a statement.
+async fn statements(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    creates: &[&Op],
+    by_column: &BTreeMap<usize, Vec<(&Op, String)>>,
+    unchecked: bool,
+    mut changed: Option<&mut Changed>,
+) -> Result<bool, StoreError> {
+    let keys = changed.as_deref_mut().map(|c| &mut c.creates);
+    if !insert_new(conn, def, creates, keys).await? {
+        return Ok(false);
+    }
+    for (col, ops) in by_column {
+        let keys = changed
+            .as_deref_mut()
+            .map(|c| c.columns.entry(*col).or_default());
+        if !update_column(conn, def, *col, ops, unchecked, keys).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Runs one in-place statement: without `keys`, whether it changed `expected` rows; with
+/// them, adds the keys of the rows it changed (`RETURNING uuid`), and true unless SQLite
+/// refused it.
+async fn in_place_statement<F>(
+    conn: &mut SqliteConnection,
+    sql: String,
+    bind: F,
+    expected: usize,
+    table: &str,
+    keys: Option<&mut HashSet<String>>,
+) -> Result<bool, StoreError>
+where
+    F: FnOnce(
+        sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+{
+    let Some(keys) = keys else {
+        return Ok(all_changed(exec(conn, sql, bind).await, expected, table));
+    };
+    match bind(query(format!("{sql} RETURNING uuid")))
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => {
+            for r in rows {
+                keys.insert(r.try_get::<String, _>(0)?);
+            }
+            Ok(true)
+        }
+        Err(e) => Ok(all_changed(Err(e.into()), expected, table)),
+    }
 }
 
 /// Whether an in-place statement changed all `expected` rows. A statement SQLite refused
@@ -607,6 +728,20 @@ async fn any_unborn(conn: &mut SqliteConnection, table: &str) -> Result<bool, St
         .fetch_one(&mut *conn)
         .await?
         != 0)
+}
+
+/// Removes the rows unchecked in-place updates of `table` inserted (see [`in_place`]);
+/// returns their keys.
+async fn delete_unborn(
+    conn: &mut SqliteConnection,
+    table: &str,
+) -> Result<HashSet<String>, StoreError> {
+    let sql = format!("DELETE FROM {table} WHERE {UNBORN} RETURNING uuid");
+    let mut keys = HashSet::new();
+    for r in query(sql).fetch_all(&mut *conn).await? {
+        keys.insert(r.try_get::<String, _>(0)?);
+    }
+    Ok(keys)
 }
 
 /// Gives each shared table whose rows an update can insert with only its uuid, one column
@@ -652,6 +787,7 @@ async fn insert_new(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     creates: &[&Op],
+    mut keys: Option<&mut HashSet<String>>,
 ) -> Result<bool, StoreError> {
     let columns = || def.columns.iter().map(|c| c.name.as_str());
     let layout = rowclock::layout(columns());
@@ -667,20 +803,21 @@ async fn insert_new(
              ON CONFLICT (uuid) DO NOTHING",
             values = values_list(chunk.len(), ncols),
         );
-        let res = exec(conn, sql, |mut q| {
-            for op in chunk {
-                let ts = op.ts();
-                let key = op.uuid.unwrap_or_default().hyphenated().to_string();
-                let clock = rowclock::encode(ts, &layout, columns().map(|_| Some(ts)));
-                q = q.bind(key).bind(clock);
-                for c in columns() {
-                    q = q.bind(op.fields.get(c).cloned().unwrap_or(Value::Null));
+        let bind =
+            |mut q: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>| {
+                for op in chunk {
+                    let ts = op.ts();
+                    let key = key_of(op.uuid.unwrap_or_default());
+                    let clock = rowclock::encode(ts, &layout, columns().map(|_| Some(ts)));
+                    q = q.bind(key).bind(clock);
+                    for c in columns() {
+                        q = q.bind(op.fields.get(c).cloned().unwrap_or(Value::Null));
+                    }
                 }
-            }
-            q
-        })
-        .await;
-        if !all_changed(res, chunk.len(), t) {
+                q
+            };
+        let keys = keys.as_deref_mut();
+        if !in_place_statement(conn, sql, bind, chunk.len(), t, keys).await? {
             return Ok(false);
         }
     }
@@ -693,8 +830,9 @@ async fn update_column(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     col: usize,
-    ops: Vec<(&Op, String)>,
+    ops: &[(&Op, String)],
     unchecked: bool,
+    mut keys: Option<&mut HashSet<String>>,
 ) -> Result<bool, StoreError> {
     let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
     let at = rowclock::offsets(&layout, def.columns.len());
@@ -756,7 +894,7 @@ async fn update_column(
     );
     // The statement for a chunk of `n` rows, kept while the chunks are that long.
     let mut statement: Option<(usize, String)> = None;
-    for chunk in owned_chunks(ops, IN_PLACE_ROWS) {
+    for chunk in ops.chunks(IN_PLACE_ROWS) {
         let sql = match &statement {
             Some((n, sql)) if *n == chunk.len() => sql.clone(),
             _ => {
@@ -780,18 +918,18 @@ async fn update_column(
                 statement.insert((chunk.len(), sql)).1.clone()
             }
         };
-        let expected = chunk.len();
-        let res = exec(conn, sql, |mut q| {
-            for (op, key) in chunk {
-                q = q
-                    .bind(key)
-                    .bind(op.value.clone())
-                    .bind(op.ts().to_bytes().to_vec());
-            }
-            q
-        })
-        .await;
-        if !all_changed(res, expected, t) {
+        let bind =
+            |mut q: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>| {
+                for (op, key) in chunk {
+                    q = q
+                        .bind(key.clone())
+                        .bind(op.value.clone())
+                        .bind(op.ts().to_bytes().to_vec());
+                }
+                q
+            };
+        let keys = keys.as_deref_mut();
+        if !in_place_statement(conn, sql, bind, chunk.len(), t, keys).await? {
             return Ok(false);
         }
     }

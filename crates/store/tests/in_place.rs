@@ -1,9 +1,10 @@
 //! Remote `SharedCreate`s of rows unknown here, and `SharedUpdate`s of rows that are live
 //! here, are applied by SQLite in place (no read into Rust). Whenever one op of a batch
 //! would not change its row that way (a row already known, older than the register, a row
-//! not live here, a clock of an earlier layout), the whole attempt is rolled back and the
-//! batch takes the general path: the result is the same either way, and these tests check
-//! it against the author's state, down to the bytes of the row clocks.
+//! not live here, a clock of an earlier layout), the attempt is rolled back and run again,
+//! its statements naming the rows they change, and the ops that changed nothing take the
+//! general path: the result is the same either way, and these tests check it against the
+//! author's state, down to the bytes of the row clocks.
 
 mod common;
 
@@ -120,12 +121,24 @@ async fn updates_of_live_rows_are_merged_in_place() {
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 }
 
-#[tokio::test]
-async fn an_older_update_sends_the_batch_down_the_general_path() {
-    let (a, _da) = store(1).await;
-    let (b, _db) = store(2).await;
+/// Two stores, and two tags (`x`, `y`) created on the first, not yet applied on the second.
+async fn two_tags_on_a() -> (
+    Store,
+    Store,
+    murmur_store::WriteOutcome,
+    murmur_store::WriteOutcome,
+    [tempfile::TempDir; 2],
+) {
+    let (a, da) = store(1).await;
+    let (b, db) = store(2).await;
     let x = a.create_shared("tags", None, tag("x")).await.unwrap();
     let y = a.create_shared("tags", None, tag("y")).await.unwrap();
+    (a, b, x, y, [da, db])
+}
+
+#[tokio::test]
+async fn an_older_update_goes_to_the_general_path_and_the_rest_of_its_batch_in_place() {
+    let (a, b, x, y, _dirs) = two_tags_on_a().await;
     let (ux, uy) = (x.uuids[0], y.uuids[0]);
     let old = rename(&a, ux, "old").await;
     let new = rename(&a, ux, "new").await;
@@ -138,11 +151,68 @@ async fn an_older_update_sends_the_batch_down_the_general_path() {
     // same batch must still be applied.
     let rep = b.apply(changes(&[y2, old])).await.unwrap();
     assert_eq!(rep.applied, 2, "both ops are taken (and logged)");
-    assert_eq!(rep.in_place, 0, "the attempt was rolled back");
+    assert_eq!(
+        rep.in_place, 1,
+        "y2 in place, on the attempt after the miss"
+    );
     assert_eq!(rep.events.len(), 1, "only y2 changed its row");
     assert_eq!(rep.events[0].uuid, Some(uy));
     assert_eq!(name_of(&b, ux).await.as_deref(), Some("new"));
     assert_eq!(name_of(&b, uy).await.as_deref(), Some("y2"));
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_row_named_twice_for_one_column_of_a_missed_batch_takes_the_general_path() {
+    let (a, b, x, y, _dirs) = two_tags_on_a().await;
+    let (ux, uy) = (x.uuids[0], y.uuids[0]);
+    let older = rename(&a, ux, "older").await;
+    let newer = rename(&a, ux, "newer").await;
+    let y2 = rename(&a, uy, "y2").await;
+    b.apply(changes(&[x.ops, y.ops].concat())).await.unwrap();
+
+    // `older` after `newer` changes nothing: the first attempt misses, and x, named twice
+    // for `name`, goes to the general path with both its ops; y2 goes in place.
+    let rep = b.apply(changes(&[newer, older, y2])).await.unwrap();
+    assert_eq!((rep.applied, rep.in_place), (3, 1));
+    let mut changed: Vec<_> = rep.events.iter().filter_map(|e| e.uuid).collect();
+    changed.sort();
+    let mut want = vec![ux, uy];
+    want.sort();
+    assert_eq!(changed, want, "one event per row changed");
+    assert_eq!(name_of(&b, ux).await.as_deref(), Some("newer"));
+    assert_eq!(name_of(&b, uy).await.as_deref(), Some("y2"));
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}
+
+#[tokio::test]
+async fn an_update_of_a_row_not_live_leaves_no_row_and_the_rest_goes_in_place() {
+    let (a, b, x, y, _dirs) = two_tags_on_a().await;
+    let (ux, uy) = (x.uuids[0], y.uuids[0]);
+    let rx = rename(&a, ux, "x2").await;
+    let ry = rename(&a, uy, "y2").await;
+    // B has y only: the update of x arrives before x's create.
+    b.apply(changes(&y.ops)).await.unwrap();
+    let rep = b.apply(changes(&[rx, ry])).await.unwrap();
+    assert_eq!(
+        (rep.applied, rep.in_place),
+        (2, 1),
+        "y2 in place, x2 to the side"
+    );
+    assert_eq!(name_of(&b, ux).await, None, "no row inserted for x");
+    assert_eq!(name_of(&b, uy).await.as_deref(), Some("y2"));
+    let unborn: i64 = sqlx::query_scalar("SELECT count(*) FROM tags WHERE length(crdt_clock) = 24")
+        .fetch_one(b.pool())
+        .await
+        .unwrap();
+    assert_eq!(unborn, 0);
+    let rep = b.apply(changes(&x.ops)).await.unwrap();
+    assert_eq!(rep.applied, 1);
+    assert_eq!(
+        name_of(&b, ux).await.as_deref(),
+        Some("x2"),
+        "the create merges with it"
+    );
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 }
 
@@ -499,10 +569,21 @@ async fn a_table_an_upsert_cannot_write_takes_its_updates_in_place_as_update_fro
         .update_shared("notes", uuids[1], fields(json!({"body": "b, newer"})))
         .await
         .unwrap();
-    let rep = b.apply(changes(&old.ops)).await.unwrap();
-    assert_eq!((rep.applied, rep.in_place), (1, 0));
+    // In one batch with a newer update of another row, which still goes in place (the
+    // `UPDATE … FROM` run again, naming the rows it changes).
+    let other = a
+        .update_shared("notes", uuids[2], fields(json!({"body": "a, later"})))
+        .await
+        .unwrap();
+    let rep = b
+        .apply(changes(&[old.ops, other.ops].concat()))
+        .await
+        .unwrap();
+    assert_eq!((rep.applied, rep.in_place), (2, 1));
     let row = b.get_row("notes", uuids[1]).await.unwrap().unwrap();
     assert_eq!(row["body"], "b, newer");
+    let row = b.get_row("notes", uuids[2]).await.unwrap().unwrap();
+    assert_eq!(row["body"], "a, later");
     a.apply(changes(&mine.ops)).await.unwrap();
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 
