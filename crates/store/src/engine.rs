@@ -18,7 +18,7 @@ use crate::op::{
 use crate::oplog;
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::rowclock;
-use crate::sql::{exec, in_list, owned_chunks, query, rows_per_statement, values_list};
+use crate::sql::{Query, exec, in_list, owned_chunks, query, rows_per_statement, values_list};
 use crate::value::Value;
 
 /// What the engine did.
@@ -671,9 +671,7 @@ async fn in_place_statement<F>(
     keys: Option<&mut HashSet<String>>,
 ) -> Result<bool, StoreError>
 where
-    F: FnOnce(
-        sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    F: FnOnce(Query) -> Query,
 {
     let Some(keys) = keys else {
         return Ok(all_changed(exec(conn, sql, bind).await, expected, table));
@@ -803,19 +801,18 @@ async fn insert_new(
              ON CONFLICT (uuid) DO NOTHING",
             values = values_list(chunk.len(), ncols),
         );
-        let bind =
-            |mut q: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>| {
-                for op in chunk {
-                    let ts = op.ts();
-                    let key = key_of(op.uuid.unwrap_or_default());
-                    let clock = rowclock::encode(ts, &layout, columns().map(|_| Some(ts)));
-                    q = q.bind(key).bind(clock);
-                    for c in columns() {
-                        q = q.bind(op.fields.get(c).cloned().unwrap_or(Value::Null));
-                    }
+        let bind = |mut q: Query| {
+            for op in chunk {
+                let ts = op.ts();
+                let key = key_of(op.uuid.unwrap_or_default());
+                let clock = rowclock::encode(ts, &layout, columns().map(|_| Some(ts)));
+                q = q.bind(key).bind(clock);
+                for c in columns() {
+                    q = q.bind(op.fields.get(c).cloned().unwrap_or(Value::Null));
                 }
-                q
-            };
+            }
+            q
+        };
         let keys = keys.as_deref_mut();
         if !in_place_statement(conn, sql, bind, chunk.len(), t, keys).await? {
             return Ok(false);
@@ -837,7 +834,11 @@ async fn update_column(
     let layout = rowclock::layout(def.columns.iter().map(|c| c.name.as_str()));
     let at = rowclock::offsets(&layout, def.columns.len());
     // Constants of the registry, never input: inlined as blob literals.
-    let prefix_hex = format!("{:02X}{}", rowclock::VERSION, hex::encode_upper(&layout));
+    // The version byte and the layout: the start of every current clock of the resource.
+    let prefix: Vec<u8> = std::iter::once(rowclock::VERSION)
+        .chain(layout.iter().copied())
+        .collect();
+    let prefix_hex = hex::encode_upper(&prefix);
     let same_hex = hex::encode_upper(rowclock::SLOT_SAME);
     let ts = rowclock::TS;
     let t = &def.name;
@@ -873,7 +874,7 @@ async fn update_column(
     // The layout check compares the clock with the prefix and its successor (no `substr`,
     // so no copy of the clock's start for each row): a clock starts with the prefix exactly
     // when it sorts between them.
-    let layout_check = match rowclock::successor(&at_prefix_bytes(&layout)) {
+    let layout_check = match rowclock::successor(&prefix) {
         Some(upper) => format!(
             "{t}.crdt_clock >= X'{prefix_hex}' AND {t}.crdt_clock < X'{}'",
             hex::encode_upper(upper)
@@ -909,7 +910,7 @@ async fn update_column(
                 } else {
                     // Only rows found are changed, whatever the table's constraints. A row
                     // named twice in the chunk is changed once (by either op): one change
-                    // short, so the general path takes the batch.
+                    // short, a miss (see `in_place`).
                     format!(
                         "UPDATE {t} SET {set} FROM (VALUES {values}) AS v \
                          WHERE {t}.uuid = v.column1 AND {newer}"
@@ -918,30 +919,21 @@ async fn update_column(
                 statement.insert((chunk.len(), sql)).1.clone()
             }
         };
-        let bind =
-            |mut q: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>| {
-                for (op, key) in chunk {
-                    q = q
-                        .bind(key.clone())
-                        .bind(op.value.clone())
-                        .bind(op.ts().to_bytes().to_vec());
-                }
-                q
-            };
+        let bind = |mut q: Query| {
+            for (op, key) in chunk {
+                q = q
+                    .bind(key.clone())
+                    .bind(op.value.clone())
+                    .bind(op.ts().to_bytes().to_vec());
+            }
+            q
+        };
         let keys = keys.as_deref_mut();
         if !in_place_statement(conn, sql, bind, chunk.len(), t, keys).await? {
             return Ok(false);
         }
     }
     Ok(true)
-}
-
-/// The version byte and `layout`: the start of every current clock of a resource.
-fn at_prefix_bytes(layout: &[u8]) -> Vec<u8> {
-    let mut prefix = Vec::with_capacity(1 + layout.len());
-    prefix.push(rowclock::VERSION);
-    prefix.extend_from_slice(layout);
-    prefix
 }
 
 /// Stores the registers of the `dirty` rows: live rows into the data table with their

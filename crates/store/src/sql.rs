@@ -36,8 +36,11 @@ pub(crate) fn in_list(n: usize) -> String {
     vec!["?"; n].join(",")
 }
 
+/// A query over SQL built at run time, with its values bound.
+pub(crate) type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
+
 /// A query over SQL built at run time.
-pub(crate) fn query(sql: String) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+pub(crate) fn query(sql: String) -> Query {
     sqlx::query(AssertSqlSafe(sql))
 }
 
@@ -48,9 +51,7 @@ pub(crate) async fn exec<F>(
     bind: F,
 ) -> Result<u64, StoreError>
 where
-    F: FnOnce(
-        sqlx::query::Query<'static, Sqlite, SqliteArguments>,
-    ) -> sqlx::query::Query<'static, Sqlite, SqliteArguments>,
+    F: FnOnce(Query) -> Query,
 {
     Ok(bind(query(sql)).execute(conn).await?.rows_affected())
 }

@@ -9,7 +9,7 @@
 //! Every write runs in a task of its own: dropping the future of a write does not cancel
 //! it half-way, so the in-memory version vector always matches what was committed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -856,7 +856,10 @@ impl Store {
         let mut report = ApplyReport::default();
         let _guard = inner.write.lock().await;
         let mut vv = self.read_vv();
-        let mut seen = BatchIds::default();
+        // The version vector and the batch's complete ops so far: a second copy of an op
+        // is a duplicate. An author's ops mostly come in order, which only moves its
+        // contiguous seq.
+        let mut seen = vv.clone();
         let mut candidates = Vec::with_capacity(batch.len());
         for change in batch {
             let op = change.op();
@@ -866,7 +869,7 @@ impl Store {
                 continue;
             }
             let complete = matches!(change, Change::Op(_) | Change::OwnedRows { last: true, .. });
-            if vv.has(id) || (complete && !seen.insert(id)) {
+            if vv.has(id) || (complete && !first_copy(&mut seen, id)) {
                 report.duplicates += 1;
                 continue;
             }
@@ -928,29 +931,13 @@ impl Store {
     }
 }
 
-/// The complete ops of one remote batch, to count a second copy of one as a duplicate. Per
-/// author: a run of seqs seen, and the others. Ops mostly come in rising order, which
-/// extends the run without a set.
-#[derive(Default)]
-struct BatchIds(BTreeMap<Uuid, (u64, u64, BTreeSet<u64>)>);
-
-impl BatchIds {
-    /// Records `id`; false when it was seen before.
-    fn insert(&mut self, id: OpId) -> bool {
-        let Some((first, last, others)) = self.0.get_mut(&id.author) else {
-            self.0.insert(id.author, (id.seq, id.seq, BTreeSet::new()));
-            return true;
-        };
-        if (*first..=*last).contains(&id.seq) {
-            return false;
-        }
-        if id.seq == *last + 1 && !others.contains(&id.seq) {
-            *last = id.seq;
-            true
-        } else {
-            others.insert(id.seq)
-        }
+/// Whether `id` is not in `seen` yet; records it there.
+fn first_copy(seen: &mut VersionVector, id: OpId) -> bool {
+    if seen.has(id) {
+        return false;
     }
+    seen.add(id);
+    true
 }
 
 /// What [`Store::try_new_rows`] did.
@@ -1212,7 +1199,7 @@ mod tests {
     fn a_batch_counts_every_second_copy_of_an_op_in_any_order() {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let id = |author, seq| OpId { author, seq };
-        let mut seen = BatchIds::default();
+        let mut seen = VersionVector::default();
         let order = [
             (a, 5, true),
             (a, 6, true),
@@ -1229,7 +1216,11 @@ mod tests {
             (a, 5, false),
         ];
         for (author, seq, new) in order {
-            assert_eq!(seen.insert(id(author, seq)), new, "{author} {seq}");
+            assert_eq!(
+                first_copy(&mut seen, id(author, seq)),
+                new,
+                "{author} {seq}"
+            );
         }
     }
 }
