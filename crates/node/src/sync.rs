@@ -382,7 +382,7 @@ impl SyncLoop {
                 if report
                     .rejected
                     .iter()
-                    .any(|(_, r, _)| *r == murmur_store::RejectReason::Drift)
+                    .any(|(_, r)| r.reason == murmur_store::RejectReason::Drift)
                 {
                     debug!(
                         "ops beyond the drift bound: the next announcement will pull them again"
@@ -637,7 +637,7 @@ pub fn check_gossip_message(
                         ),
                     ));
                 }
-                validate_op(registry, op).map_err(|(reason, why)| (reason.label(), why))?;
+                validate_op(registry, op).map_err(|r| (r.label(), r.detail))?;
             }
         }
         Gossip::Versions {
@@ -679,8 +679,8 @@ fn account(
     metrics.applied(source, report.applied);
     metrics.rows_applied.inc_by(report.rows as u64);
     metrics.ops_duplicate.inc_by(report.duplicates as u64);
-    for (id, reason, why) in &report.rejected {
-        metrics.reject(reason.label());
+    for (id, why) in &report.rejected {
+        metrics.reject(why.label());
         debug!(op = %id, "rejected: {why}");
     }
     for e in &report.events {
