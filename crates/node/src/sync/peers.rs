@@ -238,41 +238,47 @@ impl PeerTable {
 mod tests {
     use super::*;
 
+    /// Every state under every event: a request with a slot free, a request with every
+    /// slot taken, the end of a pull.
     #[test]
-    fn an_idle_peer_starts_a_pull_when_a_slot_is_free() {
-        let mut s = PullState::Idle;
-        assert!(s.request(true));
-        assert_eq!(s, PullState::Running);
-    }
-
-    #[test]
-    fn a_pull_asked_for_while_one_runs_runs_after_it() {
-        let mut s = PullState::Running;
-        assert!(!s.request(true));
-        assert_eq!(s, PullState::RunningThenAgain);
-        // Asked again: still one more, not two.
-        assert!(!s.request(true));
-        assert_eq!(s, PullState::RunningThenAgain);
-        s.finish();
-        assert_eq!(s, PullState::Waiting);
-        assert!(s.request(true));
-        assert_eq!(s, PullState::Running);
-        s.finish();
-        assert_eq!(s, PullState::Idle);
-    }
-
-    #[test]
-    fn with_every_slot_taken_a_pull_waits_and_is_picked_up_later() {
-        let mut s = PullState::Idle;
-        assert!(!s.request(false));
-        assert_eq!(s, PullState::Waiting);
-        assert!(!s.request(false));
-        assert_eq!(s, PullState::Waiting);
-        // An unrelated finish (a pull of an earlier connection) keeps it due.
-        s.finish();
-        assert_eq!(s, PullState::Waiting);
-        assert!(s.request(true));
-        assert_eq!(s, PullState::Running);
+    fn each_transition_of_the_pull_schedule() {
+        use PullState::*;
+        enum On {
+            Request { slot_free: bool },
+            Finish,
+        }
+        let free = On::Request { slot_free: true };
+        let full = On::Request { slot_free: false };
+        let cases = [
+            // Starts when idle and a slot is free; waits when none is.
+            (Idle, &free, Running, true),
+            (Idle, &full, Waiting, false),
+            // Asked again while running: one more pull after this one, never two at once.
+            (Running, &free, RunningThenAgain, false),
+            (Running, &full, RunningThenAgain, false),
+            (RunningThenAgain, &free, RunningThenAgain, false),
+            (RunningThenAgain, &full, RunningThenAgain, false),
+            // A waiting pull is picked up once a slot is free.
+            (Waiting, &free, Running, true),
+            (Waiting, &full, Waiting, false),
+            // The end of a pull: idle, or waiting for a slot if another was asked for.
+            (Running, &On::Finish, Idle, false),
+            (RunningThenAgain, &On::Finish, Waiting, false),
+            // An end for a pull of an earlier connection changes nothing due.
+            (Idle, &On::Finish, Idle, false),
+            (Waiting, &On::Finish, Waiting, false),
+        ];
+        for (from, on, to, starts) in cases {
+            let mut s = from;
+            let started = match on {
+                On::Request { slot_free } => s.request(*slot_free),
+                On::Finish => {
+                    s.finish();
+                    false
+                }
+            };
+            assert_eq!((s, started), (to, starts), "from {from:?}");
+        }
     }
 
     #[test]
@@ -306,6 +312,10 @@ mod tests {
         t.clear_progress(&a);
         t.finish_pull(&a);
         assert_eq!(t.pull_state(&a), Some(PullState::Idle));
+        // The slot a's pull had is b's now.
+        assert_eq!(t.waiting(), vec![b]);
+        assert_eq!(t.request_pull(&b, true), Some(client_uuid(&b)));
+        assert!(t.waiting().is_empty());
         assert!(t.snapshot().iter().all(|p| p.progress.is_none()));
 
         assert_eq!(t.disconnect(&a), 1);
