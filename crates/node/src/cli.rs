@@ -75,14 +75,15 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A time as the JSON spells it (RFC 3339, UTC as `Z`), or `-`.
 fn when(t: Option<DateTime<Utc>>) -> String {
-    // The form the JSON has (what `murmur status` printed when it read the JSON as is).
     t.map_or_else(
         || "-".into(),
         |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     )
 }
 
+/// A text, or `-`.
 fn text(t: Option<&str>) -> String {
     t.unwrap_or("-").to_owned()
 }
@@ -125,6 +126,7 @@ const PEER_HEADERS: [&str; 8] = [
     "",
 ];
 
+/// The node's `/v1/status`.
 async fn get_status(args: &ClientArgs) -> anyhow::Result<Status> {
     serde_json::from_value(get(args, "/v1/status").await?)
         .context("the node's status is not the document this murmur reads")
@@ -141,6 +143,7 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `murmur status` prints.
 fn status_text(st: &Status) -> String {
     let mut out = String::new();
     out += &format!("client      {}\n", st.client_uuid);

@@ -104,6 +104,7 @@ pub struct SyncLoop {
     row_events: broadcast::Sender<RowEvent>,
     /// Metrics.
     metrics: Arc<Metrics>,
+    /// Intervals, the stale bound and the test-only gossip drop rate.
     options: SyncOptions,
     /// The connected peers, shared with `/v1/status` and the pulls.
     peers: PeerTable,
