@@ -8,6 +8,7 @@
 //! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning).
 //! - [`api`]: the HTTP API; [`status`]: `/v1/status`; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
+//! - `fault` (feature `fault-injection`, for tests only): faults injected into a running node.
 //!
 //! [`run`] is what `murmur run` calls; tests start nodes in-process with [`Node::start`].
 #![deny(missing_docs)]
@@ -15,6 +16,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod identity;
 pub mod metrics;
 pub mod protocol;
@@ -24,7 +27,6 @@ pub mod sync;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use libp2p::{Multiaddr, PeerId};
@@ -54,7 +56,8 @@ pub struct Node {
     library_id: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    drop_rate: Arc<AtomicU64>,
+    #[cfg(feature = "fault-injection")]
+    faults: Arc<fault::FaultInjection>,
 }
 
 impl Node {
@@ -92,7 +95,8 @@ impl Node {
                 .context("cannot start the network")?;
 
         let metrics = Arc::new(Metrics::new());
-        let drop_rate = Arc::new(AtomicU64::new(config.gossip_drop_rate.to_bits()));
+        #[cfg(feature = "fault-injection")]
+        let faults = Arc::new(fault::FaultInjection::new(config.gossip_drop_rate));
         let (events, _) = broadcast::channel(EVENTS_CAP);
         let shared = Arc::new(Shared::default());
         let (sync_loop, sync) = SyncLoop::new(
@@ -106,7 +110,8 @@ impl Node {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
                 stale_after: config.stale_after,
-                gossip_drop_rate: drop_rate.clone(),
+                #[cfg(feature = "fault-injection")]
+                faults: faults.clone(),
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -155,7 +160,8 @@ impl Node {
             library_id,
             shutdown,
             tasks,
-            drop_rate,
+            #[cfg(feature = "fault-injection")]
+            faults,
         })
     }
 
@@ -230,9 +236,9 @@ impl Node {
     }
 
     /// Test only: drops this share of incoming gossip from now on (0.0 to stop).
+    #[cfg(feature = "fault-injection")]
     pub fn set_gossip_drop_rate(&self, rate: f64) {
-        self.drop_rate
-            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        self.faults.set_gossip_drop_rate(rate);
     }
 
     /// Dials a peer.

@@ -14,7 +14,6 @@
 //! bounded by [`PULLS_CAP`] and [`SERVE_CAP`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,8 +127,9 @@ pub struct SyncOptions {
     pub prune_interval: Duration,
     /// When a client counts as stale.
     pub stale_after: Duration,
-    /// Test only: share of incoming gossip to drop (f64 bits; changeable at run time).
-    pub gossip_drop_rate: Arc<AtomicU64>,
+    /// Test only: faults to inject (changeable at run time).
+    #[cfg(feature = "fault-injection")]
+    pub faults: Arc<crate::fault::FaultInjection>,
 }
 
 /// The sync actor.
@@ -286,9 +286,8 @@ impl SyncLoop {
                 data,
             } => {
                 self.metrics.gossip_received.inc();
-                let drop_rate =
-                    f64::from_bits(self.options.gossip_drop_rate.load(Ordering::Relaxed));
-                if drop_rate > 0.0 && rand::random::<f64>() < drop_rate {
+                #[cfg(feature = "fault-injection")]
+                if self.options.faults.drop_gossip() {
                     self.metrics.gossip_dropped.inc();
                     self.net
                         .report_validation(message_id, propagation_source, Acceptance::Ignore)

@@ -34,7 +34,6 @@ mod rowclock;
 mod sql;
 pub mod store;
 mod sync;
-pub mod testkit;
 pub mod validate;
 pub mod value;
 pub mod wire;

@@ -6,10 +6,9 @@
 //! general path: the result is the same either way, and these tests check it against the
 //! author's state, down to the bytes of the row clocks.
 
-mod common;
-
-use common::*;
 use murmur_store::{BatchEntry, Change, Method, Op, Store, StoreError};
+use murmur_testkit::ops::*;
+use murmur_testkit::store::*;
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
