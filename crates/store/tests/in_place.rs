@@ -231,14 +231,14 @@ async fn updates_of_rows_not_live_here_take_the_general_path() {
     b.apply(changes(&[x.ops.clone(), deleted.ops.clone()].concat()))
         .await
         .unwrap();
-    let rep = b.apply(changes(&[renamed.clone()])).await.unwrap();
+    let rep = b.apply(vec![Change::Op(renamed.clone())]).await.unwrap();
     assert_eq!((rep.applied, rep.in_place), (1, 0));
     assert_eq!(name_of(&b, ux).await, None, "still deleted");
 
     // D has nothing yet: an update before its create waits in the side tables too, and
     // the create that follows must merge with it (not be inserted in place over it).
     let (d, _dd) = store(4).await;
-    let rep = d.apply(changes(&[renamed.clone()])).await.unwrap();
+    let rep = d.apply(vec![Change::Op(renamed.clone())]).await.unwrap();
     assert_eq!((rep.applied, rep.in_place), (1, 0));
     let rep = d.apply(changes(&x.ops)).await.unwrap();
     assert_eq!(

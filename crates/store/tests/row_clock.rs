@@ -225,6 +225,6 @@ async fn a_library_of_a_newer_version_is_refused_at_open() {
     .await
     .unwrap();
     s.close().await;
-    let err = Store::open(opts()).await.err().expect("refused");
+    let err = Store::open(opts()).await.expect_err("refused");
     assert!(err.to_string().contains("9999"), "{err}");
 }
