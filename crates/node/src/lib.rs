@@ -4,9 +4,10 @@
 //!
 //! - [`config`]: the command line and [`Config`].
 //! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret.
-//! - [`protocol`]: gossip and request-response messages.
-//! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning).
-//! - [`api`]: the HTTP API; [`status`]: `/v1/status`; [`metrics`]: Prometheus.
+//! - [`protocol`]: gossip and request-response messages, and the network handle's type.
+//! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning): the actor,
+//!   gossip checks, the request server, the puller and the peer table.
+//! - [`api`]: the HTTP API; [`status`]: the `/v1/status` document; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
 //! - `fault` (feature `fault-injection`, for tests only): faults injected into a running node.
 //!
@@ -40,7 +41,7 @@ pub use config::Config;
 
 use crate::identity::{client_uuid, open_data_dir};
 use crate::metrics::Metrics;
-use crate::sync::{Shared, SyncHandle, SyncLoop, SyncOptions};
+use crate::sync::{PeerTable, SyncHandle, SyncLoop, SyncOptions};
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
 const EVENTS_CAP: usize = 4096;
@@ -98,14 +99,14 @@ impl Node {
         #[cfg(feature = "fault-injection")]
         let faults = Arc::new(fault::FaultInjection::new(config.gossip_drop_rate));
         let (events, _) = broadcast::channel(EVENTS_CAP);
-        let shared = Arc::new(Shared::default());
+        let peers = PeerTable::default();
         let (sync_loop, sync) = SyncLoop::new(
             store.clone(),
             net.clone(),
             net_events,
             events.clone(),
             metrics.clone(),
-            shared.clone(),
+            peers.clone(),
             SyncOptions {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
@@ -130,7 +131,7 @@ impl Node {
             status: Arc::new(status::StatusSource {
                 store: store.clone(),
                 net: net.clone(),
-                shared,
+                peers,
                 library_id: library_id.clone(),
                 stale_after: config.stale_after,
             }),
