@@ -1,15 +1,12 @@
 //! The HTTP API against bad input: malformed JSON, huge bodies, wrong types, unknown
 //! routes and resources. Each gets a clear 4xx with `{"error": ...}` and changes nothing.
 
-mod common;
-
-use common::*;
+use murmur_testkit::*;
 use serde_json::Value as J;
 
 async fn raw(n: &TestNode, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, J) {
     let r = n
-        .http
-        .request(method, format!("{}{path}", n.api))
+        .request(method, path)
         .header("content-type", "application/json")
         .body(body)
         .send()

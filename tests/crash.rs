@@ -5,20 +5,20 @@
 //!
 //! Seeded: `MURMUR_CRASH_SEED=<seed>` replays a run; `MURMUR_CRASH_ROUNDS` runs longer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::procs::*;
+use murmur_testkit::procs::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use reqwest::Method;
 use serde_json::{Value as J, json};
 
+const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 const A: usize = 0;
 const B: usize = 1;
 
 async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
-    let Ok(r) = c.http.get(c.procs[i].url("/metrics")).send().await else {
+    let Ok(r) = c.request(Method::GET, i, "/metrics").send().await else {
         return 0.0;
     };
     let text = r.text().await.unwrap_or_default();
@@ -90,7 +90,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     println!("crash test: seed {seed}, {rounds} rounds (replay with MURMUR_CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     // Short staleness and pruning so that the snapshot path is reachable in a test.
-    let mut c = Cluster::start_with(2, |_| {
+    let mut c = Cluster::start_with(BIN, 2, |_| {
         [
             "--stale-after",
             "3s",
@@ -111,8 +111,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let n = rng.random_range(1..40);
         acked_on_b.extend(write_tags(&c, B, n, &format!("r{round}-")).await);
         let in_flight = c
-            .http
-            .post(c.procs[B].url("/v1/shared/tags"))
+            .request(Method::POST, B, "/v1/shared/tags")
             .json(&json!({"name": "in flight"}))
             .send();
         let kill_after = Duration::from_millis(rng.random_range(0..5));

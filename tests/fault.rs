@@ -12,13 +12,10 @@
 //! MURMUR_FAULT_SEED=<seed> cargo test --test fault -- --nocapture      # replay one seed
 //! ```
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use murmur::store::testkit::random_write;
 use murmur::store::{Change, Store, StoreOptions};
+use murmur_testkit::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

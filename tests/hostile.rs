@@ -16,264 +16,22 @@
 //! - Catch-up pages and snapshots are not signed per op: what the node checks there is the
 //!   schema, ownership against the stored owner, drift, and the bounds of a version vector.
 
-mod common;
-
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
-use murmur::node::identity::{LibrarySecret, client_uuid};
-use murmur::node::metrics::Reason;
 use murmur::node::protocol::{Gossip, PAGE_SIZE, Request, Response};
 use murmur::node::sync::SERVE_CAP;
-use murmur::p2p::{self, Event, Keypair};
+use murmur::p2p;
 use murmur::store::{
-    Change, Hlc, Method, Op, OpsCursor, OpsPage, RejectReason, SnapshotPosition, SnapshotRow,
-    Value, VersionVector,
+    Change, Hlc, Method, OpsCursor, OpsPage, RejectReason, SnapshotPosition, SnapshotRow, Value,
+    VersionVector,
 };
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value as J, json};
+use murmur_testkit::hostile::*;
+use murmur_testkit::ops::{create_tag, op};
+use murmur_testkit::{converged, eventually, init_tracing, secret_file};
+use serde_json::json;
 use uuid::Uuid;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// What the hostile peer puts on the wire: any well-formed CBOR, or CBOR that announces a
-/// map of three entries and carries one (a truncated message inside a complete frame).
-#[derive(Debug, Clone)]
-enum Wire {
-    Value(ciborium::Value),
-    Truncated,
-}
-
-impl Serialize for Wire {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Wire::Value(v) => v.serialize(s),
-            Wire::Truncated => {
-                let mut m = s.serialize_map(Some(3))?;
-                m.serialize_entry("OpsSince", &0u8)?;
-                m.end()
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Wire {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ciborium::Value::deserialize(d).map(Wire::Value)
-    }
-}
-
-impl Wire {
-    fn of<T: Serialize>(v: &T) -> Wire {
-        Wire::Value(ciborium::Value::serialized(v).expect("serialisable"))
-    }
-
-    fn bytes(b: &[u8]) -> Wire {
-        Wire::Value(ciborium::Value::Bytes(b.to_vec()))
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        match self {
-            Wire::Value(v) => v.deserialized().ok(),
-            Wire::Truncated => None,
-        }
-    }
-}
-
-type Answer = Arc<dyn Fn(&Wire) -> Option<Wire> + Send + Sync>;
-
-/// A hostile peer connected to one node.
-struct Hostile {
-    net: p2p::Handle<Wire, Wire>,
-    author: Uuid,
-    /// Requests the node sent it.
-    requests: Arc<AtomicUsize>,
-    drain: tokio::task::JoinHandle<()>,
-}
-
-impl Hostile {
-    /// Connects to `target`, waits until the target is subscribed to the topic (so what we
-    /// publish reaches it), then answers the target's requests with `answer` (none: the
-    /// request fails).
-    async fn connect(
-        secret: &Path,
-        target: &TestNode,
-        tweak: impl FnOnce(&mut p2p::Config),
-        answer: Answer,
-    ) -> Hostile {
-        let secret = LibrarySecret::read(secret).expect("secret");
-        let topic = format!("murmur/{}/ops", target.node().library_id());
-        let mut c = p2p::Config::new(Keypair::generate_ed25519(), secret.0, topic);
-        c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
-        c.mdns = false;
-        c.peers = vec![target.addr().await];
-        tweak(&mut c);
-        let (net, mut events) = p2p::spawn::<Wire, Wire>(c).expect("hostile swarm");
-        let target_id = target.node().peer_id();
-        tokio::time::timeout(WAIT, async {
-            while let Some(ev) = events.recv().await {
-                if let Event::Subscribed { peer_id } = ev
-                    && peer_id == target_id
-                {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("the node subscribes with the hostile peer");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let seen = requests.clone();
-        let handle = net.clone();
-        let drain = tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    Event::InboundRequest {
-                        request, responder, ..
-                    } => {
-                        seen.fetch_add(1, Ordering::SeqCst);
-                        if let Some(resp) = answer(&request) {
-                            let _ = responder.respond(resp).await;
-                        }
-                    }
-                    Event::Gossip {
-                        propagation_source,
-                        message_id,
-                        ..
-                    } => {
-                        handle
-                            .report_validation(
-                                message_id,
-                                propagation_source,
-                                p2p::Acceptance::Ignore,
-                            )
-                            .await
-                    }
-                    _ => {}
-                }
-            }
-        });
-        let author = client_uuid(&net.local_peer_id());
-        Hostile {
-            net,
-            author,
-            requests,
-            drain,
-        }
-    }
-
-    async fn plain(secret: &Path, target: &TestNode) -> Hostile {
-        Self::connect(secret, target, |_| {}, Arc::new(|_| None)).await
-    }
-
-    async fn stop(self) {
-        self.net.shutdown().await;
-        self.drain.abort();
-    }
-}
-
-fn rejected(n: &TestNode, reason: &str) -> u64 {
-    n.node()
-        .metrics()
-        .ops_rejected
-        .get_or_create(&Reason {
-            reason: reason.to_owned(),
-        })
-        .get()
-}
-
-/// An op of `author` that is valid apart from what the caller changes.
-fn op(author: Uuid, seq: u64, time: u64, resource: &str, method: Method) -> Op {
-    Op {
-        author,
-        seq,
-        time,
-        method,
-        resource: resource.to_owned(),
-        uuid: Some(Uuid::now_v7()),
-        property: None,
-        value: None,
-        fields: Default::default(),
-        count: None,
-    }
-}
-
-fn create_tag(author: Uuid, seq: u64, time: u64, name: &str) -> Op {
-    let mut o = op(author, seq, time, "tags", Method::SharedCreate);
-    o.fields.insert("name".into(), Value::Text(name.into()));
-    o
-}
-
-fn gossip(msg: &Gossip) -> Vec<u8> {
-    murmur::store::wire::to_cbor(msg)
-}
-
-/// Two honest nodes: `n`, the one under attack, and `a`, the honest peer, in sync.
-async fn pair(secret: &Path) -> (TestNode, TestNode) {
-    pair_with(secret, |_| {}).await
-}
-
-/// [`pair`] with `n` configured by `tweak`.
-async fn pair_with(
-    secret: &Path,
-    tweak: impl FnOnce(&mut murmur::node::Config),
-) -> (TestNode, TestNode) {
-    let n = TestNode::new_with(secret, tweak).await;
-    let a = TestNode::new(secret).await;
-    a.connect(&n).await;
-    wait_peers(&n, 1).await;
-    a.create_tag("before").await;
-    converged(&[&n, &a], WAIT).await;
-    (n, a)
-}
-
-/// The node is responsive and its state is the honest peer's: an honest write on `a`
-/// reaches `n`, both digests agree, and none of `hostile` authors left an op in `n`'s log.
-async fn honest_write_still_syncs(n: &TestNode, a: &TestNode, hostile: &[Uuid], label: &str) {
-    let u = a.create_tag(&format!("after {label}")).await;
-    let path = format!("/v1/shared/tags/{u}");
-    eventually(WAIT, "the honest write reaches the node", || async {
-        n.get(&path).await.0 == 200
-    })
-    .await;
-    converged(&[n, a], WAIT).await;
-    let vv = n.node().store().version_vector();
-    for h in hostile {
-        assert!(
-            !vv.authors.contains_key(h),
-            "{label}: hostile author {h} has ops in the node's log"
-        );
-    }
-}
-
-/// Publishes `data` from a fresh hostile peer and waits until the node counted it under
-/// `reason` and reported the message `Reject` to gossipsub.
-async fn refused_gossip(
-    secret: &Path,
-    n: &TestNode,
-    reason: &str,
-    data: impl FnOnce(Uuid) -> Vec<u8>,
-) -> Uuid {
-    let h = Hostile::plain(secret, n).await;
-    let before = rejected(n, reason);
-    let net_before = n.node().net_stats().gossip_rejected;
-    let outcome = h.net.publish(data(h.author)).await.expect("publish");
-    assert_eq!(outcome, p2p::PublishOutcome::Published, "{reason}");
-    eventually(WAIT, &format!("gossip counted as {reason}"), || async {
-        rejected(n, reason) > before
-    })
-    .await;
-    eventually(WAIT, "gossip reported Reject", || async {
-        n.node().net_stats().gossip_rejected > net_before
-    })
-    .await;
-    let author = h.author;
-    h.stop().await;
-    author
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
@@ -434,7 +192,7 @@ async fn oversized_gossip_is_refused_by_the_network_layer() {
     let author = h.author;
     honest_write_still_syncs(&n, &a, &[author], "oversized gossip").await;
     // The node's own decoder never saw either.
-    assert_eq!(rejected(&n, "decode"), 0);
+    assert_eq!(n.rejected("decode"), 0);
     h.stop().await;
 }
 
@@ -494,7 +252,7 @@ async fn timestamps_far_ahead_are_refused_and_time_zero_loses_every_merge() {
     let tag_uuid: Uuid = tag.parse().expect("uuid");
 
     // A day ahead: counted as drift, not applied, not penalised.
-    let drift_before = rejected(&n, "drift");
+    let drift_before = n.rejected("drift");
     let net_rejected = n.node().net_stats().gossip_rejected;
     let future = create_tag(h.author, 1, now + (86_400u64 << 32), "from the future");
     let future_row = future.uuid.expect("uuid");
@@ -503,7 +261,7 @@ async fn timestamps_far_ahead_are_refused_and_time_zero_loses_every_merge() {
         .await
         .expect("publish");
     eventually(WAIT, "drift counted", || async {
-        rejected(&n, "drift") > drift_before
+        n.rejected("drift") > drift_before
     })
     .await;
     assert_eq!(n.node().net_stats().gossip_rejected, net_rejected);
@@ -541,30 +299,6 @@ async fn timestamps_far_ahead_are_refused_and_time_zero_loses_every_merge() {
     .await;
     converged(&[&n, &a], WAIT).await;
     h.stop().await;
-}
-
-/// Sends `request` from `h` to `n` and returns what came back.
-async fn ask(h: &Hostile, n: &TestNode, request: Wire) -> Result<Wire, p2p::RequestError> {
-    h.net.request(n.node().peer_id(), request).await
-}
-
-/// A page's items, as the server counts them (ops plus owned rows).
-fn items(page: &OpsPage) -> usize {
-    page.changes.iter().map(Change::weight).sum()
-}
-
-fn keep_log(c: &mut murmur::node::Config) {
-    c.prune_interval = Duration::from_secs(3600);
-}
-
-async fn many_owned_rows(a: &TestNode, n: usize) {
-    for start in (0..n).step_by(2_000) {
-        let rows: Vec<J> = (start..(start + 2_000).min(n))
-            .map(|i| json!({"materialized_path": "/m", "name": format!("f{i}"), "size_bytes": i}))
-            .collect();
-        let (status, body) = a.post("/v1/owned/file_paths", J::Array(rows)).await;
-        assert_eq!(status, 201, "{body}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,7 +405,7 @@ async fn hostile_requests_are_refused_or_clamped() {
         PAGE_SIZE
     );
     // A position in a resource that does not exist: refused and counted.
-    let before = rejected(&n, "bad_request");
+    let before = n.rejected("bad_request");
     let bad = ask(
         &h,
         &n,
@@ -687,7 +421,7 @@ async fn hostile_requests_are_refused_or_clamped() {
     .await
     .expect("answer");
     assert!(matches!(bad.decode::<Response>(), Some(Response::Error(_))));
-    assert_eq!(rejected(&n, "bad_request"), before + 1);
+    assert_eq!(n.rejected("bad_request"), before + 1);
     // An unknown phase of an owned resource: a (possibly empty) page, no panic.
     let odd = ask(
         &h,
@@ -712,17 +446,6 @@ async fn hostile_requests_are_refused_or_clamped() {
     h.stop().await;
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_gets_busy_answers_and_the_node_stays_responsive() {
     init_tracing();
@@ -734,7 +457,7 @@ async fn a_request_flood_gets_busy_answers_and_the_node_stays_responsive() {
     converged(&[&n, &a], Duration::from_secs(60)).await;
     let h = Hostile::plain(&secret, &n).await;
     let rss_before = rss_kib();
-    let busy_before = rejected(&n, "busy");
+    let busy_before = n.rejected("busy");
     const FLOOD: usize = 300;
     // Every request asks for the biggest page there is.
     let request = Wire::of(&Request::OpsSince {
@@ -782,7 +505,7 @@ async fn a_request_flood_gets_busy_answers_and_the_node_stays_responsive() {
     );
     assert!(busy > 0, "no request was refused as busy");
     assert!(served > 0, "no request was served");
-    assert!(rejected(&n, "busy") >= busy_before + busy as u64);
+    assert!(n.rejected("busy") >= busy_before + busy as u64);
     // Bounded: at most SERVE_CAP pages are built at once; far less than FLOOD pages.
     let page_bytes = 1_500 * 1024;
     assert!(
@@ -819,7 +542,7 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
 
     // A catch-up page (the answer to the node's pull on connection) that deletes a row of
     // another owner: refused as not_owner, the row stays.
-    let not_owner = rejected(&n, "not_owner");
+    let not_owner = n.rejected("not_owner");
     let forger = Uuid::from_u128(0xf0f0);
     let mut delete = op(forger, 1, now, "file_paths", Method::OwnedDelete);
     delete.uuid = Some(owned_row);
@@ -840,7 +563,7 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
     )
     .await;
     eventually(WAIT, "the forged delete is refused", || async {
-        rejected(&n, "not_owner") > not_owner
+        n.rejected("not_owner") > not_owner
     })
     .await;
     assert_eq!(

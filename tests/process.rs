@@ -2,12 +2,13 @@
 //! with `--no-mdns` and `--peer`, driven over HTTP; one is killed with SIGKILL right after
 //! an acknowledged write and restarted on its data dir.
 
-mod common;
-
 use std::time::Instant;
 
-use common::procs::*;
+use murmur_testkit::http::request;
+use murmur_testkit::procs::*;
 use serde_json::{Value as J, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -17,7 +18,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Reads `/v1/events` of a node and sends each changed row's uuid with its arrival time.
 fn follow_events(url: String, tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>) {
     tokio::spawn(async move {
-        let Ok(mut resp) = reqwest::get(url).await else {
+        // A client of its own: the cluster's has a timeout, and this stream lasts the test.
+        let events = request(&reqwest::Client::new(), reqwest::Method::GET, &url);
+        let Ok(mut resp) = events.send().await else {
             return;
         };
         let mut buf = String::new();
@@ -40,7 +43,7 @@ fn follow_events(url: String, tx: tokio::sync::mpsc::UnboundedSender<(String, In
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_converge_and_survive_sigkill() {
-    let mut c = Cluster::start(3).await;
+    let mut c = Cluster::start(BIN, 3).await;
     for i in 0..3 {
         poll("full mesh", || async { c.connected(i).await >= 2 }).await;
     }

@@ -1,12 +1,10 @@
 //! Swarm integration tests of the harder paths: a node offline during 10k writes, lost
 //! gossip, a stale client that needs a snapshot, a 100k-row owned batch, clock drift.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use murmur::store::{ManualClock, PhysicalClock};
+use murmur_testkit::*;
 use serde_json::{Value as J, json};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -184,14 +182,7 @@ async fn a_drifted_op_is_rejected_then_accepted_once_within_bounds() {
     let u = a.create_tag("from the future").await;
     let path = format!("/v1/shared/tags/{u}");
     eventually(CONVERGE, "b rejects the drifted op", || async {
-        b.node()
-            .metrics()
-            .ops_rejected
-            .get_or_create(&murmur::node::metrics::Reason {
-                reason: "drift".into(),
-            })
-            .get()
-            > 0
+        b.rejected("drift") > 0
     })
     .await;
     assert_eq!(b.get(&path).await.0, 404);

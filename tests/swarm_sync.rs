@@ -1,10 +1,8 @@
 //! Swarm integration tests: several nodes in one process, loopback, mDNS off.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use murmur_testkit::*;
 use serde_json::{Value as J, json};
 
 const CONVERGE: Duration = Duration::from_secs(30);

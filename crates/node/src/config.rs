@@ -116,6 +116,7 @@ pub struct Config {
     /// The physical clock (tests inject one).
     pub clock: PhysicalClock,
     /// Test only: the share of incoming gossip messages to drop (0.0 in real use).
+    #[cfg(feature = "fault-injection")]
     pub gossip_drop_rate: f64,
 }
 
@@ -140,6 +141,7 @@ impl Config {
             prune_interval: Duration::from_secs(30),
             durability: Durability::Full,
             clock: PhysicalClock::System,
+            #[cfg(feature = "fault-injection")]
             gossip_drop_rate: 0.0,
         }
     }

@@ -11,6 +11,7 @@
 //!   sends row events, counts what every commit did.
 //! - [`api`]: the HTTP API; [`status`]: the `/v1/status` document; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
+//! - `fault` (feature `fault-injection`, for tests only): faults injected into a running node.
 //!
 //! [`run`] is what `murmur run` calls; tests start nodes in-process with [`Node::start`].
 #![deny(missing_docs)]
@@ -18,6 +19,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod feed;
 pub mod identity;
 pub mod metrics;
@@ -28,7 +31,6 @@ pub mod sync;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use libp2p::{Multiaddr, PeerId};
@@ -61,7 +63,8 @@ pub struct Node {
     /// Stops the commit feed's consumer, once the API and the sync loop have stopped.
     feed_shutdown: watch::Sender<bool>,
     feed: JoinHandle<()>,
-    drop_rate: Arc<AtomicU64>,
+    #[cfg(feature = "fault-injection")]
+    faults: Arc<fault::FaultInjection>,
 }
 
 impl Node {
@@ -101,7 +104,8 @@ impl Node {
                 .context("cannot start the network")?;
 
         let metrics = Arc::new(Metrics::new());
-        let drop_rate = Arc::new(AtomicU64::new(config.gossip_drop_rate.to_bits()));
+        #[cfg(feature = "fault-injection")]
+        let faults = Arc::new(fault::FaultInjection::new(config.gossip_drop_rate));
         let (events, _) = broadcast::channel(EVENTS_CAP);
         let peers = PeerTable::default();
         let (feed_shutdown, feed_rx) = watch::channel(false);
@@ -125,7 +129,8 @@ impl Node {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
                 stale_after: config.stale_after,
-                gossip_drop_rate: drop_rate.clone(),
+                #[cfg(feature = "fault-injection")]
+                faults: faults.clone(),
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -174,7 +179,8 @@ impl Node {
             tasks,
             feed_shutdown,
             feed,
-            drop_rate,
+            #[cfg(feature = "fault-injection")]
+            faults,
         })
     }
 
@@ -249,9 +255,9 @@ impl Node {
     }
 
     /// Test only: drops this share of incoming gossip from now on (0.0 to stop).
+    #[cfg(feature = "fault-injection")]
     pub fn set_gossip_drop_rate(&self, rate: f64) {
-        self.drop_rate
-            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        self.faults.set_gossip_drop_rate(rate);
     }
 
     /// Dials a peer.

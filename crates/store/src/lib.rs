@@ -48,7 +48,6 @@ mod sql;
 #[doc(hidden)]
 pub mod statements;
 pub mod store;
-pub mod testkit;
 pub mod validate;
 pub mod value;
 pub mod wire;

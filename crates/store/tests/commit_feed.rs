@@ -1,15 +1,14 @@
 //! The commit feed: every committed change, whatever its origin, leaves the store as one
 //! `Commit`, in commit order, and none is lost when its consumer falls behind.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{changes, fields, store, tag};
 use murmur_store::{COMMIT_FEED_CAP, Change, Commit, Origin, SnapshotPosition};
+use murmur_testkit::ops::{changes, fields, tag};
+use murmur_testkit::store::store;
 use serde_json::json;
 use tokio::sync::mpsc;
 

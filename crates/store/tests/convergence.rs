@@ -5,11 +5,9 @@
 //! the failing seed. Replay one with `MURMUR_SEED=<seed> cargo test -p murmur-store --test
 //! convergence replay`.
 
-mod common;
-
-use common::*;
-use murmur_store::testkit::random_write;
 use murmur_store::{Change, Store};
+use murmur_testkit::random_write;
+use murmur_testkit::store::*;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

@@ -2,10 +2,9 @@
 //! deleted ones make it be recounted): after any mix of writes it must equal a recount of
 //! `file_paths` from scratch, on the writer and on a replica.
 
-mod common;
-
-use common::*;
 use murmur_store::Store;
+use murmur_testkit::ops::*;
+use murmur_testkit::store::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value as J, json};

@@ -6,10 +6,9 @@
 //! general path: the result is the same either way, and these tests check it against the
 //! author's state, down to the bytes of the row clocks.
 
-mod common;
-
-use common::*;
 use murmur_store::{BatchEntry, Change, Method, Op, Store, StoreError};
+use murmur_testkit::ops::*;
+use murmur_testkit::store::*;
 use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
@@ -232,14 +231,14 @@ async fn updates_of_rows_not_live_here_take_the_general_path() {
     b.apply(changes(&[x.ops.clone(), deleted.ops.clone()].concat()))
         .await
         .unwrap();
-    let rep = b.apply(changes(&[renamed.clone()])).await.unwrap();
+    let rep = b.apply(vec![Change::Op(renamed.clone())]).await.unwrap();
     assert_eq!((rep.applied, rep.in_place), (1, 0));
     assert_eq!(name_of(&b, ux).await, None, "still deleted");
 
     // D has nothing yet: an update before its create waits in the side tables too, and
     // the create that follows must merge with it (not be inserted in place over it).
     let (d, _dd) = store(4).await;
-    let rep = d.apply(changes(&[renamed.clone()])).await.unwrap();
+    let rep = d.apply(vec![Change::Op(renamed.clone())]).await.unwrap();
     assert_eq!((rep.applied, rep.in_place), (1, 0));
     let rep = d.apply(changes(&x.ops)).await.unwrap();
     assert_eq!(

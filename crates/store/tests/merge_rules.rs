@@ -1,11 +1,10 @@
 //! One test per merge rule, through the store (SQL included).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use murmur_store::{Change, RejectReason, StoreError};
+use murmur_testkit::ops::*;
+use murmur_testkit::store::*;
 use serde_json::json;
 
 #[tokio::test]

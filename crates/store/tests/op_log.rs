@@ -2,14 +2,13 @@
 //! of order), pruning through the middle of a chunk, and a log written one row per op by an
 //! earlier version, moved into chunks when the store opens.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
 use murmur_store::{
     BatchEntry, Change, Method, Op, OpId, OpsCursor, Store, StoreOptions, VersionVector,
 };
+use murmur_testkit::ops::*;
+use murmur_testkit::store::*;
 use sqlx::Row;
 use uuid::Uuid;
 

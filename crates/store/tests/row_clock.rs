@@ -2,10 +2,9 @@
 //! written before that (registers of live rows in `crdt_rows`/`crdt_props`, empty clocks) is
 //! converted when the store opens, with the same state and digest.
 
-mod common;
-
-use common::*;
 use murmur_store::{BatchEntry, Store, StoreOptions};
+use murmur_testkit::ops::*;
+use murmur_testkit::store::*;
 use serde_json::{Value as J, json};
 use sqlx::Row;
 use uuid::Uuid;
@@ -226,6 +225,6 @@ async fn a_library_of_a_newer_version_is_refused_at_open() {
     .await
     .unwrap();
     s.close().await;
-    let err = Store::open(opts()).await.err().expect("refused");
+    let err = Store::open(opts()).await.expect_err("refused");
     assert!(err.to_string().contains("9999"), "{err}");
 }

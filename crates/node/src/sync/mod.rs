@@ -31,7 +31,6 @@ pub mod serve;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
@@ -66,8 +65,9 @@ pub struct SyncOptions {
     pub prune_interval: Duration,
     /// When a client counts as stale.
     pub stale_after: Duration,
-    /// Test only: share of incoming gossip to drop (f64 bits; changeable at run time).
-    pub gossip_drop_rate: Arc<AtomicU64>,
+    /// Test only: faults to inject (changeable at run time).
+    #[cfg(feature = "fault-injection")]
+    pub faults: Arc<crate::fault::FaultInjection>,
 }
 
 /// The sync actor.
@@ -215,8 +215,8 @@ impl SyncLoop {
         pending: &mut Vec<(PeerId, Vec<Op>)>,
     ) {
         self.metrics.gossip_received.inc();
-        let drop_rate = f64::from_bits(self.options.gossip_drop_rate.load(Ordering::Relaxed));
-        if drop_rate > 0.0 && rand::random::<f64>() < drop_rate {
+        #[cfg(feature = "fault-injection")]
+        if self.options.faults.drop_gossip() {
             self.metrics.gossip_dropped.inc();
             self.net
                 .report_validation(message_id, propagation_source, Acceptance::Ignore)

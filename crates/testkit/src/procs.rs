@@ -1,16 +1,23 @@
-//! Helpers for process tests: `murmur run` processes on 127.0.0.1 (mDNS off, explicit
-//! peers), driven over HTTP, killed with SIGKILL and restarted on their data dirs.
+//! `murmur run` processes on 127.0.0.1 (mDNS off, explicit peers), driven over HTTP, killed
+//! with SIGKILL and restarted on their data dirs. The binary's path is the caller's: an
+//! integration test passes `env!("CARGO_BIN_EXE_murmur")`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::Value as J;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_murmur");
+use crate::http;
+use crate::node::write_secret;
+use crate::wait::eventually;
+
+/// How long [`poll`] waits.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A TCP port free on 127.0.0.1 when asked.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -18,21 +25,32 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// One `murmur run` process and what it needs to start again.
 pub struct Proc {
+    /// The `murmur` binary.
+    pub bin: PathBuf,
+    /// The running process, if any.
     pub child: Option<Child>,
+    /// Its data dir.
     pub data: PathBuf,
+    /// Its API port.
     pub api: u16,
+    /// Its libp2p port.
     pub p2p: u16,
+    /// libp2p ports of the nodes it dials.
     pub peers: Vec<u16>,
+    /// The library secret file.
     pub secret: PathBuf,
+    /// Where its stdout and stderr go (appended across restarts).
     pub log: PathBuf,
     /// Extra `murmur run` arguments.
     pub args: Vec<String>,
 }
 
 impl Proc {
+    /// Starts the process.
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&self.data)
@@ -57,6 +75,7 @@ impl Proc {
         self.child = Some(cmd.spawn().expect("spawn murmur"));
     }
 
+    /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             // Child::kill sends SIGKILL on Unix.
@@ -65,6 +84,7 @@ impl Proc {
         }
     }
 
+    /// The URL of `path` on its API.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api)
     }
@@ -76,31 +96,32 @@ impl Drop for Proc {
     }
 }
 
+/// Processes of one library in one temp dir (data dirs, logs, the secret).
 pub struct Cluster {
+    /// The processes.
     pub procs: Vec<Proc>,
+    /// The temp dir that holds everything.
     pub dir: tempfile::TempDir,
+    /// The HTTP client of the calls (10 s timeout).
     pub http: reqwest::Client,
 }
 
 impl Cluster {
-    pub async fn start(n: usize) -> Cluster {
-        Self::start_with(n, |_| Vec::new()).await
+    /// Starts `n` processes of `bin`; each dials the ones before it.
+    pub async fn start(bin: &str, n: usize) -> Cluster {
+        Self::start_with(bin, n, |_| Vec::new()).await
     }
 
     /// Starts `n` nodes; node i gets the extra arguments `args(i)`; each dials the ones before it.
-    pub async fn start_with(n: usize, args: impl Fn(usize) -> Vec<String>) -> Cluster {
+    pub async fn start_with(bin: &str, n: usize, args: impl Fn(usize) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("library.key");
-        let key: [u8; 32] = rand::random();
-        std::fs::write(
-            &secret,
-            key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        )
-        .expect("secret");
+        write_secret(&secret);
         let mut procs: Vec<Proc> = Vec::new();
         for i in 0..n {
             let peers = procs.iter().map(|p| p.p2p).collect();
             let mut p = Proc {
+                bin: PathBuf::from(bin),
                 child: None,
                 data: dir.path().join(format!("n{i}")),
                 api: free_port(),
@@ -127,39 +148,38 @@ impl Cluster {
         c
     }
 
+    /// A request to node `i`'s API at `path`, for calls the methods below do not make.
+    pub fn request(&self, method: Method, i: usize, path: &str) -> reqwest::RequestBuilder {
+        http::request(&self.http, method, &self.procs[i].url(path))
+    }
+
+    /// Waits until node `i` answers `/v1/health`.
     pub async fn wait_healthy(&self, i: usize) {
-        let url = self.procs[i].url("/v1/health");
         poll(
             &format!("node {i} healthy ({})", self.procs[i].log.display()),
             || async {
-                matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success())
+                matches!(self.request(Method::GET, i, "/v1/health").send().await,
+                    Ok(r) if r.status().is_success())
             },
         )
         .await;
     }
 
+    /// `GET path` on node `i`: the status and JSON body, `(0, null)` when it does not answer.
     pub async fn get(&self, i: usize, path: &str) -> (u16, J) {
-        match self.http.get(self.procs[i].url(path)).send().await {
-            Ok(r) => {
-                let s = r.status().as_u16();
-                (s, r.json().await.unwrap_or(J::Null))
-            }
-            Err(_) => (0, J::Null),
-        }
-    }
-
-    pub async fn post(&self, i: usize, path: &str, body: J) -> (u16, J) {
-        let r = self
-            .http
-            .post(self.procs[i].url(path))
-            .json(&body)
-            .send()
+        http::send(self.request(Method::GET, i, path), None)
             .await
-            .expect("request");
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(J::Null))
+            .unwrap_or((0, J::Null))
     }
 
+    /// `POST path` with a JSON body on node `i`.
+    pub async fn post(&self, i: usize, path: &str, body: J) -> (u16, J) {
+        http::send(self.request(Method::POST, i, path), Some(&body))
+            .await
+            .expect("request")
+    }
+
+    /// How many peers node `i` is connected to.
     pub async fn connected(&self, i: usize) -> usize {
         let (_, st) = self.get(i, "/v1/status").await;
         st["peers"]
@@ -168,6 +188,7 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Whether every node answers the same digest.
     pub async fn digests_equal(&self) -> bool {
         let mut ds = Vec::new();
         for i in 0..self.procs.len() {
@@ -177,16 +198,13 @@ impl Cluster {
     }
 }
 
-pub async fn poll<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it returns true; panics with `what` after [`DEADLINE`].
+pub async fn poll<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(DEADLINE, what, check).await
 }
 
 impl Drop for Cluster {

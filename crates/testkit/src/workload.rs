@@ -2,23 +2,16 @@
 //! default library (creates, updates, deletes, relations, owned batches and deletes), built
 //! on the rows the store holds so that writes land on rows other replicas made.
 
+use murmur_store::{Change, Store};
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use serde_json::{Map, Value as J, json};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::op::Change;
-use crate::store::Store;
+use crate::ops::fields;
 
 const CAS: [&str; 4] = ["cas-a", "cas-b", "cas-c", "cas-d"];
-
-fn fields(v: J) -> Map<String, J> {
-    match v {
-        J::Object(m) => m,
-        _ => Map::new(),
-    }
-}
 
 async fn some_row(s: &Store, resource: &str, rng: &mut StdRng, own: bool) -> Option<Uuid> {
     let owner = own.then(|| s.client());

@@ -1,26 +1,33 @@
-//! Helpers for the swarm integration tests: nodes in one process on loopback, mDNS off,
-//! explicit connections, and waiting on conditions with deadlines (never fixed sleeps).
-#![allow(dead_code)]
+//! A node in this process ([`TestNode`]) on loopback with mDNS off, its library secret and
+//! test config, its API calls, and waits on what a set of nodes agrees on.
 
-pub mod procs;
-
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use murmur::node::{Config, Node};
+use murmur_node::identity::LibrarySecret;
+use murmur_node::{Config, Node};
+use murmur_p2p::Multiaddr;
 use serde_json::{Value as J, json};
 use tempfile::TempDir;
 
+use crate::http;
+use crate::wait::eventually;
+
 /// A node and its data dir.
 pub struct TestNode {
+    /// The running node; `None` between [`TestNode::stop`] and a restart.
     pub node: Option<Node>,
+    /// The temp dir that holds its data dir (`data`), kept across restarts.
     pub dir: TempDir,
+    /// Its library secret file.
     pub secret: PathBuf,
+    /// Its API's base URL (`http://127.0.0.1:<port>`).
     pub api: String,
+    /// The HTTP client of its API calls.
     pub http: reqwest::Client,
 }
 
+/// Sends the tracing of the tests to the test writer, at `MURMUR_LOG` (default `warn`).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -31,27 +38,36 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Writes a fresh library secret to `path`.
+pub fn write_secret(path: &Path) {
+    std::fs::write(path, LibrarySecret::generate().to_hex()).expect("write secret");
+}
+
 /// A fresh library secret file in its own temp dir.
 pub fn secret_file() -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("library.key");
-    let secret: [u8; 32] = rand::random();
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, hex).expect("write secret");
+    write_secret(&path);
     (dir, path)
 }
 
-/// Config for a test node: loopback, mDNS off, fast heartbeats.
+/// Config for a test node in `dir`: loopback, mDNS off, fast heartbeats.
 pub fn config(dir: &TempDir, secret: &Path) -> Config {
-    let mut c = Config::local(dir.path().join("data"));
+    config_at(&dir.path().join("data"), secret)
+}
+
+/// [`config`] for the data dir `data`.
+pub fn config_at(data: &Path, secret: &Path) -> Config {
+    let mut c = Config::local(data);
     c.library_secret_file = Some(secret.to_path_buf());
     c.versions_interval = Duration::from_millis(300);
     c.prune_interval = Duration::from_millis(500);
-    c.durability = murmur::store::Durability::Normal;
+    c.durability = murmur_store::Durability::Normal;
     c
 }
 
 impl TestNode {
+    /// Starts a node with `config`, whose data dir is in `dir`.
     pub async fn start(config: Config, dir: TempDir, secret: PathBuf) -> TestNode {
         let node = Node::start(config).await.expect("node starts");
         let api = format!("http://{}", node.api_addr());
@@ -64,10 +80,12 @@ impl TestNode {
         }
     }
 
+    /// A node of the library `secret` with the test [`config`].
     pub async fn new(secret: &Path) -> TestNode {
         Self::new_with(secret, |_| {}).await
     }
 
+    /// [`TestNode::new`] with the config changed by `tweak`.
     pub async fn new_with(secret: &Path, tweak: impl FnOnce(&mut Config)) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut c = config(&dir, secret);
@@ -75,6 +93,7 @@ impl TestNode {
         Self::start(c, dir, secret.to_path_buf()).await
     }
 
+    /// The running node.
     pub fn node(&self) -> &Node {
         self.node.as_ref().expect("node is running")
     }
@@ -96,7 +115,8 @@ impl TestNode {
         self.node = Some(node);
     }
 
-    pub async fn addr(&self) -> murmur::p2p::Multiaddr {
+    /// Its first listen address, once it listens.
+    pub async fn addr(&self) -> Multiaddr {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(a) = self.node().listen_addrs().await.into_iter().next() {
@@ -110,33 +130,39 @@ impl TestNode {
         }
     }
 
+    /// Dials `other`.
     pub async fn connect(&self, other: &TestNode) {
         self.node().dial(other.addr().await).await.expect("dial");
     }
 
-    /// One API call; returns the status and the JSON body (null when there is none).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<J>) -> (u16, J) {
-        let mut req = self.http.request(method, format!("{}{path}", self.api));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(J::Null))
+    /// A request to its API at `path`, for calls that [`TestNode::call`] does not make.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        http::request(&self.http, method, &format!("{}{path}", self.api))
     }
 
+    /// One API call; returns the status and the JSON body (null when there is none).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<J>) -> (u16, J) {
+        http::send(self.request(method, path), body.as_ref())
+            .await
+            .expect("request")
+    }
+
+    /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: J) -> (u16, J) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// `PATCH path` with a JSON body.
     pub async fn patch(&self, path: &str, body: J) -> (u16, J) {
         self.call(reqwest::Method::PATCH, path, Some(body)).await
     }
 
+    /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> (u16, J) {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// `GET path`.
     pub async fn get(&self, path: &str) -> (u16, J) {
         self.call(reqwest::Method::GET, path, None).await
     }
@@ -150,26 +176,20 @@ impl TestNode {
         body["uuid"].as_str().expect("uuid").to_owned()
     }
 
+    /// The digest of its store.
     pub async fn digest(&self) -> String {
         self.node().store().digest().await.expect("digest").digest
     }
-}
 
-/// Polls `check` until it returns true or `timeout` passes (then panics with `what`).
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    /// How many ops it rejected for `reason` (the `ops_rejected` metric).
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.node()
+            .metrics()
+            .ops_rejected
+            .get_or_create(&murmur_node::metrics::Reason {
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 }
 

@@ -1,53 +1,41 @@
-//! Helpers shared by the store's tests.
-#![allow(dead_code)]
+//! Stores for the store's own tests: one in a temp dir, a manual physical clock, and
+//! everything a store holds read back as changes.
 
 use std::time::Duration;
 
-use murmur_store::{Change, ManualClock, Op, PhysicalClock, Store, StoreOptions};
-use serde_json::{Map, Value as J, json};
+use murmur_store::{
+    Change, Durability, ManualClock, OpsCursor, PhysicalClock, Store, StoreOptions, VersionVector,
+};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-/// A store in a temp dir (kept alive by the returned TempDir).
+/// A store of client `n` in a temp dir (kept alive by the returned TempDir).
 pub async fn store(n: u128) -> (Store, TempDir) {
     store_with(n, PhysicalClock::System).await
 }
 
+/// [`store`] on the physical clock `clock`.
 pub async fn store_with(n: u128, clock: PhysicalClock) -> (Store, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut o = StoreOptions::new(dir.path().join("lib.db"), Uuid::from_u128(n));
     o.clock = clock;
     o.max_drift = Duration::from_millis(100);
-    o.durability = murmur_store::Durability::Normal;
+    o.durability = Durability::Normal;
     (Store::open(o).await.expect("open store"), dir)
 }
 
+/// A manual physical clock.
 pub fn manual() -> ManualClock {
     ManualClock::new().expect("a free manual clock slot")
-}
-
-pub fn fields(v: J) -> Map<String, J> {
-    match v {
-        J::Object(m) => m,
-        _ => panic!("fields must be an object"),
-    }
-}
-
-pub fn tag(name: &str) -> Map<String, J> {
-    fields(json!({"name": name, "color": "red"}))
-}
-
-pub fn changes(ops: &[Op]) -> Vec<Change> {
-    ops.iter().cloned().map(Change::Op).collect()
 }
 
 /// Every op a store authored or holds, in (author, seq) order, with owned batches expanded.
 pub async fn all_changes(s: &Store) -> Vec<Change> {
     let mut out = Vec::new();
-    let mut cursor = murmur_store::OpsCursor::default();
+    let mut cursor = OpsCursor::default();
     loop {
         let page = s
-            .ops_since(&murmur_store::VersionVector::default(), &cursor, 1000)
+            .ops_since(&VersionVector::default(), &cursor, 1000)
             .await
             .expect("ops_since");
         out.extend(page.changes);
