@@ -1011,6 +1011,12 @@ fn secret_file() -> Res<(tempfile::TempDir, PathBuf, [u8; 32])> {
     let secret: [u8; 32] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&path, hex)?;
+    // The node refuses a secret file that others may read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
     Ok((dir, path, secret))
 }
 

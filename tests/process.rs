@@ -15,9 +15,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Reads `/v1/events` of a node and sends each changed row's uuid with its arrival time.
-fn follow_events(url: String, tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>) {
+fn follow_events(
+    http: reqwest::Client,
+    url: String,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
+) {
     tokio::spawn(async move {
-        let Ok(mut resp) = reqwest::get(url).await else {
+        let Ok(mut resp) = http.get(url).send().await else {
             return;
         };
         let mut buf = String::new();
@@ -63,8 +67,16 @@ async fn three_processes_converge_and_survive_sigkill() {
 
     // Write-to-visible latency across the 3 processes, from /v1/events of nodes 1 and 2.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    follow_events(c.procs[1].url("/v1/events"), tx.clone());
-    follow_events(c.procs[2].url("/v1/events"), tx);
+    follow_events(
+        c.procs[1].streaming_client(),
+        c.procs[1].url("/v1/events"),
+        tx.clone(),
+    );
+    follow_events(
+        c.procs[2].streaming_client(),
+        c.procs[2].url("/v1/events"),
+        tx,
+    );
     // Let both streams attach before measuring (the first event proves it).
     let (_, warm) = c
         .post(0, "/v1/shared/tags", json!({"name": "warm-up"}))

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as J;
 
+use super::{client_with_token, random_hex, write_private};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -28,6 +30,8 @@ pub struct Proc {
     pub log: PathBuf,
     /// Extra `murmur run` arguments.
     pub args: Vec<String>,
+    /// The API token file (the cluster's nodes share one token).
+    pub token_file: PathBuf,
 }
 
 impl Proc {
@@ -40,7 +44,9 @@ impl Proc {
             .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", self.p2p)])
             .arg("--no-mdns")
             .arg("--library-secret-file")
-            .arg(&self.secret);
+            .arg(&self.secret)
+            .arg("--api-token-file")
+            .arg(&self.token_file);
         for p in &self.peers {
             cmd.args(["--peer", &format!("/ip4/127.0.0.1/tcp/{p}")]);
         }
@@ -63,6 +69,12 @@ impl Proc {
             c.kill().expect("SIGKILL");
             let _ = c.wait();
         }
+    }
+
+    /// An HTTP client with this node's API token and no timeout (for `/v1/events`).
+    pub fn streaming_client(&self) -> reqwest::Client {
+        let token = std::fs::read_to_string(&self.token_file).expect("token file");
+        client_with_token(token.trim()).build().expect("client")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -91,12 +103,10 @@ impl Cluster {
     pub async fn start_with(n: usize, args: impl Fn(usize) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("library.key");
-        let key: [u8; 32] = rand::random();
-        std::fs::write(
-            &secret,
-            key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        )
-        .expect("secret");
+        write_private(&secret, &random_hex());
+        let token = random_hex();
+        let token_file = dir.path().join("api.token");
+        write_private(&token_file, &token);
         let mut procs: Vec<Proc> = Vec::new();
         for i in 0..n {
             let peers = procs.iter().map(|p| p.p2p).collect();
@@ -109,6 +119,7 @@ impl Cluster {
                 secret: secret.clone(),
                 log: dir.path().join(format!("n{i}.log")),
                 args: args(i),
+                token_file: token_file.clone(),
             };
             p.spawn();
             procs.push(p);
@@ -116,7 +127,7 @@ impl Cluster {
         let c = Cluster {
             procs,
             dir,
-            http: reqwest::Client::builder()
+            http: client_with_token(&token)
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),

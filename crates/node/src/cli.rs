@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use serde_json::Value as J;
 
 use crate::config::ClientArgs;
+use crate::token::{ApiToken, TOKEN_FILE};
 
 fn url(api: &str, path: &str) -> String {
     if api.starts_with("http://") || api.starts_with("https://") {
@@ -13,20 +14,35 @@ fn url(api: &str, path: &str) -> String {
     }
 }
 
+/// The node's API token: `--api-token-file`, else `<data-dir>/api.token`.
+fn token(args: &ClientArgs) -> anyhow::Result<ApiToken> {
+    let path = args
+        .api_token_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(TOKEN_FILE));
+    ApiToken::read(&path).with_context(|| {
+        format!(
+            "cannot use the API token {}: pass the node's --data-dir, or --api-token-file              (MURMUR_API_TOKEN_FILE) naming a copy of its api.token",
+            path.display()
+        )
+    })
+}
+
 async fn get(args: &ClientArgs, path: &str) -> anyhow::Result<J> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()?;
-    let resp = client
-        .get(url(&args.api, path))
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "no murmur node answers at {} (is `murmur run` running? see --api)",
-                args.api
-            )
-        })?;
+    let mut req = client.get(url(&args.api, path));
+    // Health is the one call without a token (so that a container healthcheck needs none).
+    if path != "/v1/health" {
+        req = req.bearer_auth(token(args)?.as_str());
+    }
+    let resp = req.send().await.with_context(|| {
+        format!(
+            "no murmur node answers at {} (is `murmur run` running? see --api)",
+            args.api
+        )
+    })?;
     let status = resp.status();
     let body: J = resp
         .json()

@@ -3,10 +3,12 @@
 //! # Layout
 //!
 //! - [`config`]: the command line and [`Config`].
-//! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret.
+//! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret;
+//!   [`files`]: owner-only files (0700/0600); [`token`]: the API token.
 //! - [`protocol`]: gossip and request-response messages.
 //! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning).
-//! - [`api`]: the HTTP API; [`status`]: `/v1/status`; [`metrics`]: Prometheus.
+//! - [`api`]: the HTTP API; [`guard`]: its defences (token, Host, JSON only, bounds);
+//!   [`status`]: `/v1/status`; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
 //!
 //! [`run`] is what `murmur run` calls; tests start nodes in-process with [`Node::start`].
@@ -15,11 +17,14 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod files;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod protocol;
 pub mod status;
 pub mod sync;
+pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,9 +41,10 @@ use uuid::Uuid;
 
 pub use config::Config;
 
-use crate::identity::{client_uuid, open_data_dir};
+use crate::identity::{Join, LibrarySecret, client_uuid, open_data_dir_joining};
 use crate::metrics::Metrics;
 use crate::sync::{Shared, SyncHandle, SyncLoop, SyncOptions};
+use crate::token::{ApiToken, TOKEN_FILE};
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
 const EVENTS_CAP: usize = 4096;
@@ -51,6 +57,7 @@ pub struct Node {
     metrics: Arc<Metrics>,
     events: broadcast::Sender<RowEvent>,
     api_addr: SocketAddr,
+    api_token: ApiToken,
     library_id: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -60,7 +67,28 @@ pub struct Node {
 impl Node {
     /// Opens the data dir and the store, starts the swarm, the sync loop and the API.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
-        let dir = open_data_dir(&config.data_dir, config.library_secret_file.as_deref())?;
+        let join = match (&config.library_secret, &config.library_secret_file) {
+            (Some(s), _) => Some(Join {
+                secret: s.clone(),
+                from: "MURMUR_LIBRARY_SECRET".into(),
+            }),
+            (None, Some(f)) => Some(Join {
+                secret: LibrarySecret::read(f)?,
+                from: f.display().to_string(),
+            }),
+            (None, None) => None,
+        };
+        let dir = open_data_dir_joining(&config.data_dir, join)?;
+        let token_file = config
+            .api_options
+            .token_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join(TOKEN_FILE));
+        let (api_token, new_token) =
+            ApiToken::load_or_create(&token_file).context("cannot use the API token")?;
+        if new_token {
+            info!(token_file = %token_file.display(), "created the API token; programs send it as `Authorization: Bearer <token>`");
+        }
         let peer_id = dir.keypair.public().to_peer_id();
         let client = client_uuid(&peer_id);
         let library_id = dir.secret.library_id();
@@ -129,13 +157,14 @@ impl Node {
                 library_id: library_id.clone(),
                 stale_after: config.stale_after,
             }),
+            max_rows: config.api_options.max_rows,
         };
         let listener = tokio::net::TcpListener::bind(config.api)
             .await
             .with_context(|| format!("cannot listen for the API on {}", config.api))?;
         let api_addr = listener.local_addr()?;
         let mut rx = shutdown_rx;
-        let app = api::router(state);
+        let app = guard::protect(api::router(state), api_token.clone(), &config.api_options)?;
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = rx.changed().await;
@@ -152,6 +181,7 @@ impl Node {
             metrics,
             events,
             api_addr,
+            api_token,
             library_id,
             shutdown,
             tasks,
@@ -168,6 +198,11 @@ impl Node {
     /// The API's address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The API token: programs send it as `Authorization: Bearer <token>`.
+    pub fn api_token(&self) -> &str {
+        self.api_token.as_str()
     }
 
     /// The client UUID.
