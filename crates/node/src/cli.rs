@@ -22,7 +22,7 @@ fn token(args: &ClientArgs) -> anyhow::Result<ApiToken> {
         .unwrap_or_else(|| args.data_dir.join(TOKEN_FILE));
     ApiToken::read(&path).with_context(|| {
         format!(
-            "cannot use the API token {}: pass the node's --data-dir, or --api-token-file              (MURMUR_API_TOKEN_FILE) naming a copy of its api.token",
+            "cannot use the API token {}: pass the node's --data-dir, or --api-token-file (MURMUR_API_TOKEN_FILE) naming a copy of its api.token",
             path.display()
         )
     })

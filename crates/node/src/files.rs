@@ -29,27 +29,27 @@ pub enum FileError {
         mode: u32,
     },
     /// Reading failed.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {io}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not a `source` as well).
+        io: std::io::Error,
     },
     /// Writing (or narrowing the mode) failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {io}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not a `source` as well).
+        io: std::io::Error,
     },
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
-    move |source| FileError::Write {
+    move |io| FileError::Write {
         path: path.to_owned(),
-        source,
+        io,
     }
 }
 
@@ -80,10 +80,10 @@ pub fn narrow(path: &Path, mode: u32) -> Result<(), FileError> {
         let meta = match fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
+            Err(io) => {
                 return Err(FileError::Read {
                     path: path.to_owned(),
-                    source,
+                    io,
                 });
             }
         };
@@ -115,9 +115,9 @@ pub fn create_private_if_missing(path: &Path) -> Result<(), FileError> {
     match opts.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(FileError::Write {
+        Err(io) => Err(FileError::Write {
             path: path.to_owned(),
-            source,
+            io,
         }),
     }
 }
@@ -150,9 +150,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 
 /// Reads a secret file, refusing it when group or others may access it.
 pub fn read_private(path: &Path) -> Result<Vec<u8>, FileError> {
-    let read_err = |source| FileError::Read {
+    let read_err = |io| FileError::Read {
         path: path.to_owned(),
-        source,
+        io,
     };
     let mut f = fs::File::open(path).map_err(read_err)?;
     #[cfg(unix)]
