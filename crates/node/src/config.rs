@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a running node's status: identity, library, peers, sync progress.
     Status(ClientArgs),
     /// List a running node's peers (the client pool).
