@@ -672,3 +672,60 @@ async fn a_secret_others_may_read_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_token_by_itself() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let n = TestNode::new(&secret).await;
+    let api = n.node().api_addr().to_string();
+    let data = n.dir.path().join("data");
+    let cli = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+                .args(&args)
+                .env_remove("MURMUR_DATA_DIR")
+                .env_remove("MURMUR_API_TOKEN_FILE")
+                .env("RUST_BACKTRACE", "0")
+                .output()
+                .expect("run murmur");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // From the node's data dir.
+    let data_s = data.display().to_string();
+    let (ok, out) = cli(s(&["digest", "--api", &api, "--data-dir", &data_s]))
+        .await
+        .unwrap();
+    assert!(ok && out.contains("rows"), "{out}");
+    // From a copy of the token file.
+    let copy = n.dir.path().join("copy.token");
+    write_private(&copy, n.node().api_token());
+    let copy_s = copy.display().to_string();
+    let (ok, out) = cli(s(&["status", "--api", &api, "--api-token-file", &copy_s]))
+        .await
+        .unwrap();
+    assert!(ok && out.contains(&n.node().peer_id().to_string()), "{out}");
+    // Without one: says where it looked and what to pass; health needs none.
+    let empty = tempfile::tempdir().unwrap();
+    let empty_s = empty.path().display().to_string();
+    let (ok, out) = cli(s(&["peers", "--api", &api, "--data-dir", &empty_s]))
+        .await
+        .unwrap();
+    assert!(!ok && out.contains("--api-token-file"), "{out}");
+    let (ok, out) = cli(s(&["health", "--api", &api, "--data-dir", &empty_s]))
+        .await
+        .unwrap();
+    assert!(ok, "{out}");
+    // A wrong token: the node's 401 message.
+    write_private(&copy, &random_hex());
+    let (ok, out) = cli(s(&["status", "--api", &api, "--api-token-file", &copy_s]))
+        .await
+        .unwrap();
+    assert!(!ok && out.contains("401"), "{out}");
+}
