@@ -8,9 +8,21 @@ use crate::token::{ApiToken, TOKEN_FILE};
 
 fn url(api: &str, path: &str) -> String {
     if api.starts_with("http://") || api.starts_with("https://") {
-        format!("{}{path}", api.trim_end_matches('/'))
-    } else {
-        format!("http://{api}{path}")
+        return format!("{}{path}", api.trim_end_matches('/'));
+    }
+    // A node listening on 0.0.0.0 (as in a container, where MURMUR_API=0.0.0.0:7700 is
+    // also what this command reads) is reached on loopback: the API answers only requests
+    // addressed to a loopback Host.
+    match api.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            a.set_ip(if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+            format!("http://{a}{path}")
+        }
+        _ => format!("http://{api}{path}"),
     }
 }
 
@@ -228,6 +240,15 @@ pub async fn health(args: &ClientArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unspecified_address_is_reached_on_loopback() {
+        assert_eq!(url("0.0.0.0:7700", "/x"), "http://127.0.0.1:7700/x");
+        assert_eq!(url("[::]:7700", "/x"), "http://[::1]:7700/x");
+        assert_eq!(url("127.0.0.1:7701", "/x"), "http://127.0.0.1:7701/x");
+        assert_eq!(url("localhost:7701", "/x"), "http://localhost:7701/x");
+        assert_eq!(url("http://h:1/", "/x"), "http://h:1/x");
+    }
 
     #[test]
     fn tables_align() {
