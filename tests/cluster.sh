@@ -216,8 +216,10 @@ MESH_WARNINGS=0
 show_peers() {
   local n
   for n in 1 2 3; do
+    # As the README has it: no --api (the container's MURMUR_API, 0.0.0.0:7700, is reached
+    # on loopback), no token option (read from the container's /data/api.token).
     echo "-- node$n: murmur peers (run in its container)"
-    docker exec "${CID[$n]}" /murmur peers --api 127.0.0.1:7700
+    docker exec "${CID[$n]}" /murmur peers
   done
 }
 
