@@ -862,7 +862,7 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
         report
             .rejected
             .iter()
-            .any(|(_, r, _)| *r == RejectReason::NotOwner),
+            .any(|(_, r)| r.reason == RejectReason::NotOwner),
         "{report:?}"
     );
 

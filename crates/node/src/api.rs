@@ -21,7 +21,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::status::StatusSource;
+use crate::status::{Status, StatusSource};
 use crate::sync::SyncHandle;
 
 pub use crate::guard::BODY_LIMIT;
@@ -172,7 +172,7 @@ async fn health() -> Json<J> {
     Json(json!({"status": "ok"}))
 }
 
-async fn status(State(s): State<AppState>) -> ApiResult<Json<J>> {
+async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
     Ok(Json(s.status.status().await?))
 }
 

@@ -1,10 +1,12 @@
 //! The subcommands that talk to a running node's API and print readable tables.
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value as J;
 
 use crate::config::ClientArgs;
 use crate::token::{ApiToken, TOKEN_FILE};
+use crate::status::Status;
 
 fn url(api: &str, path: &str) -> String {
     if api.starts_with("http://") || api.starts_with("https://") {
@@ -74,15 +76,6 @@ fn s(v: &J) -> String {
     }
 }
 
-fn short(v: &J, n: usize) -> String {
-    let t = s(v);
-    if t.len() > n {
-        format!("{}…", &t[..n])
-    } else {
-        t
-    }
-}
-
 /// Prints rows as an aligned table.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -110,34 +103,44 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn peer_rows(status: &J) -> Vec<Vec<String>> {
-    status["peers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    vec![
-                        short(&p["client_uuid"], 8),
-                        short(&p["peer_id"], 16),
-                        if p["connected"].as_bool() == Some(true) {
-                            "yes".into()
-                        } else {
-                            "no".into()
-                        },
-                        s(&p["discovery"]),
-                        s(&p["address"]),
-                        s(&p["last_seen"]),
-                        s(&p["last_synchronized"]),
-                        if p["stale"].as_bool() == Some(true) {
-                            "stale".into()
-                        } else {
-                            "".into()
-                        },
-                    ]
-                })
-                .collect()
+/// A time as the JSON spells it (RFC 3339, UTC as `Z`), or `-`.
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".into(),
+        |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    )
+}
+
+/// A text, or `-`.
+fn text(t: Option<&str>) -> String {
+    t.unwrap_or("-").to_owned()
+}
+
+/// The first `n` characters of `t`, with an ellipsis if there were more.
+fn cut(t: &str, n: usize) -> String {
+    match t.char_indices().nth(n) {
+        Some((end, _)) => format!("{}…", &t[..end]),
+        None => t.to_owned(),
+    }
+}
+
+fn peer_rows(status: &Status) -> Vec<Vec<String>> {
+    status
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                cut(&p.client_uuid.to_string(), 8),
+                cut(&text(p.peer_id.as_deref()), 16),
+                if p.connected { "yes" } else { "no" }.into(),
+                text(p.discovery.as_deref()),
+                text(p.address.as_deref()),
+                when(p.last_seen),
+                when(p.last_synchronized),
+                if p.stale { "stale" } else { "" }.into(),
+            ]
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 const PEER_HEADERS: [&str; 8] = [
@@ -151,63 +154,66 @@ const PEER_HEADERS: [&str; 8] = [
     "",
 ];
 
+/// The node's `/v1/status`.
+async fn get_status(args: &ClientArgs) -> anyhow::Result<Status> {
+    serde_json::from_value(get(args, "/v1/status").await?)
+        .context("the node's status is not the document this murmur reads")
+}
+
 /// `murmur status`.
 pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
-    let st = get(args, "/v1/status").await?;
+    let st = get_status(args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
-    println!("client      {}", s(&st["client_uuid"]));
-    println!("peer id     {}", s(&st["peer_id"]));
-    println!("library     {}", s(&st["library_id"]));
-    let listen: Vec<String> = st["listen_addrs"]
-        .as_array()
-        .map(|a| a.iter().map(s).collect())
-        .unwrap_or_default();
-    println!("listening   {}", listen.join(", "));
-    println!(
-        "op log      {} pending operations",
-        s(&st["pending_operations"])
+    print!("{}", status_text(&st));
+    Ok(())
+}
+
+/// What `murmur status` prints.
+fn status_text(st: &Status) -> String {
+    let mut out = String::new();
+    out += &format!("client      {}\n", st.client_uuid);
+    out += &format!("peer id     {}\n", st.peer_id);
+    out += &format!("library     {}\n", st.library_id);
+    out += &format!("listening   {}\n", st.listen_addrs.join(", "));
+    out += &format!("op log      {} pending operations\n", st.pending_operations);
+    let connected = st.peers.iter().filter(|p| p.connected).count();
+    out += &format!(
+        "peers       {connected} connected, {} known\n",
+        st.peers.len()
     );
-    let connected = st["peers"]
-        .as_array()
-        .map(|a| a.iter().filter(|p| p["connected"] == J::Bool(true)).count())
-        .unwrap_or(0);
-    println!(
-        "peers       {connected} connected, {} known",
-        st["peers"].as_array().map_or(0, Vec::len)
-    );
-    if let Some(p) = st["progress"].as_array().filter(|p| !p.is_empty()) {
-        println!();
-        let rows: Vec<Vec<String>> = p
+    if !st.progress.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = st
+            .progress
             .iter()
             .map(|w| {
-                let done = w["done"].as_u64().unwrap_or(0);
-                let total = w["total"].as_u64().unwrap_or(0).max(1);
+                let total = w.total.max(1);
                 vec![
-                    s(&w["kind"]),
-                    short(&w["peer_id"], 16),
-                    format!("{done}/{total}"),
-                    format!("{:.0}%", done as f64 * 100.0 / total as f64),
+                    w.kind.as_str().to_owned(),
+                    cut(&w.peer_id, 16),
+                    format!("{}/{total}", w.done),
+                    format!("{:.0}%", w.done as f64 * 100.0 / total as f64),
                 ]
             })
             .collect();
-        print!("{}", table(&["WORK", "PEER", "DONE", ""], &rows));
+        out += &table(&["WORK", "PEER", "DONE", ""], &rows);
     }
-    let rows = peer_rows(&st);
+    let rows = peer_rows(st);
     if !rows.is_empty() {
-        println!();
-        print!("{}", table(&PEER_HEADERS, &rows));
+        out.push('\n');
+        out += &table(&PEER_HEADERS, &rows);
     }
-    Ok(())
+    out
 }
 
 /// `murmur peers`.
 pub async fn peers(args: &ClientArgs) -> anyhow::Result<()> {
-    let st = get(args, "/v1/status").await?;
+    let st = get_status(args).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st["peers"])?);
+        println!("{}", serde_json::to_string_pretty(&st.peers)?);
         return Ok(());
     }
     let rows = peer_rows(&st);
@@ -248,6 +254,72 @@ mod tests {
         assert_eq!(url("127.0.0.1:7701", "/x"), "http://127.0.0.1:7701/x");
         assert_eq!(url("localhost:7701", "/x"), "http://localhost:7701/x");
         assert_eq!(url("http://h:1/", "/x"), "http://h:1/x");
+    }
+
+    #[test]
+    fn times_print_as_the_json_has_them() {
+        for t in [
+            "2026-01-02T03:04:05Z",
+            "2026-01-02T03:04:05.678Z",
+            "2026-01-02T03:04:05.678901Z",
+            "2026-01-02T03:04:05.678901234Z",
+        ] {
+            let t: DateTime<Utc> = t.parse().unwrap();
+            assert_eq!(
+                when(Some(t)),
+                serde_json::to_value(t).unwrap().as_str().unwrap()
+            );
+        }
+        assert_eq!(when(None), "-");
+    }
+
+    #[test]
+    fn status_prints_its_peers_and_work() {
+        let st: Status = serde_json::from_value(serde_json::json!({
+            "client_uuid": "00000000-0000-0000-0000-000000000001",
+            "peer_id": "12D3KooWme",
+            "library_id": "lib",
+            "listen_addrs": ["/ip4/127.0.0.1/tcp/1", "/ip4/10.0.0.1/tcp/1"],
+            "pending_operations": 3,
+            "peers": [{
+                "client_uuid": "00000000-0000-0000-0000-000000000002",
+                "peer_id": "12D3KooWthemthemthem",
+                "connected": true,
+                "address": "/ip4/127.0.0.1/tcp/2",
+                "discovery": "mdns",
+                "last_seen": "2026-01-02T03:04:05.678Z",
+                "last_synchronized": null,
+                "stale": false,
+            }, {
+                "client_uuid": "00000000-0000-0000-0000-000000000003",
+                "peer_id": null,
+                "connected": false,
+                "address": null,
+                "discovery": null,
+                "last_seen": null,
+                "last_synchronized": null,
+                "stale": true,
+            }],
+            "progress": [{"peer_id": "12D3KooWthemthemthem", "kind": "snapshot", "done": 1, "total": 4}],
+            "version_vector": {},
+        }))
+        .unwrap();
+        let expected = "\
+client      00000000-0000-0000-0000-000000000001
+peer id     12D3KooWme
+library     lib
+listening   /ip4/127.0.0.1/tcp/1, /ip4/10.0.0.1/tcp/1
+op log      3 pending operations
+peers       1 connected, 2 known
+
+WORK      PEER               DONE
+snapshot  12D3KooWthemthem…  1/4   25%
+
+CLIENT     PEER               CONNECTED  FOUND BY  ADDRESS               LAST SEEN                 LAST SYNCED
+00000000…  12D3KooWthemthem…  yes        mdns      /ip4/127.0.0.1/tcp/2  2026-01-02T03:04:05.678Z  -
+00000000…  -                  no         -         -                     -                         -            stale
+";
+        assert_eq!(status_text(&st), expected);
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! - [`config`]: the command line and [`Config`].
 //! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret;
 //!   [`files`]: owner-only files (0700/0600); [`token`]: the API token.
-//! - [`protocol`]: gossip and request-response messages.
-//! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning).
+//! - [`protocol`]: gossip and request-response messages, and the network handle's type.
+//! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning): the actor,
+//!   gossip checks, the request server, the puller and the peer table.
 //! - [`api`]: the HTTP API; [`guard`]: its defences (token, Host, JSON only, bounds);
-//!   [`status`]: `/v1/status`; [`metrics`]: Prometheus.
+//!   [`status`]: the `/v1/status` document; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
 //!
 //! [`run`] is what `murmur run` calls; tests start nodes in-process with [`Node::start`].
@@ -43,7 +44,7 @@ pub use config::Config;
 
 use crate::identity::{Join, LibrarySecret, client_uuid, open_data_dir_joining};
 use crate::metrics::Metrics;
-use crate::sync::{Shared, SyncHandle, SyncLoop, SyncOptions};
+use crate::sync::{PeerTable, SyncHandle, SyncLoop, SyncOptions};
 use crate::token::{ApiToken, TOKEN_FILE};
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
@@ -122,14 +123,14 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let drop_rate = Arc::new(AtomicU64::new(config.gossip_drop_rate.to_bits()));
         let (events, _) = broadcast::channel(EVENTS_CAP);
-        let shared = Arc::new(Shared::default());
+        let peers = PeerTable::default();
         let (sync_loop, sync) = SyncLoop::new(
             store.clone(),
             net.clone(),
             net_events,
             events.clone(),
             metrics.clone(),
-            shared.clone(),
+            peers.clone(),
             SyncOptions {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
@@ -153,7 +154,7 @@ impl Node {
             status: Arc::new(status::StatusSource {
                 store: store.clone(),
                 net: net.clone(),
-                shared,
+                peers,
                 library_id: library_id.clone(),
                 stale_after: config.stale_after,
             }),

@@ -1,11 +1,18 @@
-//! murmur's messages between nodes: what travels on gossip and over request-response.
+//! murmur's messages between nodes: what travels on gossip and over request-response, and
+//! the network handle and events typed with them.
 //! CBOR on the wire (ciborium); every decode is bounded by the transport's size limits.
 
 use std::collections::BTreeMap;
 
+use murmur_p2p::{Event, Handle};
 use murmur_store::{Op, OpsCursor, OpsPage, SnapshotPosition, SnapshotRow, VersionVector};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The network handle's type for murmur's messages.
+pub type Net = Handle<Request, Response>;
+/// The network's events.
+pub type NetEvent = Event<Request, Response>;
 
 /// The most ops one gossip message carries; a larger write goes out in several messages.
 pub const GOSSIP_OPS_CAP: usize = 512;

@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 use uhlc::{HLC, HLCBuilder, ID, NTP64};
 use uuid::Uuid;
 
-use crate::error::StoreError;
-
 /// An operation's timestamp: HLC time, then author. Ordered by time, then by author, which
 /// is the last-writer-wins order of every register.
 #[derive(
@@ -44,12 +42,9 @@ impl Hlc {
     }
 
     /// Parses the stored form.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Hlc, StoreError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Hlc, BadTimestamp> {
         if bytes.len() != 24 {
-            return Err(StoreError::Corrupt(format!(
-                "timestamp of {} bytes, expected 24",
-                bytes.len()
-            )));
+            return Err(BadTimestamp { len: bytes.len() });
         }
         let mut time = [0u8; 8];
         time.copy_from_slice(&bytes[..8]);
@@ -178,6 +173,14 @@ impl fmt::Debug for Clock {
             .field("max_drift", &self.max_drift)
             .finish()
     }
+}
+
+/// A stored timestamp that is not 24 bytes long (the store reports it as corruption).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("timestamp of {len} bytes, expected 24")]
+pub struct BadTimestamp {
+    /// The length found.
+    pub len: usize,
 }
 
 /// A remote timestamp too far ahead of this clock.

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::clock::DriftError;
+use crate::clock::{BadTimestamp, DriftError};
 
 /// What went wrong in the store. Every case says what was wrong and with which input; none
 /// leaves a partial write behind (each write runs in one transaction).
@@ -114,5 +114,11 @@ impl StoreError {
                 | StoreError::Migrate(_)
                 | StoreError::Db(_)
         )
+    }
+}
+
+impl From<BadTimestamp> for StoreError {
+    fn from(e: BadTimestamp) -> Self {
+        StoreError::Corrupt(e.to_string())
     }
 }

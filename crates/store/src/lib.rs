@@ -5,49 +5,66 @@
 //!
 //! # Layout
 //!
-//! - [`registry`]: the synced resources (shared or owned) and their columns; it drives
-//!   everything else, so a new resource needs a migration and one registration.
-//! - [`value`]: column values across JSON, CBOR and SQLite.
-//! - [`clock`]: the HLC (uhlc, with the client UUID as id), drift checks, an injectable
-//!   physical clock.
-//! - [`op`]: operations, version vectors, sync pages, snapshot rows.
-//! - [`merge`]: the merge rules as pure functions.
-//! - `engine`: loads registers, merges, stores what moved (multi-row statements).
-//! - `oplog`: the op log, in chunks of consecutive ops of one author.
-//! - [`store`]: opening, local writes, remote apply (one write lock, one transaction).
-//! - `sync`: ops a peer lacks, snapshots, pruning, the digest.
-//! - `clients`: the client pool; `read`: API reads; `derived`: the `files` table.
-//! - [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding.
+//! Dependencies run one way, from the facade down:
+//!
+//! - types and pure rules, no SQL:
+//!   [`error`]; [`value`]: column values across JSON, CBOR and SQLite; [`registry`]: the
+//!   synced resources (shared or owned) and their columns, which drive everything else, so
+//!   a new resource needs a migration and one registration; [`clock`]: the HLC (uhlc, with
+//!   the client UUID as id), drift checks, an injectable physical clock; [`op`]:
+//!   operations, version vectors, sync pages, snapshot rows; `rowclock`: the byte layout
+//!   of a shared row's register timestamps; [`merge`]: the merge rules as pure functions;
+//!   [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding; [`commit`]:
+//!   what the commit feed carries.
+//! - `sql`: statements built from the registry and the tables below the engine: rows and
+//!   their registers, the op log in chunks, the derived `files`, the stored version
+//!   vector, the client pool, the schema checks.
+//! - `engine`: applies an ordered list of changes inside a transaction: shared rows,
+//!   their in-place path, owned rows, snapshot import; one entry point whose `Mode` says
+//!   whose changes they are.
+//! - `writer`: the one writer. The write lock, `BEGIN IMMEDIATE`, the commit, the
+//!   version vector and horizon after the commit, and the commit feed are written there
+//!   once, and every write goes through it.
+//! - `local` (this node's writes) and `remote` (what peers send: batches, snapshot pages,
+//!   and pruning), each a transaction of the writer around the engine.
+//! - [`store`]: the [`Store`] facade, whose state is private to it; `read` (API reads,
+//!   the client pool) and `export` (what a peer is sent: ops it lacks, snapshot pages,
+//!   the digest) are reads through its public accessors.
 #![deny(missing_docs)]
 
-mod clients;
 pub mod clock;
-mod derived;
+pub mod commit;
 mod engine;
 pub mod error;
+mod export;
+mod local;
 pub mod merge;
 pub mod op;
-mod oplog;
 mod read;
 pub mod registry;
+mod remote;
 mod rowclock;
 mod sql;
+#[doc(hidden)]
+pub mod statements;
 pub mod store;
-mod sync;
 pub mod testkit;
 pub mod validate;
 pub mod value;
 pub mod wire;
+mod writer;
 
-pub use clients::ClientInfo;
 pub use clock::{Clock, DriftError, Hlc, ManualClock, PhysicalClock};
+pub use commit::{Commit, Origin};
 pub use error::StoreError;
+pub use export::{Digest, MAX_PAGE, SnapshotPosition};
+pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OpsCursor, OpsPage, OwnedRow,
-    RejectReason, RowEvent, SnapshotRow, VersionVector,
+    RejectReason, Rejection, RowEvent, SnapshotRow, VersionVector,
 };
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef};
-pub use store::{BatchEntry, Durability, Store, StoreOptions, WriteOutcome};
-pub use sync::{Digest, MAX_PAGE, SnapshotPosition};
+pub use sql::clients::ClientInfo;
+pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
 pub use value::{ColumnType, Value};

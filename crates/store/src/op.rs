@@ -383,6 +383,28 @@ impl RejectReason {
     }
 }
 
+/// Why an op, a row or a version vector from the network was refused, and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct Rejection {
+    /// The rule it broke (also its metric label, [`RejectReason::label`]).
+    pub reason: RejectReason,
+    /// What was wrong, for the log.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason`, saying `detail`.
+    pub fn new(reason: RejectReason, detail: String) -> Rejection {
+        Rejection { reason, detail }
+    }
+
+    /// The metric label of its reason.
+    pub fn label(&self) -> &'static str {
+        self.reason.label()
+    }
+}
+
 /// A row-level change made by a write or an applied batch, for `/v1/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowEvent {
@@ -425,7 +447,7 @@ pub struct ApplyReport {
     /// Ops already applied before: no-ops.
     pub duplicates: usize,
     /// Ops refused, with why.
-    pub rejected: Vec<(OpId, RejectReason, String)>,
+    pub rejected: Vec<(OpId, Rejection)>,
     /// `OwnedBatchCreate` headers whose rows must be pulled from a peer.
     pub needs_rows: Vec<Op>,
     /// What changed, for subscribers.

@@ -1,12 +1,18 @@
-//! Reads for the API: live rows as JSON, the derived `files`.
+//! Reads for the API and the node, through the store's public accessors: live rows as
+//! JSON, the derived `files`, the client pool and the pruning horizon it gives.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::registry::{Kind, ResourceDef};
+use crate::sql::clients::{self, ClientInfo};
+use crate::sql::rows::column_list;
 use crate::store::Store;
-use crate::sync::column_list;
 use crate::value::Value;
 
 /// The largest page of rows a read returns.
@@ -45,7 +51,7 @@ impl Store {
         resource: &str,
         uuid: Uuid,
     ) -> Result<Option<serde_json::Value>, StoreError> {
-        let def = self.inner.registry.get(resource)?;
+        let def = self.registry().get(resource)?;
         let owned = def.kind == Kind::Owned;
         let sql = format!(
             "SELECT uuid{}{} FROM {} WHERE uuid = ?",
@@ -55,7 +61,7 @@ impl Store {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(uuid.hyphenated().to_string())
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(self.pool())
             .await?;
         row.map(|r| row_json(def, &r, owned)).transpose()
     }
@@ -69,7 +75,7 @@ impl Store {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
-        let def = self.inner.registry.get(resource)?;
+        let def = self.registry().get(resource)?;
         let owned = def.kind == Kind::Owned;
         if owner.is_some() && !owned {
             return Err(StoreError::Invalid(format!(
@@ -97,19 +103,19 @@ impl Store {
         }
         let rows = q
             .bind(limit.clamp(1, MAX_READ) as i64)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.pool())
             .await?;
         rows.iter().map(|r| row_json(def, r, owned)).collect()
     }
 
     /// How many live rows a resource has.
     pub async fn count_rows(&self, resource: &str) -> Result<u64, StoreError> {
-        let def = self.inner.registry.get(resource)?;
+        let def = self.registry().get(resource)?;
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {}",
             def.name
         )))
-        .fetch_one(&self.inner.pool)
+        .fetch_one(self.pool())
         .await?;
         Ok(n as u64)
     }
@@ -123,7 +129,7 @@ impl Store {
         let rows = sqlx::query("SELECT cas_id, size_bytes, path_count FROM files WHERE cas_id > ? ORDER BY cas_id LIMIT ?")
             .bind(after.unwrap_or("").to_owned())
             .bind(limit.clamp(1, MAX_READ) as i64)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(self.pool())
             .await?;
         rows.iter()
             .map(|r| {
@@ -134,5 +140,43 @@ impl Store {
                 }))
             })
             .collect()
+    }
+
+    /// Every client of the pool.
+    pub async fn clients(&self) -> Result<Vec<ClientInfo>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        clients::list(&mut conn, self.client()).await
+    }
+
+    /// The pruning horizon: per author, the highest seq that every non-stale client
+    /// (this one included) has reported holding. Clients unseen for longer than
+    /// `stale_after` do not hold ops back; a non-stale client that never reported holds
+    /// everything back.
+    pub async fn prune_horizon(
+        &self,
+        stale_after: Duration,
+    ) -> Result<BTreeMap<Uuid, u64>, StoreError> {
+        let now = Utc::now();
+        let mut horizon: BTreeMap<Uuid, u64> = self.version_vector().contiguous_map();
+        let mut conn = self.pool().acquire().await?;
+        let others: Vec<ClientInfo> = clients::list(&mut conn, self.client())
+            .await?
+            .into_iter()
+            .filter(|c| !c.is_self && !c.is_stale(now, stale_after))
+            .collect();
+        for c in others {
+            let theirs = clients::reported_version(&mut conn, c.client_uuid).await?;
+            for (author, h) in horizon.iter_mut() {
+                *h = (*h).min(theirs.get(author).copied().unwrap_or(0));
+            }
+        }
+        horizon.retain(|_, h| *h > 0);
+        Ok(horizon)
+    }
+
+    /// Reads a node-local setting.
+    pub async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        clients::get_meta(&mut conn, key).await
     }
 }

@@ -1,14 +1,14 @@
 //! Checks of ops that arrive from the network against the registry: everything an op needs
 //! to be applied safely, before any of it touches SQLite.
 
-use crate::op::{Change, Method, Op, RejectReason, SnapshotRow, VersionVector};
+use crate::op::{Change, Method, Op, RejectReason, Rejection, SnapshotRow, VersionVector};
 use crate::registry::{Kind, Registry};
 
 /// The largest sequence number SQLite can store (it is an i64 there).
 pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// Checks one change; the error says why it is refused.
-pub fn validate_change(registry: &Registry, change: &Change) -> Result<(), (RejectReason, String)> {
+pub fn validate_change(registry: &Registry, change: &Change) -> Result<(), Rejection> {
     let op = change.op();
     validate_op(registry, op)?;
     match change {
@@ -16,17 +16,17 @@ pub fn validate_change(registry: &Registry, change: &Change) -> Result<(), (Reje
         Change::Op(_) => Ok(()),
         Change::OwnedRows { header, rows, .. } => {
             if header.method != Method::OwnedBatchCreate {
-                return Err((
+                return Err(Rejection::new(
                     RejectReason::Malformed,
                     "owned rows without an OwnedBatchCreate header".into(),
                 ));
             }
             let def = registry
                 .get(&header.resource)
-                .map_err(|e| (RejectReason::UnknownResource, e.to_string()))?;
+                .map_err(|e| Rejection::new(RejectReason::UnknownResource, e.to_string()))?;
             for row in rows {
                 if row.values.len() != def.columns.len() {
-                    return Err((
+                    return Err(Rejection::new(
                         RejectReason::Malformed,
                         format!(
                             "row {} of {} has {} values, expected {}",
@@ -39,7 +39,7 @@ pub fn validate_change(registry: &Registry, change: &Change) -> Result<(), (Reje
                 }
                 for (v, col) in row.values.iter().zip(&def.columns) {
                     if !v.check_type(col.ty) {
-                        return Err((
+                        return Err(Rejection::new(
                             RejectReason::WrongType,
                             format!(
                                 "field `{}` of `{}` must be {}",
@@ -57,9 +57,9 @@ pub fn validate_change(registry: &Registry, change: &Change) -> Result<(), (Reje
 }
 
 /// Checks one op.
-pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), (RejectReason, String)> {
+pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), Rejection> {
     let malformed = |why: &str| {
-        Err((
+        Err(Rejection::new(
             RejectReason::Malformed,
             format!("{} {}: {why}", op.method.as_str(), op.id()),
         ))
@@ -72,7 +72,7 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), (RejectReason, St
     }
     let def = registry
         .get(&op.resource)
-        .map_err(|e| (RejectReason::UnknownResource, e.to_string()))?;
+        .map_err(|e| Rejection::new(RejectReason::UnknownResource, e.to_string()))?;
     let kind_ok = match op.method {
         Method::SharedCreate | Method::SharedUpdate | Method::SharedDelete => {
             def.kind == Kind::Shared
@@ -100,9 +100,9 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), (RejectReason, St
             for (name, v) in &op.fields {
                 let col = def
                     .column(name)
-                    .map_err(|e| (RejectReason::UnknownField, e.to_string()))?;
+                    .map_err(|e| Rejection::new(RejectReason::UnknownField, e.to_string()))?;
                 if !v.check_type(col.ty) {
-                    return Err((
+                    return Err(Rejection::new(
                         RejectReason::WrongType,
                         format!("field `{name}` of `{}` must be {}", def.name, col.ty.name()),
                     ));
@@ -115,9 +115,9 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), (RejectReason, St
             };
             let col = def
                 .column(prop)
-                .map_err(|e| (RejectReason::UnknownField, e.to_string()))?;
+                .map_err(|e| Rejection::new(RejectReason::UnknownField, e.to_string()))?;
             if !v.check_type(col.ty) {
-                return Err((
+                return Err(Rejection::new(
                     RejectReason::WrongType,
                     format!("field `{prop}` of `{}` must be {}", def.name, col.ty.name()),
                 ));
@@ -128,10 +128,7 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), (RejectReason, St
 }
 
 /// Checks one snapshot row against the registry.
-pub fn validate_snapshot_row(
-    registry: &Registry,
-    row: &SnapshotRow,
-) -> Result<(), (RejectReason, String)> {
+pub fn validate_snapshot_row(registry: &Registry, row: &SnapshotRow) -> Result<(), Rejection> {
     let (resource, kind) = match row {
         SnapshotRow::Shared { resource, .. } => (resource, Kind::Shared),
         SnapshotRow::Owned { resource, .. } | SnapshotRow::OwnedTombstone { resource, .. } => {
@@ -140,9 +137,9 @@ pub fn validate_snapshot_row(
     };
     let def = registry
         .get(resource)
-        .map_err(|e| (RejectReason::UnknownResource, e.to_string()))?;
+        .map_err(|e| Rejection::new(RejectReason::UnknownResource, e.to_string()))?;
     if def.kind != kind {
-        return Err((
+        return Err(Rejection::new(
             RejectReason::Malformed,
             format!("snapshot row of the wrong kind for `{resource}`"),
         ));
@@ -152,9 +149,9 @@ pub fn validate_snapshot_row(
             for (name, _, v) in props {
                 let col = def
                     .column(name)
-                    .map_err(|e| (RejectReason::UnknownField, e.to_string()))?;
+                    .map_err(|e| Rejection::new(RejectReason::UnknownField, e.to_string()))?;
                 if !v.check_type(col.ty) {
-                    return Err((
+                    return Err(Rejection::new(
                         RejectReason::WrongType,
                         format!("field `{name}` of `{resource}` must be {}", col.ty.name()),
                     ));
@@ -165,20 +162,20 @@ pub fn validate_snapshot_row(
             values, seq, ts, ..
         } => {
             if *seq == 0 || *seq > MAX_SEQ || ts.author.is_nil() {
-                return Err((
+                return Err(Rejection::new(
                     RejectReason::Malformed,
                     "owned snapshot row with a bad seq or owner".into(),
                 ));
             }
             if values.len() != def.columns.len() {
-                return Err((
+                return Err(Rejection::new(
                     RejectReason::Malformed,
                     format!("row of `{resource}` with {} values", values.len()),
                 ));
             }
             for (v, col) in values.iter().zip(&def.columns) {
                 if !v.check_type(col.ty) {
-                    return Err((
+                    return Err(Rejection::new(
                         RejectReason::WrongType,
                         format!(
                             "field `{}` of `{resource}` must be {}",
@@ -191,7 +188,10 @@ pub fn validate_snapshot_row(
         }
         SnapshotRow::OwnedTombstone { ts, .. } => {
             if ts.author.is_nil() {
-                return Err((RejectReason::Malformed, "tombstone without an owner".into()));
+                return Err(Rejection::new(
+                    RejectReason::Malformed,
+                    "tombstone without an owner".into(),
+                ));
             }
         }
     }
@@ -200,11 +200,11 @@ pub fn validate_snapshot_row(
 
 /// Checks a version vector that came from a peer (the `covers` of a snapshot): every seq
 /// within what SQLite stores, so that raising this replica's vector to it cannot overflow.
-pub fn validate_version_vector(vv: &VersionVector) -> Result<(), (RejectReason, String)> {
+pub fn validate_version_vector(vv: &VersionVector) -> Result<(), Rejection> {
     for (author, v) in &vv.authors {
         let top = v.extra.last().copied().unwrap_or(0).max(v.contiguous);
         if top > MAX_SEQ {
-            return Err((
+            return Err(Rejection::new(
                 RejectReason::Malformed,
                 format!("version vector with seq {top} for {author}, above {MAX_SEQ}"),
             ));

@@ -137,7 +137,7 @@ async fn non_owner_op_on_owned_row_is_rejected() {
     forged.count = None;
     let report = a.apply(vec![Change::Op(forged)]).await.unwrap();
     assert_eq!(report.rejected.len(), 1);
-    assert_eq!(report.rejected[0].1, RejectReason::NotOwner);
+    assert_eq!(report.rejected[0].1.reason, RejectReason::NotOwner);
     assert!(a.get_row("file_paths", uuid).await.unwrap().is_some());
     assert_eq!(b.digest().await.unwrap(), before);
 }
@@ -153,7 +153,7 @@ async fn drifted_op_is_rejected_then_accepted_when_the_clock_catches_up() {
     let before = b.digest().await.unwrap();
     let r = b.apply(changes(&w.ops)).await.unwrap();
     assert_eq!(r.applied, 0);
-    assert_eq!(r.rejected[0].1, RejectReason::Drift);
+    assert_eq!(r.rejected[0].1.reason, RejectReason::Drift);
     assert_eq!(
         b.digest().await.unwrap(),
         before,
@@ -187,7 +187,7 @@ async fn in_one_batch_only_the_drifted_ops_are_rejected() {
     assert_eq!(r.applied, 1, "{:?}", r.rejected);
     assert_eq!(r.rejected.len(), 1);
     assert_eq!(r.rejected[0].0, later.ops[0].id());
-    assert_eq!(r.rejected[0].1, RejectReason::Drift);
+    assert_eq!(r.rejected[0].1.reason, RejectReason::Drift);
     assert!(b.version_vector().has(now.ops[0].id()));
     assert!(!b.version_vector().has(later.ops[0].id()));
     assert!(b.get_row("tags", now.uuids[0]).await.unwrap().is_some());
@@ -242,7 +242,7 @@ async fn bad_input_is_a_typed_error_and_writes_nothing() {
     op.resource = "bogus".into();
     op.author = uuid::Uuid::from_u128(9);
     let r = a.apply(vec![Change::Op(op)]).await.unwrap();
-    assert_eq!(r.rejected[0].1, RejectReason::UnknownResource);
+    assert_eq!(r.rejected[0].1.reason, RejectReason::UnknownResource);
     assert_eq!(a.digest().await.unwrap(), after_write);
 }
 

@@ -1,5 +1,21 @@
-//! Helpers for SQL built at run time from the registry. Table and column names come from
-//! the registry (never from input), and values are always bound, never inlined.
+//! The SQL layer: statements built at run time from the registry, and the tables below the
+//! engine. Table and column names come from the registry (never from input), and values are
+//! always bound, never inlined.
+//!
+//! - [`rows`]: keys, shared rows' registers (data row and clock, or the side tables), owned
+//!   rows' values, as SQLite stores them.
+//! - [`oplog`]: the op log, in chunks of consecutive ops of one author.
+//! - [`derived`]: the `files` table derived from `file_paths`.
+//! - [`versions`]: the stored version vector and log horizon.
+//! - [`clients`]: the client pool and node-local settings.
+//! - [`schema`]: the checks of the registry against the tables.
+
+pub(crate) mod clients;
+pub(crate) mod derived;
+pub(crate) mod oplog;
+pub(crate) mod rows;
+pub(crate) mod schema;
+pub(crate) mod versions;
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{AssertSqlSafe, Sqlite};

@@ -1,6 +1,6 @@
-//! What the node needs to sync: ops a peer lacks (paged, owned batches expanded into their
-//! rows page by page), state snapshots (exported and imported in pages), pruning, and the
-//! digest of all synced state.
+//! What a peer is sent: the ops it lacks (paged, owned batches expanded into their rows page
+//! by page), state snapshots in pages, and the digest of all synced state. Reads only,
+//! through the store's public accessors; what peers send is written by `remote`.
 
 use std::collections::BTreeMap;
 
@@ -10,14 +10,15 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use crate::clock::Hlc;
-use crate::engine::{live_row_from, parse_uuid, side_head_from, side_prop_from};
 use crate::error::StoreError;
 use crate::merge::SharedRow;
-use crate::op::{Change, Method, Op, OpsCursor, OpsPage, OwnedRow, SnapshotRow, VersionVector};
-use crate::oplog;
+use crate::op::{Change, Method, Op, OpsCursor, OpsPage, SnapshotRow, VersionVector};
 use crate::registry::{Kind, ResourceDef};
-use crate::store::{Store, persist_vv};
-use crate::value::Value;
+use crate::sql::oplog;
+use crate::sql::rows::{
+    column_list, live_row_from, owned_row_from, parse_uuid, side_head_from, side_prop_from,
+};
+use crate::store::Store;
 
 /// The largest page a caller may ask for (ops plus rows).
 pub const MAX_PAGE: usize = 20_000;
@@ -44,22 +45,6 @@ pub struct Digest {
 }
 
 impl Store {
-    /// Whether a peer with version vector `theirs` is behind this log's horizon (it lacks
-    /// ops that were pruned here) and so needs a snapshot before ops.
-    pub fn needs_snapshot(&self, theirs: &VersionVector) -> bool {
-        let horizon = self.inner.horizon.read().unwrap_or_else(|e| e.into_inner());
-        horizon.iter().any(|(a, h)| theirs.contiguous(a) < *h)
-    }
-
-    /// The per-author horizon: the highest seq pruned from this log.
-    pub fn horizon(&self) -> BTreeMap<Uuid, u64> {
-        self.inner
-            .horizon
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// A page of the ops a peer with version vector `theirs` lacks, including other
     /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows).
     /// An `OwnedBatchCreate` is expanded into its rows, page by page, read from the owned
@@ -71,8 +56,8 @@ impl Store {
         limit: usize,
     ) -> Result<OpsPage, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let mine = self.read_vv();
-        let mut conn = self.inner.pool.acquire().await?;
+        let mine = self.version_vector();
+        let mut conn = self.pool().acquire().await?;
         let mut page = OpsPage::default();
         let mut budget = limit;
         let start_author = cursor.position.map(|(a, _)| a);
@@ -149,7 +134,7 @@ impl Store {
         budget: &mut usize,
         page: &mut OpsPage,
     ) -> Result<(bool, Option<Uuid>), StoreError> {
-        let def = self.inner.registry.get(&op.resource)?;
+        let def = self.registry().get(&op.resource)?;
         let cols = column_list(def);
         let want = (*budget).max(1);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -177,51 +162,6 @@ impl Store {
         Ok((done, last_uuid))
     }
 
-    /// Removes from the log every op covered by `horizon` (per author, a seq) and not above
-    /// this replica's own contiguous seq, and records the new horizon. Returns how many ops
-    /// were removed. Merges are unaffected: the registers live beside the data.
-    pub async fn prune(&self, horizon: &BTreeMap<Uuid, u64>) -> Result<u64, StoreError> {
-        let horizon = horizon.clone();
-        let store = self.clone();
-        tokio::spawn(async move {
-            let inner = &store.inner;
-            let _guard = inner.write.lock().await;
-            let vv = store.read_vv();
-            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut removed = 0;
-            let mut new_h = store.horizon();
-            for (author, h) in horizon {
-                let h = h.min(vv.contiguous(&author));
-                if h == 0 || new_h.get(&author).is_some_and(|cur| *cur >= h) {
-                    continue;
-                }
-                let pruned = new_h.get(&author).copied().unwrap_or(0);
-                removed += oplog::prune(&mut tx, author, pruned, h).await?;
-                sqlx::query(
-                    "INSERT INTO version_vector (client_uuid, contiguous, pruned_through) VALUES (?, ?, ?) \
-                     ON CONFLICT (client_uuid) DO UPDATE SET pruned_through = excluded.pruned_through",
-                )
-                .bind(author.hyphenated().to_string())
-                .bind(vv.contiguous(&author) as i64)
-                .bind(h as i64)
-                .execute(&mut *tx)
-                .await?;
-                new_h.insert(author, h);
-            }
-            tx.commit().await?;
-            *inner.horizon.write().unwrap_or_else(|e| e.into_inner()) = new_h;
-            Ok(removed)
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("prune task failed: {e}")))?
-    }
-
-    /// How many ops the log holds.
-    pub async fn pending_operations(&self) -> Result<u64, StoreError> {
-        let mut conn = self.inner.pool.acquire().await?;
-        oplog::pending(&mut conn).await
-    }
-
     // -----------------------------------------------------------------------------------
     // Snapshots
 
@@ -233,7 +173,7 @@ impl Store {
         position: Option<&SnapshotPosition>,
         limit: usize,
     ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
-        let mut conn = self.inner.pool.acquire().await?;
+        let mut conn = self.pool().acquire().await?;
         self.snapshot_page_on(&mut conn, position, limit).await
     }
 
@@ -244,7 +184,7 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let reg = &self.inner.registry;
+        let reg = &self.registry();
         let mut pos = match position {
             Some(p) => {
                 reg.get(&p.resource)?;
@@ -295,67 +235,11 @@ impl Store {
         }
     }
 
-    /// Merges a page of snapshot rows into this store, register by register, in one
-    /// transaction. Importing into a non-empty store is safe: newer registers win.
-    pub async fn import_snapshot_page(&self, rows: Vec<SnapshotRow>) -> Result<usize, StoreError> {
-        // A snapshot page is rewritten as changes the engine already knows how to merge.
-        for r in &rows {
-            crate::validate::validate_snapshot_row(&self.inner.registry, r).map_err(
-                |(_, why)| StoreError::Decode {
-                    what: "snapshot row",
-                    reason: why,
-                },
-            )?;
-            // Registers from a snapshot are checked for drift like the ops they stand for:
-            // one far in the future would otherwise win every merge for good.
-            for ts in snapshot_timestamps(r) {
-                self.inner.clock.observe(ts)?;
-            }
-        }
-        let store = self.clone();
-        tokio::spawn(async move {
-            let inner = &store.inner;
-            let _guard = inner.write.lock().await;
-            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let n = rows.len();
-            crate::engine::import_rows(&mut tx, &inner.registry, rows).await?;
-            tx.commit().await?;
-            Ok(n)
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("import task failed: {e}")))?
-    }
-
-    /// Ends a snapshot import: this replica now holds every op `vv` covers.
-    pub async fn finish_snapshot(&self, vv: &VersionVector) -> Result<(), StoreError> {
-        crate::validate::validate_version_vector(vv).map_err(|(_, why)| StoreError::Decode {
-            what: "snapshot version vector",
-            reason: why,
-        })?;
-        let vv = vv.clone();
-        let store = self.clone();
-        tokio::spawn(async move {
-            let inner = &store.inner;
-            let _guard = inner.write.lock().await;
-            let mut mine = store.read_vv();
-            for (a, v) in &vv.authors {
-                mine.authors.entry(*a).or_default().raise(v.contiguous);
-            }
-            let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-            persist_vv(&mut tx, &mine, vv.authors.keys().copied()).await?;
-            tx.commit().await?;
-            *inner.vv.write().unwrap_or_else(|e| e.into_inner()) = mine;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("snapshot task failed: {e}")))?
-    }
-
     /// A deterministic hash of all synced state (every register, tombstones included, and
     /// no op log), equal on two stores exactly when their synced state is equal. Read in one
     /// transaction, so it is consistent while writes go on.
     pub async fn digest(&self) -> Result<Digest, StoreError> {
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let mut h = blake3::Hasher::new();
         let mut rows = 0u64;
         let mut pos: Option<SnapshotPosition> = None;
@@ -379,18 +263,6 @@ impl Store {
             digest: h.finalize().to_hex().to_string(),
             rows,
         })
-    }
-}
-
-/// Every timestamp a snapshot row carries.
-fn snapshot_timestamps(r: &SnapshotRow) -> Vec<Hlc> {
-    match r {
-        SnapshotRow::Shared {
-            exists_ts, props, ..
-        } => std::iter::once(*exists_ts)
-            .chain(props.iter().map(|(_, ts, _)| *ts))
-            .collect(),
-        SnapshotRow::Owned { ts, .. } | SnapshotRow::OwnedTombstone { ts, .. } => vec![*ts],
     }
 }
 
@@ -451,26 +323,6 @@ fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
             h.update(&ts.to_bytes());
         }
     }
-}
-
-pub(crate) fn column_list(def: &ResourceDef) -> String {
-    def.columns
-        .iter()
-        .map(|c| format!(", {}", c.name))
-        .collect()
-}
-
-pub(crate) fn owned_row_from(
-    r: &sqlx::sqlite::SqliteRow,
-    def: &ResourceDef,
-    first: usize,
-) -> Result<OwnedRow, StoreError> {
-    let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-    let mut values = Vec::with_capacity(def.columns.len());
-    for i in 0..def.columns.len() {
-        values.push(r.try_get::<Value, _>(first + i)?);
-    }
-    Ok(OwnedRow { uuid, values })
 }
 
 /// Up to `limit` shared rows after `after` in UUID order: live rows from the data table

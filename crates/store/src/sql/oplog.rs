@@ -2,8 +2,8 @@
 //!
 //! A row of `op_chunks` holds a run of consecutive ops of one author (`first_seq` to
 //! `last_seq`, no gap) written in one transaction, at most [`CHUNK_OPS`] of them, as one
-//! blob. Appending a batch of 500 ops is one row, not 500: the log's share of a batched
-//! write fell from about half of the plain-SQL floor to a third (BENCHMARKS.md).
+//! blob. Appending a batch of 500 ops is one row, not 500 (BENCHMARKS.md has what that
+//! saves).
 //!
 //! Blob format, version 1: the byte `0x01`, then a CBOR array with one entry per op, in seq
 //! order. An entry is a CBOR array `[time, method, resource, uuid, property, value, fields,
@@ -21,9 +21,9 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use crate::clock::Hlc;
-use crate::engine::parse_uuid;
 use crate::error::StoreError;
 use crate::op::{Method, Op};
+use crate::sql::rows::parse_uuid;
 use crate::sql::{query, rows_per_statement, values_list};
 use crate::value::Value;
 

@@ -1,0 +1,515 @@
+//! The sync loop: bridges the swarm's events into the store and the store's new ops onto
+//! the swarm.
+//!
+//! - Local writes are committed by the API, then handed here and published on gossip.
+//! - Incoming gossip is decoded, checked (authorship, schema) and applied in batches; a gap
+//!   in an author's sequence, an owned batch announced by its header, or a peer that
+//!   announces ops this node lacks, starts a pull from that peer.
+//! - A pull (catch-up) asks the peer for the ops this node lacks, page by page, third
+//!   parties' ops included; a node behind the peer's horizon first takes a snapshot.
+//! - Every node announces its version vector periodically: it is the heartbeat of the
+//!   client pool, the input of pruning, and what makes lost gossip visible.
+//!
+//! One actor ([`SyncLoop`]) owns the schedule: a `biased` `select!` whose arms each call
+//! one `handle_*` method. Pulls and served requests run in tasks of their own, bounded by
+//! [`PULLS_CAP`] and [`SERVE_CAP`].
+//!
+//! # Layout
+//!
+//! - this module: the actor, its handle ([`SyncHandle`]) and the publish path;
+//! - [`gossip`]: decoding and checking gossip ([`check_gossip_message`], [`GossipRejection`]);
+//! - [`serve`]: the request server, its permits and its page cache ([`serve_request`]);
+//! - [`pull`]: catch-up and snapshot import from one peer ([`PullError`], [`PullSummary`]);
+//! - [`peers`]: the table of connected peers, their pull schedule ([`PullState`]) and
+//!   progress, which `/v1/status` reads;
+//! - `account`: the metrics and row events of an applied batch.
+
+mod account;
+pub mod gossip;
+pub mod peers;
+pub mod pull;
+pub mod serve;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use murmur_p2p::{Acceptance, Discovery, Event, MessageId, Responder};
+use murmur_store::wire::to_cbor;
+use murmur_store::{ApplyReport, Change, Op, RowEvent, Store};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+use self::account::account;
+pub use self::gossip::{GossipRejection, VERSIONS_AUTHORS_CAP, check_gossip_message};
+pub use self::peers::{PeerTable, PeerView, PullKind, PullProgress, PullState};
+use self::pull::Puller;
+pub use self::pull::{PULLS_CAP, PullError, PullSummary, RESPONSE_DECODE_CAP};
+use self::serve::Server;
+pub use self::serve::{RequestRejection, SERVE_CAP, serve_request};
+use crate::identity::client_uuid;
+use crate::metrics::Metrics;
+use crate::protocol::{GOSSIP_BYTES_CAP, GOSSIP_OPS_CAP, Gossip, Request, Response};
+pub use crate::protocol::{Net, NetEvent};
+
+/// Queue of committed local ops waiting to be published.
+pub const PUBLISH_CAP: usize = 1024;
+/// Gossip events handled before their ops are applied in one transaction.
+const GOSSIP_BATCH_CAP: usize = 256;
+
+/// The API's handle on the sync loop.
+#[derive(Clone)]
+pub struct SyncHandle {
+    publish: mpsc::Sender<Vec<Op>>,
+}
+
+impl SyncHandle {
+    /// Queues committed ops for gossip. They are durable already: if gossip loses them,
+    /// catch-up delivers them.
+    pub async fn publish(&self, ops: Vec<Op>) {
+        if self.publish.send(ops).await.is_err() {
+            debug!("sync loop stopped; ops stay in the log for catch-up");
+        }
+    }
+}
+
+/// Options of the sync loop.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// How often to announce the version vector.
+    pub versions_interval: Duration,
+    /// How often to prune.
+    pub prune_interval: Duration,
+    /// When a client counts as stale.
+    pub stale_after: Duration,
+    /// Test only: share of incoming gossip to drop (f64 bits; changeable at run time).
+    pub gossip_drop_rate: Arc<AtomicU64>,
+}
+
+/// The sync actor.
+pub struct SyncLoop {
+    /// The store.
+    store: Store,
+    /// The network.
+    net: Net,
+    /// The network's events.
+    events: mpsc::Receiver<NetEvent>,
+    /// Committed local ops to publish.
+    publish: mpsc::Receiver<Vec<Op>>,
+    /// Row changes, for `/v1/events`.
+    row_events: broadcast::Sender<RowEvent>,
+    /// Metrics.
+    metrics: Arc<Metrics>,
+    /// Intervals, the stale bound and the test-only gossip drop rate.
+    options: SyncOptions,
+    /// The connected peers, shared with `/v1/status` and the pulls.
+    peers: PeerTable,
+    /// The pulls running, at most [`PULLS_CAP`].
+    pulls: JoinSet<(PeerId, Result<PullSummary, PullError>)>,
+    /// The request server.
+    server: Server,
+    /// Announced contiguous seqs per author, highest seen from any peer (for sync lag).
+    announced: BTreeMap<Uuid, u64>,
+}
+
+impl SyncLoop {
+    /// Builds the loop and the API's handle on it.
+    pub fn new(
+        store: Store,
+        net: Net,
+        events: mpsc::Receiver<NetEvent>,
+        row_events: broadcast::Sender<RowEvent>,
+        metrics: Arc<Metrics>,
+        peers: PeerTable,
+        options: SyncOptions,
+    ) -> (SyncLoop, SyncHandle) {
+        let (tx, rx) = mpsc::channel(PUBLISH_CAP);
+        (
+            SyncLoop {
+                server: Server::new(store.clone(), metrics.clone()),
+                store,
+                net,
+                events,
+                publish: rx,
+                row_events,
+                metrics,
+                options,
+                peers,
+                pulls: JoinSet::new(),
+                announced: BTreeMap::new(),
+            },
+            SyncHandle { publish: tx },
+        )
+    }
+
+    /// Runs until `shutdown` turns true. Local work first, then the network, then timers.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut versions = tokio::time::interval(self.options.versions_interval);
+        let mut prune = tokio::time::interval(self.options.prune_interval);
+        versions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(ops) = self.publish.recv() => self.handle_publish(ops).await,
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.handle_net_events(ev).await,
+                    None => break,
+                },
+                Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done),
+                // A served request ended; its permit was released in its task.
+                () = self.server.join_next(), if !self.server.is_idle() => {},
+                _ = versions.tick() => self.handle_announce().await,
+                _ = prune.tick() => self.handle_prune().await,
+            }
+        }
+        // Drain what the API committed before shutdown so it is published if possible.
+        while let Ok(ops) = self.publish.try_recv() {
+            self.handle_publish(ops).await;
+        }
+        self.pulls.abort_all();
+        self.server.abort_all();
+    }
+
+    async fn handle_publish(&mut self, mut ops: Vec<Op>) {
+        while let Ok(more) = self.publish.try_recv() {
+            ops.extend(more);
+            if ops.len() >= GOSSIP_OPS_CAP * 4 {
+                break;
+            }
+        }
+        let mut chunk: Vec<Op> = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = to_cbor(&op).len();
+            if !chunk.is_empty()
+                && (chunk.len() >= GOSSIP_OPS_CAP || bytes + size > GOSSIP_BYTES_CAP)
+            {
+                self.publish_ops(std::mem::take(&mut chunk)).await;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(op);
+        }
+        if !chunk.is_empty() {
+            self.publish_ops(chunk).await;
+        }
+    }
+
+    async fn publish_ops(&mut self, ops: Vec<Op>) {
+        let n = ops.len();
+        match self.net.publish(to_cbor(&Gossip::Ops(ops))).await {
+            Ok(outcome) => debug!(ops = n, ?outcome, "published"),
+            // Not fatal: the ops are in the log and catch-up delivers them.
+            Err(e) => debug!(ops = n, "publish failed, catch-up will deliver: {e}"),
+        }
+    }
+
+    /// Handles `first` and the events already queued behind it (up to
+    /// [`GOSSIP_BATCH_CAP`]), then applies their gossiped ops in one batch.
+    async fn handle_net_events(&mut self, first: NetEvent) {
+        let mut pending: Vec<(PeerId, Vec<Op>)> = Vec::new();
+        let mut ev = Some(first);
+        let mut handled = 0;
+        while let Some(e) = ev.take() {
+            self.handle_net_event(e, &mut pending).await;
+            handled += 1;
+            if handled < GOSSIP_BATCH_CAP
+                && let Ok(next) = self.events.try_recv()
+            {
+                ev = Some(next);
+            }
+        }
+        if !pending.is_empty() {
+            self.apply_gossip(pending).await;
+        }
+    }
+
+    async fn handle_net_event(&mut self, ev: NetEvent, pending: &mut Vec<(PeerId, Vec<Op>)>) {
+        match ev {
+            Event::PeerConnected {
+                peer_id,
+                address,
+                discovery,
+            } => self.on_connected(peer_id, address, discovery).await,
+            Event::PeerDisconnected { peer_id } => self.on_disconnected(peer_id),
+            Event::Gossip {
+                source,
+                propagation_source,
+                message_id,
+                data,
+            } => {
+                self.on_gossip(source, propagation_source, message_id, data, pending)
+                    .await
+            }
+            Event::InboundRequest {
+                peer_id,
+                request,
+                responder,
+            } => self.on_request(peer_id, request, responder).await,
+            // A peer that just subscribed may have missed what was published a moment ago.
+            Event::Subscribed { peer_id } => self.start_pull(peer_id),
+            Event::ConnectionFailed {
+                peer_id,
+                address,
+                reason,
+                probable_key_mismatch,
+            } => {
+                if probable_key_mismatch {
+                    warn!(
+                        ?peer_id,
+                        ?address,
+                        "connection failed, probably another library's secret: {reason}"
+                    );
+                } else {
+                    debug!(?peer_id, ?address, "connection failed: {reason}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A gossip message: checked and reported to gossipsub; its ops join `pending`, an
+    /// announcement is handled at once.
+    async fn on_gossip(
+        &mut self,
+        source: PeerId,
+        propagation_source: PeerId,
+        message_id: MessageId,
+        data: Vec<u8>,
+        pending: &mut Vec<(PeerId, Vec<Op>)>,
+    ) {
+        self.metrics.gossip_received.inc();
+        let drop_rate = f64::from_bits(self.options.gossip_drop_rate.load(Ordering::Relaxed));
+        if drop_rate > 0.0 && rand::random::<f64>() < drop_rate {
+            self.metrics.gossip_dropped.inc();
+            self.net
+                .report_validation(message_id, propagation_source, Acceptance::Ignore)
+                .await;
+            return;
+        }
+        let verdict = self.check_gossip(source, &data);
+        match verdict {
+            Ok(Gossip::Ops(ops)) => {
+                self.net
+                    .report_validation(message_id, propagation_source, Acceptance::Accept)
+                    .await;
+                pending.push((propagation_source, ops));
+            }
+            Ok(Gossip::Versions { contiguous, .. }) => {
+                self.net
+                    .report_validation(message_id, propagation_source, Acceptance::Accept)
+                    .await;
+                self.on_versions(source, contiguous).await;
+            }
+            Err(reason) => {
+                debug!(%source, "gossip rejected: {reason}");
+                self.net
+                    .report_validation(message_id, propagation_source, Acceptance::Reject)
+                    .await;
+            }
+        }
+    }
+
+    /// Decodes and checks a gossip message (see [`check_gossip_message`]) and counts a
+    /// refusal under its label.
+    fn check_gossip(&self, source: PeerId, data: &[u8]) -> Result<Gossip, GossipRejection> {
+        check_gossip_message(self.store.registry(), client_uuid(&source), data)
+            .inspect_err(|rejection| self.metrics.reject(rejection.label()))
+    }
+
+    async fn apply_gossip(&mut self, pending: Vec<(PeerId, Vec<Op>)>) {
+        let mut from: HashMap<Uuid, PeerId> = HashMap::new();
+        let mut changes = Vec::new();
+        for (peer, ops) in pending {
+            for op in ops {
+                from.insert(op.author, peer);
+                changes.push(Change::Op(op));
+            }
+        }
+        let authors: Vec<Uuid> = from.keys().copied().collect();
+        match self.store.apply(changes).await {
+            Ok(report) => {
+                self.account(&report, "gossip");
+                // An owned batch announced by its header, or a gap: pull from who sent it.
+                let mut pull_from: Vec<PeerId> = Vec::new();
+                for op in &report.needs_rows {
+                    pull_from.extend(from.get(&op.author));
+                }
+                let vv = self.store.version_vector();
+                for a in authors {
+                    if vv.authors.get(&a).is_some_and(|v| !v.extra.is_empty()) {
+                        pull_from.extend(from.get(&a));
+                    }
+                }
+                if report
+                    .rejected
+                    .iter()
+                    .any(|(_, r)| r.reason == murmur_store::RejectReason::Drift)
+                {
+                    debug!(
+                        "ops beyond the drift bound: the next announcement will pull them again"
+                    );
+                }
+                pull_from.sort();
+                pull_from.dedup();
+                for p in pull_from {
+                    self.start_pull(p);
+                }
+            }
+            Err(e) => warn!("applying gossip failed: {e}"),
+        }
+    }
+
+    fn account(&self, report: &ApplyReport, source: &str) {
+        account(&self.metrics, &self.row_events, report, source);
+    }
+
+    async fn on_connected(&mut self, peer_id: PeerId, address: Multiaddr, discovery: Discovery) {
+        let client = client_uuid(&peer_id);
+        let how = discovery.to_string();
+        info!(%peer_id, %client, %address, discovery = how.as_str(), "peer connected");
+        let n = self.peers.connect(peer_id, address, discovery);
+        self.metrics.peers_connected.set(n as i64);
+        if let Err(e) = self
+            .store
+            .touch_client(client, Some(&peer_id.to_string()))
+            .await
+        {
+            warn!("client pool: {e}");
+        }
+        self.start_pull(peer_id);
+    }
+
+    fn on_disconnected(&mut self, peer_id: PeerId) {
+        let n = self.peers.disconnect(&peer_id);
+        self.metrics.peers_connected.set(n as i64);
+        info!(%peer_id, "peer disconnected");
+    }
+
+    async fn on_versions(&mut self, source: PeerId, contiguous: BTreeMap<Uuid, u64>) {
+        let client = client_uuid(&source);
+        if let Err(e) = self
+            .store
+            .touch_client(client, Some(&source.to_string()))
+            .await
+        {
+            warn!("client pool: {e}");
+        }
+        if let Err(e) = self.store.record_client_version(client, &contiguous).await {
+            warn!("client pool: {e}");
+        }
+        let mine = self.store.version_vector();
+        let mut behind = false;
+        for (a, s) in &contiguous {
+            let cur = self.announced.entry(*a).or_default();
+            *cur = (*cur).max(*s);
+            if mine.contiguous(a) < *s {
+                behind = true;
+            }
+        }
+        self.update_lag();
+        if behind {
+            // Nothing happens if the peer is not connected.
+            self.start_pull(source);
+        }
+    }
+
+    async fn on_request(&mut self, peer: PeerId, request: Request, responder: Responder<Response>) {
+        self.server.serve(peer, request, responder).await;
+    }
+
+    fn update_lag(&self) {
+        let mine = self.store.version_vector();
+        let lag: u64 = self
+            .announced
+            .iter()
+            .map(|(a, s)| s.saturating_sub(mine.contiguous(a)))
+            .fold(0u64, u64::saturating_add);
+        self.metrics.sync_lag_ops.set(lag as i64);
+    }
+
+    /// Announces the version vector, and refreshes the lag and log gauges.
+    async fn handle_announce(&mut self) {
+        let vv = self.store.version_vector();
+        let msg = Gossip::Versions {
+            contiguous: vv.contiguous_map(),
+            horizon: self.store.horizon(),
+            sent_at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+        };
+        if let Err(e) = self.net.publish(to_cbor(&msg)).await {
+            debug!("announce failed: {e}");
+        }
+        self.update_lag();
+        match self.store.pending_operations().await {
+            Ok(n) => {
+                self.metrics.pending_operations.set(n as i64);
+            }
+            Err(e) => warn!("cannot count the log: {e}"),
+        }
+    }
+
+    /// Prunes the log below the horizon every live client has passed.
+    async fn handle_prune(&mut self) {
+        let horizon = match self.store.prune_horizon(self.options.stale_after).await {
+            Ok(h) => h,
+            Err(e) => return warn!("cannot compute the pruning horizon: {e}"),
+        };
+        match self.store.prune(&horizon).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.ops_pruned.inc_by(n);
+                info!(ops = n, "pruned the log");
+            }
+            Err(e) => warn!("pruning failed: {e}"),
+        }
+    }
+
+    /// Asks for a pull from `peer`: it starts now if the peer is connected, pulls nothing
+    /// and a slot is free; otherwise the peer table remembers it (see [`PullState`]).
+    fn start_pull(&mut self, peer: PeerId) {
+        let slot_free = self.pulls.len() < PULLS_CAP;
+        let Some(client) = self.peers.request_pull(&peer, slot_free) else {
+            return;
+        };
+        let puller = Puller {
+            store: self.store.clone(),
+            net: self.net.clone(),
+            peer,
+            client,
+            metrics: self.metrics.clone(),
+            row_events: self.row_events.clone(),
+            peers: self.peers.clone(),
+        };
+        self.pulls
+            .spawn(async move { (peer, puller.run().await) }.instrument(info_span!("pull", %peer)));
+    }
+
+    /// A pull ended: the pull asked for meanwhile, then those that waited for a slot, start.
+    fn handle_pull_done(
+        &mut self,
+        done: Result<(PeerId, Result<PullSummary, PullError>), tokio::task::JoinError>,
+    ) {
+        let Ok((peer, result)) = done else { return };
+        match result {
+            Ok(s) if s.items > 0 => {
+                info!(%peer, ops = s.ops, rows = s.items - s.ops, snapshot = s.snapshot, ms = s.elapsed.as_millis() as u64, "caught up")
+            }
+            Ok(_) => debug!(%peer, "already up to date"),
+            Err(e) => debug!(%peer, "pull failed: {e}"),
+        }
+        self.update_lag();
+        self.peers.finish_pull(&peer);
+        let mut waiting = self.peers.waiting();
+        // This peer's own next pull first.
+        waiting.sort_by_key(|p| *p != peer);
+        for p in waiting {
+            self.start_pull(p);
+        }
+    }
+}

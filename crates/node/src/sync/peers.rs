@@ -1,0 +1,326 @@
+//! The node's table of connected peers: for each, its client UUID, the address and discovery
+//! of its connection, where its pull stands ([`PullState`]) and the progress of a running
+//! pull. It is the only copy: the sync actor changes it, pull tasks report their progress
+//! into it, and `/v1/status` reads a [`PeerView`] of each peer from it.
+//!
+//! The network layer keeps its own record of connections (that is how it dials, blocks and
+//! reports them); this table is what the node knows of a peer once the network says it is
+//! connected, and it forgets the peer when the network says it is gone.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use libp2p::{Multiaddr, PeerId};
+use murmur_p2p::Discovery;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::identity::client_uuid;
+
+/// Where a peer's pull stands. Pulls are started by the sync actor, at most one per peer and
+/// [`PULLS_CAP`](super::PULLS_CAP) at once; a pull asked for meanwhile is remembered, not
+/// run twice or dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullState {
+    /// No pull runs or is due.
+    #[default]
+    Idle,
+    /// A pull runs.
+    Running,
+    /// A pull runs, and another was asked for since it started (the peer announced more, or
+    /// sent a gap): it starts when this one ends.
+    RunningThenAgain,
+    /// A pull is due but every slot was taken: it starts when a running pull ends.
+    Waiting,
+}
+
+impl PullState {
+    /// A pull is asked for; `slot_free` says whether fewer than `PULLS_CAP` pulls run.
+    /// Returns whether the caller must start one now (the state is then `Running`).
+    pub fn request(&mut self, slot_free: bool) -> bool {
+        match *self {
+            PullState::Running | PullState::RunningThenAgain => {
+                *self = PullState::RunningThenAgain;
+                false
+            }
+            PullState::Idle | PullState::Waiting if slot_free => {
+                *self = PullState::Running;
+                true
+            }
+            PullState::Idle | PullState::Waiting => {
+                *self = PullState::Waiting;
+                false
+            }
+        }
+    }
+
+    /// The running pull ended: idle again, or waiting for a slot if another was asked for.
+    pub fn finish(&mut self) {
+        *self = match *self {
+            PullState::Running | PullState::Idle => PullState::Idle,
+            PullState::RunningThenAgain | PullState::Waiting => PullState::Waiting,
+        };
+    }
+
+    /// Whether a pull is due and not running.
+    pub fn is_waiting(self) -> bool {
+        self == PullState::Waiting
+    }
+}
+
+/// What a running pull does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullKind {
+    /// Fetching the ops this node lacks.
+    #[serde(rename = "catch-up")]
+    CatchUp,
+    /// Importing the peer's state snapshot.
+    #[serde(rename = "snapshot")]
+    Snapshot,
+}
+
+impl PullKind {
+    /// The name `/v1/status` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullKind::CatchUp => "catch-up",
+            PullKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// How far a running pull is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Catch-up or snapshot.
+    pub kind: PullKind,
+    /// Items (ops, owned rows or snapshot rows) done.
+    pub done: u64,
+    /// Items expected (an estimate for a catch-up), never below `done`.
+    pub total: u64,
+}
+
+/// One connected peer.
+#[derive(Debug)]
+struct Peer {
+    /// Its client UUID (derived from its peer id).
+    client: Uuid,
+    /// The remote address of its connection.
+    address: Multiaddr,
+    /// How it was found.
+    discovery: Discovery,
+    /// Where its pull stands.
+    pull: PullState,
+    /// The running pull's progress, once it has done a page.
+    progress: Option<PullProgress>,
+}
+
+/// What the rest of the node sees of a connected peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    /// Peer id.
+    pub peer_id: PeerId,
+    /// Its client UUID.
+    pub client_uuid: Uuid,
+    /// Address of the connection.
+    pub address: Multiaddr,
+    /// How it was found.
+    pub discovery: Discovery,
+    /// The running pull's progress, if any.
+    pub progress: Option<PullProgress>,
+}
+
+/// The table of connected peers; clones share it. The lock is held only inside these
+/// methods, never across an await.
+#[derive(Debug, Clone, Default)]
+pub struct PeerTable {
+    peers: Arc<Mutex<BTreeMap<PeerId, Peer>>>,
+}
+
+impl PeerTable {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<PeerId, Peer>> {
+        // The map stays consistent whatever panicked while holding the lock: every method
+        // makes its change in one step.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection to `peer` is up: adds it, or updates the address and discovery of a
+    /// peer already here (its pull state stays). Returns the number of peers.
+    pub(crate) fn connect(&self, peer: PeerId, address: Multiaddr, discovery: Discovery) -> usize {
+        let mut peers = self.lock();
+        match peers.entry(peer) {
+            Entry::Occupied(mut e) => {
+                let p = e.get_mut();
+                p.address = address;
+                p.discovery = discovery;
+            }
+            Entry::Vacant(e) => {
+                e.insert(Peer {
+                    client: client_uuid(&peer),
+                    address,
+                    discovery,
+                    pull: PullState::Idle,
+                    progress: None,
+                });
+            }
+        }
+        peers.len()
+    }
+
+    /// The last connection to `peer` closed: forgets it. Returns the number of peers.
+    pub(crate) fn disconnect(&self, peer: &PeerId) -> usize {
+        let mut peers = self.lock();
+        peers.remove(peer);
+        peers.len()
+    }
+
+    /// Asks for a pull from `peer` (see [`PullState::request`]). Returns its client UUID
+    /// when the caller must start the pull now; `None` when it is not connected, or the
+    /// pull is remembered for later.
+    pub(crate) fn request_pull(&self, peer: &PeerId, slot_free: bool) -> Option<Uuid> {
+        let mut peers = self.lock();
+        let p = peers.get_mut(peer)?;
+        p.pull.request(slot_free).then_some(p.client)
+    }
+
+    /// The pull from `peer` ended (see [`PullState::finish`]).
+    pub(crate) fn finish_pull(&self, peer: &PeerId) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.pull.finish();
+        }
+    }
+
+    /// The peers whose pull waits for a slot.
+    pub(crate) fn waiting(&self) -> Vec<PeerId> {
+        self.lock()
+            .iter()
+            .filter(|(_, p)| p.pull.is_waiting())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Records how far the pull from `peer` is (nothing if the peer is gone).
+    pub(crate) fn set_progress(&self, peer: &PeerId, progress: PullProgress) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.progress = Some(progress);
+        }
+    }
+
+    /// The pull from `peer` has stopped: it has no progress to show.
+    pub(crate) fn clear_progress(&self, peer: &PeerId) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.progress = None;
+        }
+    }
+
+    /// Where the pull from `peer` stands (`None` if it is not connected).
+    pub fn pull_state(&self, peer: &PeerId) -> Option<PullState> {
+        self.lock().get(peer).map(|p| p.pull)
+    }
+
+    /// A copy of every connected peer, in peer id order.
+    pub fn snapshot(&self) -> Vec<PeerView> {
+        self.lock()
+            .iter()
+            .map(|(id, p)| PeerView {
+                peer_id: *id,
+                client_uuid: p.client,
+                address: p.address.clone(),
+                discovery: p.discovery,
+                progress: p.progress,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every state under every event: a request with a slot free, a request with every
+    /// slot taken, the end of a pull.
+    #[test]
+    fn each_transition_of_the_pull_schedule() {
+        use PullState::*;
+        enum On {
+            Request { slot_free: bool },
+            Finish,
+        }
+        let free = On::Request { slot_free: true };
+        let full = On::Request { slot_free: false };
+        let cases = [
+            // Starts when idle and a slot is free; waits when none is.
+            (Idle, &free, Running, true),
+            (Idle, &full, Waiting, false),
+            // Asked again while running: one more pull after this one, never two at once.
+            (Running, &free, RunningThenAgain, false),
+            (Running, &full, RunningThenAgain, false),
+            (RunningThenAgain, &free, RunningThenAgain, false),
+            (RunningThenAgain, &full, RunningThenAgain, false),
+            // A waiting pull is picked up once a slot is free.
+            (Waiting, &free, Running, true),
+            (Waiting, &full, Waiting, false),
+            // The end of a pull: idle, or waiting for a slot if another was asked for.
+            (Running, &On::Finish, Idle, false),
+            (RunningThenAgain, &On::Finish, Waiting, false),
+            // An end for a pull of an earlier connection changes nothing due.
+            (Idle, &On::Finish, Idle, false),
+            (Waiting, &On::Finish, Waiting, false),
+        ];
+        for (from, on, to, starts) in cases {
+            let mut s = from;
+            let started = match on {
+                On::Request { slot_free } => s.request(*slot_free),
+                On::Finish => {
+                    s.finish();
+                    false
+                }
+            };
+            assert_eq!((s, started), (to, starts), "from {from:?}");
+        }
+    }
+
+    #[test]
+    fn the_table_schedules_pulls_and_keeps_progress_with_the_peer() {
+        let t = PeerTable::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        assert_eq!(t.request_pull(&a, true), None, "not connected");
+        assert_eq!(t.connect(a, addr.clone(), Discovery::Mdns), 1);
+        assert_eq!(t.connect(b, addr.clone(), Discovery::Inbound), 2);
+        assert_eq!(t.request_pull(&a, true), Some(client_uuid(&a)));
+        assert_eq!(t.request_pull(&b, false), None);
+        assert_eq!(t.waiting(), vec![b]);
+
+        // A second connection event updates the address and keeps the schedule.
+        let other: Multiaddr = "/ip4/127.0.0.1/tcp/2".parse().unwrap();
+        assert_eq!(t.connect(a, other.clone(), Discovery::Configured), 2);
+        assert_eq!(t.pull_state(&a), Some(PullState::Running));
+
+        let progress = PullProgress {
+            kind: PullKind::CatchUp,
+            done: 1,
+            total: 2,
+        };
+        t.set_progress(&a, progress);
+        let view = t.snapshot().into_iter().find(|p| p.peer_id == a).unwrap();
+        assert_eq!(
+            (view.address, view.discovery, view.progress),
+            (other, Discovery::Configured, Some(progress))
+        );
+        t.clear_progress(&a);
+        t.finish_pull(&a);
+        assert_eq!(t.pull_state(&a), Some(PullState::Idle));
+        // The slot a's pull had is b's now.
+        assert_eq!(t.waiting(), vec![b]);
+        assert_eq!(t.request_pull(&b, true), Some(client_uuid(&b)));
+        assert!(t.waiting().is_empty());
+        assert!(t.snapshot().iter().all(|p| p.progress.is_none()));
+
+        assert_eq!(t.disconnect(&a), 1);
+        t.set_progress(&a, progress);
+        assert_eq!(t.pull_state(&a), None);
+        assert_eq!(t.snapshot().len(), 1);
+    }
+}

@@ -1,0 +1,237 @@
+//! Pulling from one peer (catch-up): asking it for the ops this node lacks, page by page,
+//! third parties' ops included, and first importing its state snapshot when this node is
+//! behind its log horizon. A [`Puller`] runs in a task of its own and reports its progress
+//! into the peer table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_store::{OpsCursor, RowEvent, Store, StoreError, VersionVector};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::account::account;
+use super::peers::{PeerTable, PullKind, PullProgress};
+use crate::metrics::Metrics;
+use crate::protocol::{Net, PAGE_SIZE, Request, Response, VV_EXTRA_CAP};
+
+/// Pulls running at once.
+pub const PULLS_CAP: usize = 4;
+/// Largest response accepted.
+pub const RESPONSE_DECODE_CAP: usize = 16 * 1024 * 1024;
+
+/// Why a pull stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The request failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The peer refused.
+    #[error("peer refused: {0}")]
+    Refused(String),
+    /// The peer answered something unexpected.
+    #[error("unexpected response")]
+    Unexpected,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a pull did.
+#[derive(Debug, Default)]
+pub struct PullSummary {
+    /// Ops applied.
+    pub ops: u64,
+    /// Items received (ops, rows, snapshot rows).
+    pub items: u64,
+    /// Whether a snapshot was imported.
+    pub snapshot: bool,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// One catch-up with one peer.
+pub(super) struct Puller {
+    pub(super) store: Store,
+    pub(super) net: Net,
+    pub(super) peer: PeerId,
+    pub(super) client: Uuid,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) row_events: broadcast::Sender<RowEvent>,
+    /// Where the progress is shown.
+    pub(super) peers: PeerTable,
+}
+
+impl Puller {
+    /// Pulls, then clears the progress and, on success, marks the peer's client synchronized.
+    pub(super) async fn run(self) -> Result<PullSummary, PullError> {
+        let res = self.pull().await;
+        self.peers.clear_progress(&self.peer);
+        if res.is_ok() {
+            self.metrics.catchups.inc();
+            if let Err(e) = self.store.mark_synchronized(self.client).await {
+                warn!("client pool: {e}");
+            }
+        }
+        res
+    }
+
+    fn progress(&self, kind: PullKind, done: u64, total: u64) {
+        self.peers.set_progress(
+            &self.peer,
+            PullProgress {
+                kind,
+                done,
+                total: total.max(done),
+            },
+        );
+    }
+
+    async fn request(&self, req: Request) -> Result<Response, PullError> {
+        match self.net.request(self.peer, req).await {
+            Ok(Response::Error(e)) => Err(PullError::Refused(e)),
+            Ok(r) => Ok(r),
+            Err(e) => Err(PullError::Request(e.to_string())),
+        }
+    }
+
+    fn ops_request(&self, cursor: OpsCursor) -> (VersionVector, Request) {
+        let have = self.store.version_vector().truncated(VV_EXTRA_CAP);
+        let req = Request::OpsSince {
+            have: have.clone(),
+            cursor,
+            limit: PAGE_SIZE as u32,
+        };
+        (have, req)
+    }
+
+    /// Pulls what the peer has and this node lacks. Pages are pipelined: the request for
+    /// page n+1 (its cursor is in page n) is in flight while page n is applied, so the
+    /// peer's read and encode and the transfer overlap the local apply.
+    async fn pull(&self) -> Result<PullSummary, PullError> {
+        let started = Instant::now();
+        let mut summary = PullSummary::default();
+        let mut total: Option<u64> = None;
+        let mut last_log = Instant::now();
+        let (mut have, req) = self.ops_request(OpsCursor::default());
+        let mut resp = self.request(req).await?;
+        loop {
+            match resp {
+                Response::SnapshotRequired => {
+                    if summary.snapshot {
+                        // A second snapshot in one pull would loop: stop and retry later.
+                        return Err(PullError::Refused(
+                            "still behind the horizon after a snapshot".into(),
+                        ));
+                    }
+                    self.snapshot(&mut summary).await?;
+                    let (h, req) = self.ops_request(OpsCursor::default());
+                    have = h;
+                    resp = self.request(req).await?;
+                }
+                Response::Ops { page, server } => {
+                    let total = *total.get_or_insert_with(|| {
+                        server
+                            .iter()
+                            .map(|(a, s)| s.saturating_sub(have.contiguous(a)))
+                            .fold(0u64, u64::saturating_add)
+                    });
+                    let items: u64 = page.changes.iter().map(|c| c.weight() as u64).sum();
+                    // The next request carries the version vector from before this page is
+                    // applied: the cursor, not the vector, says where the peer resumes, and
+                    // anything sent twice is a duplicate, which apply skips.
+                    let next = page.next.map(|cursor| self.ops_request(cursor).1);
+                    let apply = async {
+                        if page.changes.is_empty() {
+                            return Ok(None);
+                        }
+                        self.store.apply(page.changes).await.map(Some)
+                    };
+                    let fetch = async {
+                        match next {
+                            Some(req) => Some(self.request(req).await),
+                            None => None,
+                        }
+                    };
+                    let (applied, fetched) = tokio::join!(apply, fetch);
+                    if let Some(report) = applied? {
+                        account(&self.metrics, &self.row_events, &report, "catchup");
+                        summary.ops += report.applied as u64;
+                        summary.items += items;
+                    }
+                    self.progress(PullKind::CatchUp, summary.items, total);
+                    if total > PAGE_SIZE as u64 && last_log.elapsed() > Duration::from_secs(1) {
+                        info!(done = summary.items, total, "catching up");
+                        last_log = Instant::now();
+                    }
+                    match fetched {
+                        Some(r) => resp = r?,
+                        None => break,
+                    }
+                }
+                _ => return Err(PullError::Unexpected),
+            }
+        }
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    /// Imports the peer's state snapshot, page by page, with the next page's request in
+    /// flight while a page is imported.
+    async fn snapshot(&self, summary: &mut PullSummary) -> Result<(), PullError> {
+        info!(peer = %self.peer, "behind the peer's log horizon: taking a state snapshot");
+        let request = |position| Request::Snapshot {
+            position,
+            limit: PAGE_SIZE as u32,
+        };
+        let mut first = true;
+        let mut covers = None;
+        let mut total = 0;
+        let mut done = 0u64;
+        let mut last_log = Instant::now();
+        let mut resp = self.request(request(None)).await?;
+        loop {
+            let Response::Snapshot {
+                rows,
+                next,
+                covers: c,
+                total_rows,
+            } = resp
+            else {
+                return Err(PullError::Unexpected);
+            };
+            if first {
+                covers = c;
+                total = total_rows.unwrap_or(0);
+                first = false;
+            }
+            done += rows.len() as u64;
+            let fetch = async {
+                match next {
+                    Some(n) => Some(self.request(request(Some(n))).await),
+                    None => None,
+                }
+            };
+            let (imported, fetched) = tokio::join!(self.store.import_snapshot_page(rows), fetch);
+            imported?;
+            self.progress(PullKind::Snapshot, done, total);
+            if last_log.elapsed() > Duration::from_secs(1) {
+                info!(done, total, "importing snapshot");
+                last_log = Instant::now();
+            }
+            match fetched {
+                Some(r) => resp = r?,
+                None => break,
+            }
+        }
+        let covers = covers.ok_or(PullError::Unexpected)?;
+        self.store.finish_snapshot(&covers).await?;
+        self.metrics.snapshots_imported.inc();
+        info!(rows = done, "snapshot imported");
+        summary.items += done;
+        summary.snapshot = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! Answering peers' requests (catch-up pages and snapshot pages) from the store. At most
+//! [`SERVE_CAP`] requests are served at once, each in a task of its own; more are refused
+//! with "busy". The page served last is kept ([`LastPage`]), so peers that ask for the same
+//! page at once get it read once.
+
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use murmur_p2p::Responder;
+use murmur_store::{OpsCursor, OpsPage, Store, StoreError, VersionVector};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::metrics::Metrics;
+use crate::protocol::{PAGE_SIZE, Request, Response};
+
+/// Requests served at once; more are refused with "busy".
+pub const SERVE_CAP: usize = 8;
+
+/// Why a request was refused. [`RequestRejection::label`] is the `reason` label of the
+/// `ops_rejected` metric it is counted under; its message is what the peer is told.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestRejection {
+    /// [`SERVE_CAP`] requests are being served.
+    #[error("busy: too many requests, try again")]
+    Busy,
+    /// The request names what does not exist (a resource, a position): the peer's fault.
+    #[error("{0}")]
+    BadRequest(StoreError),
+}
+
+impl RequestRejection {
+    /// The metric label: "busy" or "bad_request".
+    pub fn label(&self) -> &'static str {
+        match self {
+            RequestRejection::Busy => "busy",
+            RequestRejection::BadRequest(_) => "bad_request",
+        }
+    }
+}
+
+/// The request server: the permits of [`SERVE_CAP`], the tasks serving, the last page.
+pub(crate) struct Server {
+    store: Store,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// The last page of ops served (see [`LastPage`]).
+    last_page: Arc<tokio::sync::Mutex<LastPage>>,
+}
+
+impl Server {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>) -> Server {
+        Server {
+            store,
+            metrics,
+            permits: Arc::new(Semaphore::new(SERVE_CAP)),
+            tasks: JoinSet::new(),
+            last_page: Arc::default(),
+        }
+    }
+
+    /// Serves `request` in a task of its own, or refuses it at once if [`SERVE_CAP`]
+    /// requests are being served.
+    pub(crate) async fn serve(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        responder: Responder<Response>,
+    ) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let busy = RequestRejection::Busy;
+            self.metrics.reject(busy.label());
+            let _ = responder.respond(Response::Error(busy.to_string())).await;
+            return;
+        };
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let last_page = self.last_page.clone();
+        self.tasks.spawn(
+            async move {
+                let resp =
+                    match serve_request_with(&store, request, Some((&last_page, &metrics))).await {
+                        Ok(resp) => resp,
+                        // A request naming what does not exist (a resource, a position): the
+                        // peer's fault, counted, not a warning.
+                        Err(e) if e.is_bad_input() => {
+                            let refused = RequestRejection::BadRequest(e);
+                            metrics.reject(refused.label());
+                            debug!("refused a request: {refused}");
+                            Response::Error(refused.to_string())
+                        }
+                        Err(e) => {
+                            warn!("serving a request failed: {e}");
+                            Response::Error(e.to_string())
+                        }
+                    };
+                metrics.requests_served.inc();
+                if let Err(e) = responder.respond(resp).await {
+                    debug!("cannot answer: {e}");
+                }
+                drop(permit);
+            }
+            .instrument(info_span!("serve", %peer)),
+        );
+    }
+
+    /// Whether no request is being served.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Waits for a served request's task to end (its permit is released in the task).
+    ///
+    /// ## Cancellation safety
+    ///
+    /// Cancel-safe, as [`JoinSet::join_next`] is.
+    pub(crate) async fn join_next(&mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+
+    /// Stops every request being served.
+    pub(crate) fn abort_all(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// The last page of ops a node served, with what it was read for: the requester's version
+/// vector, the cursor, the limit, and this node's version vector before the read. Peers
+/// that pull the same ops at once (every peer of a new owned batch asks for the same pages
+/// of its rows) get the page read and decoded once; any new op here changes the version
+/// vector, so a kept page is never served for a log that has changed since.
+#[derive(Default)]
+pub(crate) struct LastPage {
+    key: Option<(VersionVector, OpsCursor, usize, VersionVector)>,
+    page: OpsPage,
+}
+
+/// Answers a peer's request from the store.
+pub async fn serve_request(store: &Store, request: Request) -> Result<Response, StoreError> {
+    serve_request_with(store, request, None).await
+}
+
+/// [`serve_request`], answering a request for the page served last from `last_page`. The
+/// lock is held during the read, so a second request for the same page waits for the first
+/// read instead of making its own.
+async fn serve_request_with(
+    store: &Store,
+    request: Request,
+    last_page: Option<(&tokio::sync::Mutex<LastPage>, &Metrics)>,
+) -> Result<Response, StoreError> {
+    Ok(match request {
+        Request::OpsSince {
+            have,
+            cursor,
+            limit,
+        } => {
+            if store.needs_snapshot(&have) {
+                Response::SnapshotRequired
+            } else {
+                let limit = (limit as usize).clamp(1, PAGE_SIZE);
+                let page = match last_page {
+                    None => store.ops_since(&have, &cursor, limit).await?,
+                    Some((last, metrics)) => {
+                        let mut last = last.lock().await;
+                        let key = (have, cursor, limit, store.version_vector());
+                        if last.key.as_ref() == Some(&key) {
+                            metrics.pages_reused.inc();
+                        } else {
+                            last.key = None;
+                            last.page = store.ops_since(&key.0, &key.1, limit).await?;
+                            last.key = Some(key);
+                        }
+                        last.page.clone()
+                    }
+                };
+                Response::Ops {
+                    page,
+                    server: store.version_vector().contiguous_map(),
+                }
+            }
+        }
+        Request::Snapshot { position, limit } => {
+            let limit = (limit as usize).clamp(1, PAGE_SIZE);
+            // The version vector is read before the first page, so the snapshot covers it.
+            let (covers, total_rows) = if position.is_none() {
+                let vv = store.version_vector();
+                let mut total = 0;
+                for def in store.registry().iter() {
+                    total += store.count_rows(&def.name).await?;
+                }
+                (Some(vv), Some(total))
+            } else {
+                (None, None)
+            };
+            let (rows, next) = store.snapshot_page(position.as_ref(), limit).await?;
+            Response::Snapshot {
+                rows,
+                next,
+                covers,
+                total_rows,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn refusals_name_their_metric_label_and_tell_the_peer_why() {
+        let busy = RequestRejection::Busy;
+        assert_eq!(
+            (busy.label(), busy.to_string().as_str()),
+            ("busy", "busy: too many requests, try again")
+        );
+        let bad = RequestRejection::BadRequest(StoreError::UnknownResource("nope".into()));
+        assert_eq!(bad.label(), "bad_request");
+        assert_eq!(
+            bad.to_string(),
+            StoreError::UnknownResource("nope".into()).to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_page_asked_for_again_is_served_without_a_read_until_the_log_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = murmur_store::StoreOptions::new(dir.path().join("lib.db"), Uuid::from_u128(1));
+        o.durability = murmur_store::Durability::Normal;
+        let store = Store::open(o).await.unwrap();
+        let tag = |n: &str| {
+            let mut m = serde_json::Map::new();
+            m.insert("name".into(), n.into());
+            m
+        };
+        for n in ["a", "b", "c"] {
+            store.create_shared("tags", None, tag(n)).await.unwrap();
+        }
+        let (last, metrics) = (tokio::sync::Mutex::new(LastPage::default()), Metrics::new());
+        let ask = |cursor: OpsCursor| Request::OpsSince {
+            have: VersionVector::default(),
+            cursor,
+            limit: 2,
+        };
+        let ops = |r: Response| match r {
+            Response::Ops { page, .. } => page,
+            other => panic!("{other:?}"),
+        };
+        let serve = |r| serve_request_with(&store, r, Some((&last, &metrics)));
+
+        let first = ops(serve(ask(OpsCursor::default())).await.unwrap());
+        assert_eq!(first.changes.len(), 2);
+        assert_eq!(metrics.pages_reused.get(), 0);
+        let again = ops(serve(ask(OpsCursor::default())).await.unwrap());
+        assert_eq!((again, metrics.pages_reused.get()), (first.clone(), 1));
+        // Another page is read, and replaces the one kept.
+        let next = ops(serve(ask(first.next.clone().unwrap())).await.unwrap());
+        assert_eq!(next.changes.len(), 1);
+        assert_eq!(metrics.pages_reused.get(), 1);
+        // A new op here: the same request is read again, and sees it.
+        store.create_shared("tags", None, tag("d")).await.unwrap();
+        let after = ops(serve(ask(first.next.clone().unwrap())).await.unwrap());
+        assert_eq!(after.changes.len(), 2);
+        assert_eq!(metrics.pages_reused.get(), 1);
+        let fresh = ops(serve_request(&store, ask(first.next.unwrap()))
+            .await
+            .unwrap());
+        assert_eq!(after, fresh);
+        store.close().await;
+    }
+}

@@ -1,0 +1,115 @@
+//! Snapshot rows, merged register by register as if their ops arrived.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sqlx::sqlite::SqliteConnection;
+use uuid::Uuid;
+
+use super::EngineOutcome;
+use super::shared::{Place, load_shared, write_shared};
+use crate::clock::Hlc;
+use crate::error::StoreError;
+use crate::merge::SharedRow;
+use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow};
+use crate::registry::Registry;
+
+/// Merges snapshot rows into the store: every register is merged as if its op arrived.
+pub(crate) async fn import_rows(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    rows: Vec<SnapshotRow>,
+) -> Result<(), StoreError> {
+    let mut shared: BTreeMap<String, Vec<SnapshotRow>> = BTreeMap::new();
+    let mut owned: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+    for r in rows {
+        match r {
+            SnapshotRow::Shared { ref resource, .. } => {
+                shared.entry(resource.clone()).or_default().push(r)
+            }
+            SnapshotRow::Owned {
+                resource,
+                uuid,
+                ts,
+                seq,
+                values,
+            } => {
+                let header = synthetic(ts, seq, Method::OwnedBatchCreate, &resource, None);
+                owned.entry(resource).or_default().push(Change::OwnedRows {
+                    header,
+                    rows: vec![OwnedRow { uuid, values }],
+                    last: false,
+                });
+            }
+            SnapshotRow::OwnedTombstone { resource, uuid, ts } => {
+                let op = synthetic(ts, 1, Method::OwnedDelete, &resource, Some(uuid));
+                owned.entry(resource).or_default().push(Change::Op(op));
+            }
+        }
+    }
+    for (resource, rows) in shared {
+        let def = registry.get(&resource)?;
+        let uuids: Vec<Uuid> = rows
+            .iter()
+            .filter_map(|r| match r {
+                SnapshotRow::Shared { uuid, .. } => Some(*uuid),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut state = load_shared(conn, def, &uuids).await?;
+        let mut dirty = BTreeSet::new();
+        for r in rows {
+            let SnapshotRow::Shared {
+                uuid,
+                exists_ts,
+                alive,
+                props,
+                ..
+            } = r
+            else {
+                continue;
+            };
+            let (row, place) = state
+                .entry(uuid)
+                .or_insert_with(|| (SharedRow::default(), Place::New));
+            if *place == Place::New {
+                dirty.insert(uuid);
+            }
+            if exists_ts > row.exists_ts {
+                row.exists_ts = exists_ts;
+                row.alive = alive;
+                dirty.insert(uuid);
+            }
+            for (name, ts, v) in props {
+                if row.update(ts, &name, &v).props {
+                    dirty.insert(uuid);
+                }
+            }
+        }
+        write_shared(conn, def, &state, &dirty).await?;
+    }
+    for (resource, changes) in owned {
+        let def = registry.get(&resource)?;
+        let refs: Vec<&Change> = changes.iter().collect();
+        let mut out = EngineOutcome::default();
+        let mut rejected = HashMap::new();
+        super::owned::apply(conn, def, &refs, false, &mut out, &mut rejected).await?;
+    }
+    Ok(())
+}
+
+fn synthetic(ts: Hlc, seq: u64, method: Method, resource: &str, uuid: Option<Uuid>) -> Op {
+    Op {
+        author: ts.author,
+        seq,
+        time: ts.time,
+        method,
+        resource: resource.to_owned(),
+        uuid,
+        property: None,
+        value: None,
+        fields: BTreeMap::new(),
+        count: None,
+    }
+}

@@ -1,0 +1,246 @@
+//! What peers send, written through the [`Writer`]: batches of remote changes (validated,
+//! duplicates skipped, drift checked, then merged), snapshot pages and the end of a
+//! snapshot, and the pruning of the log.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::clock::{Clock, Hlc};
+use crate::commit::{Commit, Origin};
+use crate::engine::{self, Mode, Unborn};
+use crate::error::StoreError;
+use crate::op::{
+    ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotRow, VersionVector,
+};
+use crate::registry::Registry;
+use crate::sql::{oplog, versions};
+use crate::validate::{validate_change, validate_snapshot_row, validate_version_vector};
+use crate::writer::Writer;
+
+/// What writing peers' changes needs.
+pub(crate) struct Remote<'a> {
+    /// The one writer.
+    pub writer: &'a Writer,
+    /// The synced resources.
+    pub registry: &'a Registry,
+    /// Checks remote timestamps for drift, and moves past them.
+    pub clock: &'a Clock,
+    /// The shared tables whose in-place updates skip the live-row check.
+    pub unborn: &'a Unborn,
+}
+
+impl Remote<'_> {
+    /// Applies a batch of remote changes in one transaction. Each change is validated
+    /// (schema, drift, ownership); duplicates are no-ops; delivery order does not matter.
+    /// An `OwnedBatchCreate` that arrives without its rows is returned in `needs_rows`.
+    pub(crate) async fn apply(
+        &self,
+        batch: Vec<Change>,
+        origin: Origin,
+    ) -> Result<ApplyReport, StoreError> {
+        let mut report = ApplyReport::default();
+        let mut tx = self.writer.begin().await?;
+        // The version vector and the batch's complete ops so far: a second copy of an op
+        // is a duplicate. An author's ops mostly come in order, which only moves its
+        // contiguous seq.
+        let mut seen = tx.vv().clone();
+        let mut candidates = Vec::with_capacity(batch.len());
+        for change in batch {
+            let op = change.op();
+            let id = op.id();
+            if let Err(rejection) = validate_change(self.registry, &change) {
+                report.rejected.push((id, rejection));
+                continue;
+            }
+            let complete = matches!(change, Change::Op(_) | Change::OwnedRows { last: true, .. });
+            if tx.vv().has(id) || (complete && !first_copy(&mut seen, id)) {
+                report.duplicates += 1;
+                continue;
+            }
+            if let Change::Op(op) = &change
+                && op.method == Method::OwnedBatchCreate
+            {
+                report.needs_rows.push(op.clone());
+                continue;
+            }
+            candidates.push(change);
+        }
+        // The clock takes the batch's latest timestamp first: when it is within the drift
+        // bound, so is every other, and the clock is then past all of them (one lock and
+        // one read of the system clock, not one per op). Otherwise each is checked.
+        let latest = candidates.iter().map(|c| c.op().ts()).max();
+        let accepted = if latest.is_none_or(|ts| self.clock.observe(ts).is_ok()) {
+            candidates
+        } else {
+            let mut accepted = Vec::with_capacity(candidates.len());
+            for change in candidates {
+                let op = change.op();
+                match self.clock.observe(op.ts()) {
+                    Ok(()) => accepted.push(change),
+                    Err(e) => report
+                        .rejected
+                        .push((op.id(), Rejection::new(RejectReason::Drift, e.to_string()))),
+                }
+            }
+            accepted
+        };
+        if accepted.is_empty() {
+            // Nothing to write: end the transaction, and count what was refused.
+            drop(tx);
+            self.writer.report(|| report.commit(origin)).await;
+            return Ok(report);
+        }
+        let (conn, vv) = tx.parts();
+        let mode = Mode::Remote {
+            unborn: self.unborn,
+        };
+        let res = engine::apply(conn, self.registry, &accepted, mode, vv).await?;
+        report.applied = res.logged.len();
+        report.rows = res.rows;
+        report.events = res.events;
+        report.in_place = res.in_place;
+        report.rejected.extend(res.rejected);
+        tx.commit(|| report.commit(origin)).await?;
+        Ok(report)
+    }
+
+    /// Merges a page of snapshot rows, register by register, in one transaction.
+    pub(crate) async fn import_snapshot_page(
+        &self,
+        rows: Vec<SnapshotRow>,
+    ) -> Result<usize, StoreError> {
+        // A snapshot page is rewritten as changes the engine already knows how to merge.
+        for r in &rows {
+            validate_snapshot_row(self.registry, r).map_err(|r| StoreError::Decode {
+                what: "snapshot row",
+                reason: r.detail,
+            })?;
+            // Registers from a snapshot are checked for drift like the ops they stand for:
+            // one far in the future would otherwise win every merge for good.
+            for ts in snapshot_timestamps(r) {
+                self.clock.observe(ts)?;
+            }
+        }
+        let mut tx = self.writer.begin().await?;
+        let n = rows.len();
+        engine::import_rows(tx.conn(), self.registry, rows).await?;
+        tx.commit(|| Commit {
+            imported: n,
+            ..Commit::new(Origin::Snapshot)
+        })
+        .await?;
+        Ok(n)
+    }
+
+    /// Ends a snapshot import: this replica now holds every op `vv` covers.
+    pub(crate) async fn finish_snapshot(&self, covers: &VersionVector) -> Result<(), StoreError> {
+        validate_version_vector(covers).map_err(|r| StoreError::Decode {
+            what: "snapshot version vector",
+            reason: r.detail,
+        })?;
+        let mut tx = self.writer.begin().await?;
+        let (conn, vv) = tx.parts();
+        for (a, v) in &covers.authors {
+            vv.authors.entry(*a).or_default().raise(v.contiguous);
+        }
+        versions::persist_vv(conn, vv, covers.authors.keys().copied()).await?;
+        tx.commit(|| Commit::new(Origin::Snapshot)).await
+    }
+
+    /// Removes from the log every op covered by `horizon` (per author, a seq) and not above
+    /// this replica's own contiguous seq, and records the new horizon. Returns how many ops
+    /// were removed. Merges are unaffected: the registers live beside the data.
+    pub(crate) async fn prune(&self, horizon: &BTreeMap<Uuid, u64>) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let vv = tx.vv().clone();
+        let (conn, current) = tx.horizon_mut();
+        let mut removed = 0;
+        for (author, h) in horizon {
+            let contiguous = vv.contiguous(author);
+            let h = (*h).min(contiguous);
+            let pruned = current.get(author).copied().unwrap_or(0);
+            if h == 0 || pruned >= h {
+                continue;
+            }
+            removed += oplog::prune(conn, *author, pruned, h).await?;
+            versions::record_pruned(conn, *author, contiguous, h).await?;
+            current.insert(*author, h);
+        }
+        tx.commit(|| Commit {
+            pruned: removed,
+            ..Commit::new(Origin::Prune)
+        })
+        .await?;
+        Ok(removed)
+    }
+}
+
+impl ApplyReport {
+    /// The commit of this batch, for the commit feed.
+    fn commit(&self, origin: Origin) -> Commit {
+        Commit {
+            events: self.events.clone(),
+            applied: self.applied,
+            rows: self.rows,
+            duplicates: self.duplicates,
+            rejected: self.rejected.clone(),
+            ..Commit::new(origin)
+        }
+    }
+}
+
+/// Whether `id` is not in `seen` yet; records it there.
+fn first_copy(seen: &mut VersionVector, id: OpId) -> bool {
+    if seen.has(id) {
+        return false;
+    }
+    seen.add(id);
+    true
+}
+
+/// Every timestamp a snapshot row carries.
+fn snapshot_timestamps(r: &SnapshotRow) -> Vec<Hlc> {
+    match r {
+        SnapshotRow::Shared {
+            exists_ts, props, ..
+        } => std::iter::once(*exists_ts)
+            .chain(props.iter().map(|(_, ts, _)| *ts))
+            .collect(),
+        SnapshotRow::Owned { ts, .. } | SnapshotRow::OwnedTombstone { ts, .. } => vec![*ts],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_counts_every_second_copy_of_an_op_in_any_order() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let id = |author, seq| OpId { author, seq };
+        let mut seen = VersionVector::default();
+        let order = [
+            (a, 5, true),
+            (a, 6, true),
+            (b, 1, true),
+            (a, 7, true),
+            (a, 6, false),
+            (a, 9, true),
+            (a, 8, true),
+            (a, 9, false),
+            (a, 3, true),
+            (a, 3, false),
+            (b, 1, false),
+            (a, 10, true),
+            (a, 5, false),
+        ];
+        for (author, seq, new) in order {
+            assert_eq!(
+                first_copy(&mut seen, id(author, seq)),
+                new,
+                "{author} {seq}"
+            );
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Rows as SQLite stores them: keys, the register columns of shared rows (their data row
+//! and clock, or the side tables), owned rows' values.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::clock::Hlc;
+use crate::error::StoreError;
+use crate::merge::SharedRow;
+use crate::op::OwnedRow;
+use crate::registry::ResourceDef;
+use crate::rowclock;
+use crate::value::Value;
+
+/// A live row of `def` read as `uuid, crdt_clock, <columns>`, with its registers; `None`
+/// for a row written before the row clock (its registers are still in the side tables
+/// until [`move_live_registers`] has run).
+pub(crate) fn live_row_from(
+    def: &ResourceDef,
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<Option<(Uuid, SharedRow)>, StoreError> {
+    let uuid = parse_uuid(r.try_get::<&str, _>(0)?)?;
+    let raw: &[u8] = r.try_get(1)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let clock = rowclock::decode(raw)?;
+    let mut row = SharedRow {
+        exists_ts: clock.exists,
+        alive: true,
+        props: BTreeMap::new(),
+    };
+    for (name, ts) in clock.props {
+        // A name the registry no longer has is ignored (its column is gone).
+        if let Some(i) = def.column_index(name) {
+            let v: Value = r.try_get(2 + i)?;
+            row.props.insert(name.to_owned(), (ts, v));
+        }
+    }
+    Ok(Some((uuid, row)))
+}
+
+/// A side row read as `uuid, ts, alive` from `crdt_rows`: its existence register, no
+/// properties yet.
+pub(crate) fn side_head_from(r: &sqlx::sqlite::SqliteRow) -> Result<(Uuid, SharedRow), StoreError> {
+    Ok((
+        parse_uuid(r.try_get::<&str, _>(0)?)?,
+        SharedRow {
+            exists_ts: Hlc::from_bytes(r.try_get::<&[u8], _>(1)?)?,
+            alive: r.try_get::<i64, _>(2)? != 0,
+            props: BTreeMap::new(),
+        },
+    ))
+}
+
+/// A property register read as `uuid, property, ts, value` from `crdt_props`.
+pub(crate) fn side_prop_from(
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<(Uuid, String, (Hlc, Value)), StoreError> {
+    Ok((
+        parse_uuid(r.try_get::<&str, _>(0)?)?,
+        r.try_get(1)?,
+        (Hlc::from_bytes(r.try_get::<&[u8], _>(2)?)?, r.try_get(3)?),
+    ))
+}
+
+/// A row's key as its table stores it (hyphenated, lower case), without the formatting
+/// machinery of `to_string`.
+pub(crate) fn key_of(u: Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    u.hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("bad uuid {s:?} in store: {e}")))
+}
+
+pub(crate) fn column_list(def: &ResourceDef) -> String {
+    def.columns
+        .iter()
+        .map(|c| format!(", {}", c.name))
+        .collect()
+}
+
+pub(crate) fn owned_row_from(
+    r: &sqlx::sqlite::SqliteRow,
+    def: &ResourceDef,
+    first: usize,
+) -> Result<OwnedRow, StoreError> {
+    let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+    let mut values = Vec::with_capacity(def.columns.len());
+    for i in 0..def.columns.len() {
+        values.push(r.try_get::<Value, _>(first + i)?);
+    }
+    Ok(OwnedRow { uuid, values })
+}

@@ -1,0 +1,213 @@
+//! The one writer: every transaction that writes the library goes through [`Writer::begin`]
+//! and [`WriteTx::commit`].
+//!
+//! A [`WriteTx`] holds the write lock (so commits happen in the order their timestamps and
+//! sequence numbers were taken), an SQLite `BEGIN IMMEDIATE` transaction, and a copy of the
+//! replica's state (version vector and log horizon) that the transaction changes. Commit
+//! writes SQLite first; only then does the copy become the replica's state, and the
+//! [`Commit`] go out on the commit feed, still under the lock, so the feed's order is the
+//! commit order. A transaction dropped without commit (an error, a panic) rolls back and
+//! leaves the state as it was.
+//!
+//! The feed is bounded: a consumer that falls behind makes writers wait (back-pressure),
+//! never lose a commit. Without a consumer nothing is sent.
+//!
+//! ## Cancellation safety
+//! [`WriteTx::commit`] must not be cancelled between SQLite's commit and the state update:
+//! the store runs every write in a task of its own (`Store::detached`).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, Transaction};
+use tokio::sync::{MutexGuard, mpsc};
+use uuid::Uuid;
+
+use crate::commit::Commit;
+use crate::error::StoreError;
+use crate::op::VersionVector;
+
+/// What this replica holds: the ops applied, and per author the highest seq pruned.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Replica {
+    /// Ops applied.
+    pub vv: VersionVector,
+    /// Per author, the highest seq pruned from the log.
+    pub horizon: BTreeMap<Uuid, u64>,
+}
+
+/// Owns the write lock, the replica's state and the commit feed.
+pub(crate) struct Writer {
+    pool: SqlitePool,
+    /// Taken by every write transaction, for its whole life.
+    turn: tokio::sync::Mutex<()>,
+    /// Changed only by [`WriteTx::commit`], with `turn` held.
+    replica: RwLock<Replica>,
+    /// The commit feed's sender, once somebody subscribed.
+    feed: Mutex<Option<mpsc::Sender<Commit>>>,
+}
+
+impl Writer {
+    /// A writer over `pool`, whose database holds `replica`.
+    pub(crate) fn new(pool: SqlitePool, replica: Replica) -> Writer {
+        Writer {
+            pool,
+            turn: tokio::sync::Mutex::new(()),
+            replica: RwLock::new(replica),
+            feed: Mutex::new(None),
+        }
+    }
+
+    /// Reads the replica's state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Replica) -> T) -> T {
+        f(&self.replica.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The commit feed, holding up to `cap` commits not yet taken. A new subscriber
+    /// replaces the previous one (whose feed then ends).
+    pub(crate) fn subscribe(&self, cap: usize) -> mpsc::Receiver<Commit> {
+        let (tx, rx) = mpsc::channel(cap.max(1));
+        *self.feed.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        rx
+    }
+
+    /// Starts a write transaction: waits for the write lock, then `BEGIN IMMEDIATE`.
+    pub(crate) async fn begin(&self) -> Result<WriteTx<'_>, StoreError> {
+        let turn = self.turn.lock().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let vv = self.read(|r| r.vv.clone());
+        Ok(WriteTx {
+            writer: self,
+            _turn: turn,
+            tx,
+            vv,
+            horizon: None,
+        })
+    }
+
+    /// Whether the feed has a consumer (commits are built only then).
+    pub(crate) fn has_feed(&self) -> bool {
+        self.feed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Sends what a remote batch that committed nothing refused or skipped, so that it is
+    /// counted where every commit is.
+    pub(crate) async fn report(&self, make: impl FnOnce() -> Commit) {
+        if self.has_feed() {
+            self.send(make()).await;
+        }
+    }
+
+    async fn send(&self, commit: Commit) {
+        let feed = self
+            .feed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(feed) = feed
+            && feed.send(commit).await.is_err()
+        {
+            // The consumer is gone (the node is stopping): stop sending.
+            let mut slot = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|s| s.same_channel(&feed)) {
+                *slot = None;
+            }
+        }
+    }
+}
+
+/// A write transaction (see the module docs).
+pub(crate) struct WriteTx<'w> {
+    writer: &'w Writer,
+    _turn: MutexGuard<'w, ()>,
+    tx: Transaction<'static, Sqlite>,
+    /// The version vector as this transaction leaves it.
+    vv: VersionVector,
+    /// The log horizon, once this transaction changes it.
+    horizon: Option<BTreeMap<Uuid, u64>>,
+}
+
+impl<'w> WriteTx<'w> {
+    /// The transaction's connection.
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    /// The connection and the version vector the transaction advances.
+    pub(crate) fn parts(&mut self) -> (&mut SqliteConnection, &mut VersionVector) {
+        (&mut self.tx, &mut self.vv)
+    }
+
+    /// The version vector as the transaction has it so far.
+    pub(crate) fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The log horizon, to change; the connection beside it.
+    pub(crate) fn horizon_mut(&mut self) -> (&mut SqliteConnection, &mut BTreeMap<Uuid, u64>) {
+        let writer = self.writer;
+        let horizon = self
+            .horizon
+            .get_or_insert_with(|| writer.read(|r| r.horizon.clone()));
+        (&mut self.tx, horizon)
+    }
+
+    /// Rolls back what the transaction did and starts again, still holding the lock.
+    pub(crate) async fn restart(self) -> Result<Self, StoreError> {
+        let WriteTx {
+            writer, _turn, tx, ..
+        } = self;
+        tx.rollback().await?;
+        Ok(WriteTx {
+            writer,
+            _turn,
+            tx: writer.pool.begin_with("BEGIN IMMEDIATE").await?,
+            vv: writer.read(|r| r.vv.clone()),
+            horizon: None,
+        })
+    }
+
+    /// Commits; then the replica's state becomes the transaction's, and the commit `make`
+    /// builds goes out on the feed (built only when the feed has a consumer).
+    pub(crate) async fn commit(self, make: impl FnOnce() -> Commit) -> Result<(), StoreError> {
+        self.finish(Some(make)).await
+    }
+
+    /// Commits bookkeeping that is no change of the library (the client pool, settings):
+    /// nothing goes out on the feed.
+    pub(crate) async fn commit_quietly(self) -> Result<(), StoreError> {
+        self.finish(None::<fn() -> Commit>).await
+    }
+
+    async fn finish(self, make: Option<impl FnOnce() -> Commit>) -> Result<(), StoreError> {
+        let WriteTx {
+            writer,
+            _turn,
+            tx,
+            vv,
+            horizon,
+        } = self;
+        tx.commit().await?;
+        {
+            let mut replica = writer
+                .replica
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            replica.vv = vv;
+            if let Some(h) = horizon {
+                replica.horizon = h;
+            }
+        }
+        // Still holding the turn: the feed's order is the commit order.
+        if let Some(make) = make
+            && writer.has_feed()
+        {
+            writer.send(make()).await;
+        }
+        Ok(())
+    }
+}
