@@ -5,8 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value as J;
 
 use crate::config::ClientArgs;
-use crate::token::{ApiToken, TOKEN_FILE};
 use crate::status::Status;
+use crate::token::{ApiToken, TOKEN_FILE};
 
 fn url(api: &str, path: &str) -> String {
     if api.starts_with("http://") || api.starts_with("https://") {
