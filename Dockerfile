@@ -12,6 +12,7 @@
 #   - /murmur, the binary; it is also the healthcheck (`murmur health`);
 #   - /data, the data dir, owned by the unprivileged user 10001, so that a named volume
 #     mounted there starts out writable by it (Docker copies the ownership into a new volume);
+#     the node narrows it to 0700 at start, and creates every file in it 0600;
 #   - /tmp, owned by that user: SQLite's temp directory (large sorts, temp tables); without
 #     it SQLite falls back to the working directory, /, which the user cannot write.
 # Left out on purpose:
@@ -31,8 +32,12 @@ COPY --chown=10001:10001 tests/cluster/rootfs/ /
 COPY ${BINARY} /murmur
 USER 10001:10001
 # Container defaults: data on the volume, peers on a fixed port (so that /dns4/<service>/tcp/7000
-# peers work), the API on all interfaces of the container so that it can be published. Publish
-# it on the host's loopback only (-p 127.0.0.1:7700:7700): the API has no authentication.
+# peers work), the API on all interfaces of the container so that it can be published. Every
+# API call but /v1/health needs the token the node writes to /data/api.token on its first
+# start (`docker cp <container>:/data/api.token .`); publish the API on the host's loopback
+# only all the same (-p 127.0.0.1:7700:7700). Give the library secret as MURMUR_LIBRARY_SECRET
+# (-e MURMUR_LIBRARY_SECRET="$(cat library.key)"): a secret file mounted from the host keeps
+# the host's owner and mode, and uid 10001 could read it only if everyone could.
 # NO_COLOR: the logs go to Docker's log driver, not a terminal, so no ANSI escapes in them.
 ENV MURMUR_DATA_DIR=/data \
     MURMUR_LISTEN=/ip4/0.0.0.0/tcp/7000 \

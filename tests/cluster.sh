@@ -116,21 +116,34 @@ trap 'exit 130' INT TERM
 
 # --- Helpers: HTTP over the published ports (curl when present, python3 otherwise). --------
 
+# Each node's API token, by host port: the node writes it to /data/api.token on its first
+# start; the test copies it out with `docker cp` (as a user of the host would).
+declare -A TOKEN=()
+fetch_tokens() {
+  local n
+  for n in 1 2 3; do
+    docker cp "${CID[$n]}:/data/api.token" "$WORK/node$n.token" >/dev/null
+    TOKEN[${PORTS[$n]}]=$(tr -d '[:space:]' <"$WORK/node$n.token")
+  done
+}
+
 # http METHOD PORT PATH [JSON]: prints the body; fails on a connection error or a non-2xx.
 if command -v curl >/dev/null 2>&1; then
   http() {
-    local args=(-fsS --max-time 5 -X "$1" -H 'content-type: application/json')
+    local args=(-fsS --max-time 5 -X "$1" -H 'content-type: application/json'
+      -H "authorization: Bearer ${TOKEN[$2]:-}")
     [ $# -ge 4 ] && args+=(--data "$4")
     curl "${args[@]}" "http://127.0.0.1:$2$3"
   }
 else
   http() {
-    python3 - "$@" <<'PY'
+    python3 - "${TOKEN[$2]:-}" "$@" <<'PY'
 import sys, urllib.request
-method, port, path = sys.argv[1:4]
-data = sys.argv[4].encode() if len(sys.argv) > 4 else None
+token, method, port, path = sys.argv[1:5]
+data = sys.argv[5].encode() if len(sys.argv) > 5 else None
 req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                             headers={"content-type": "application/json"})
+                             headers={"content-type": "application/json",
+                                      "authorization": f"Bearer {token}"})
 with urllib.request.urlopen(req, timeout=5) as r:
     sys.stdout.write(r.read().decode())
 PY
@@ -203,8 +216,10 @@ MESH_WARNINGS=0
 show_peers() {
   local n
   for n in 1 2 3; do
+    # As the README has it: no --api (the container's MURMUR_API, 0.0.0.0:7700, is reached
+    # on loopback), no token option (read from the container's /data/api.token).
     echo "-- node$n: murmur peers (run in its container)"
-    docker exec "${CID[$n]}" /murmur peers --api 127.0.0.1:7700
+    docker exec "${CID[$n]}" /murmur peers
   done
 }
 
@@ -222,11 +237,15 @@ digest() { http GET "${PORTS[$1]}" /v1/digest | json 'j["digest"] + "  " + str(j
 converged() {
   local u args=()
   for u in "${!WRITES[@]}"; do args+=("$u=${WRITES[$u]}"); done
-  python3 - "${PORTS[1]}" "${PORTS[2]}" "${PORTS[3]}" "${args[@]}" <<'PY'
+  python3 - "${PORTS[1]}=${TOKEN[${PORTS[1]}]}" "${PORTS[2]}=${TOKEN[${PORTS[2]}]}" \
+    "${PORTS[3]}=${TOKEN[${PORTS[3]}]}" "${args[@]}" <<'PY'
 import json, sys, urllib.request
-ports, writes = sys.argv[1:4], [w.split("=", 1) for w in sys.argv[4:]]
+tokens = dict(a.split("=", 1) for a in sys.argv[1:4])
+ports, writes = list(tokens), [w.split("=", 1) for w in sys.argv[4:]]
 def get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"authorization": f"Bearer {tokens[port]}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.load(r)
 try:
     if len({get(p, "/v1/digest")["digest"] for p in ports}) != 1:
@@ -248,8 +267,9 @@ if command -v openssl >/dev/null 2>&1; then
 else
   python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/library.key"
 fi
-# The containers run as uid 10001: the bind-mounted key file must be readable by it.
-chmod 644 "$WORK/library.key"
+# The secret stays readable by its owner only; the containers get it from the environment
+# (MURMUR_LIBRARY_SECRET), not from a file mounted from the host.
+chmod 600 "$WORK/library.key"
 read -r P1 P2 P3 < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(3)]
@@ -257,7 +277,8 @@ for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 PORTS=([1]=$P1 [2]=$P2 [3]=$P3)
-export MURMUR_IMAGE="$IMAGE" MURMUR_LIBRARY_KEY="$WORK/library.key" MURMUR_LOG=info
+MURMUR_LIBRARY_SECRET=$(tr -d '[:space:]' <"$WORK/library.key")
+export MURMUR_IMAGE="$IMAGE" MURMUR_LIBRARY_SECRET MURMUR_LOG=info
 export MURMUR_NODE1_PORT=$P1 MURMUR_NODE2_PORT=$P2 MURMUR_NODE3_PORT=$P3
 echo "APIs: node1 127.0.0.1:$P1, node2 127.0.0.1:$P2, node3 127.0.0.1:$P3"
 
@@ -300,6 +321,19 @@ NET=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{en
 echo "network: $NET"
 wait_for "every node healthy (docker healthcheck: murmur health)" all_healthy
 timing "cluster up and healthy" $(($(now_ms) - t))
+# The API listens on 0.0.0.0 in the container, and wants the token all the same.
+code=$(python3 - "${PORTS[1]}" <<'PY'
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v1/status", timeout=5)
+    print(200)
+except urllib.error.HTTPError as e:
+    print(e.code)
+PY
+)
+[ "$code" = 401 ] || fail "node1's API answered /v1/status without a token: $code"
+echo "without its token, node1's API answers 401"
+fetch_tokens
 t=$(now_ms)
 wait_for "every node connected to the two others" all_meshed
 timing "mesh formed (every node sees 2 peers)" $(($(now_ms) - t))
@@ -435,6 +469,7 @@ t=$(now_ms)
 dc up -d 2>&1
 find_containers
 wait_for "every node healthy" all_healthy
+fetch_tokens
 wait_for "every node connected to the two others through /dns4 peers" all_meshed
 timing "static-peers cluster up and meshed" $(($(now_ms) - t))
 show_peers

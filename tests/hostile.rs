@@ -531,7 +531,7 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
     assert_eq!(status, 201);
     converged(&[&n, &a], WAIT).await;
     let (_, listed) = a.get("/v1/owned/file_paths").await;
-    let owned_row: Uuid = listed
+    let owned_row: Uuid = listed["rows"]
         .as_array()
         .and_then(|r| r.first())
         .and_then(|r| r["uuid"].as_str())

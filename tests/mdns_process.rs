@@ -33,20 +33,31 @@ fn skip_reason() -> Option<String> {
     None
 }
 
+/// The API token every node of the test uses (`--api-token-file`).
+const TOKEN: &str = "mdns-process-test-token-0123456789abcdef";
+
+/// Writes a file readable by its owner only (the node refuses a secret others may read).
+fn write_private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write private file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
 /// An HTTP call to the node inside namespace `i`, through python3 run in that namespace.
 fn http(lab: &Lab, i: usize, method: &str, path: &str, body: Option<&str>) -> Option<J> {
     let script = r#"
 import sys, urllib.request
-req = urllib.request.Request("http://127.0.0.1:7700" + sys.argv[2], method=sys.argv[1],
-                             data=sys.argv[3].encode() if len(sys.argv) > 3 else None,
-                             headers={"content-type": "application/json"})
+req = urllib.request.Request("http://127.0.0.1:7700" + sys.argv[3], method=sys.argv[2],
+                             data=sys.argv[4].encode() if len(sys.argv) > 4 else None,
+                             headers={"content-type": "application/json",
+                                      "authorization": "Bearer " + sys.argv[1]})
 try:
     print(urllib.request.urlopen(req, timeout=5).read().decode())
 except Exception as e:
     print("null")
 "#;
     let mut cmd = lab.command(i, "python3");
-    cmd.args(["-c", script, method, path]);
+    cmd.args(["-c", script, TOKEN, method, path]);
     if let Some(b) = body {
         cmd.arg(b);
     }
@@ -78,11 +89,12 @@ fn murmur_nodes_find_each_other_by_mdns() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = dir.path().join("library.key");
     let key: [u8; 32] = rand::random();
-    std::fs::write(
+    write_private(
         &secret,
-        key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    )
-    .expect("secret");
+        &key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    );
+    let token_file = dir.path().join("api.token");
+    write_private(&token_file, TOKEN);
     for i in 1..=NODES {
         let data = dir.path().join(format!("n{i}"));
         let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
@@ -99,6 +111,8 @@ fn murmur_nodes_find_each_other_by_mdns() {
             ])
             .arg("--library-secret-file")
             .arg(&secret)
+            .arg("--api-token-file")
+            .arg(&token_file)
             .env("MURMUR_LOG", "info")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))

@@ -16,10 +16,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Reads `/v1/events` of a node and sends each changed row's uuid with its arrival time.
-fn follow_events(url: String, tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>) {
+fn follow_events(
+    http: reqwest::Client,
+    url: String,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
+) {
     tokio::spawn(async move {
-        // A client of its own: the cluster's has a timeout, and this stream lasts the test.
-        let events = request(&reqwest::Client::new(), reqwest::Method::GET, &url);
+        // A client of its own (the cluster's has a timeout, and this stream lasts the
+        // test), with the node's token.
+        let events = request(&http, reqwest::Method::GET, &url);
         let Ok(mut resp) = events.send().await else {
             return;
         };
@@ -66,8 +71,16 @@ async fn three_processes_converge_and_survive_sigkill() {
 
     // Write-to-visible latency across the 3 processes, from /v1/events of nodes 1 and 2.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    follow_events(c.procs[1].url("/v1/events"), tx.clone());
-    follow_events(c.procs[2].url("/v1/events"), tx);
+    follow_events(
+        c.procs[1].streaming_client(),
+        c.procs[1].url("/v1/events"),
+        tx.clone(),
+    );
+    follow_events(
+        c.procs[2].streaming_client(),
+        c.procs[2].url("/v1/events"),
+        tx,
+    );
     // Let both streams attach before measuring (the first event proves it).
     let (_, warm) = c
         .post(0, "/v1/shared/tags", json!({"name": "warm-up"}))

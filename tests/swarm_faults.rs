@@ -120,7 +120,10 @@ async fn a_stale_client_returns_through_a_snapshot() {
         "c must have taken a snapshot"
     );
     assert_eq!(c.get(&del).await.0, 404);
-    assert_eq!(c.get("/v1/files").await.1.as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.get("/v1/files").await.1["rows"].as_array().unwrap().len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +162,7 @@ async fn an_owned_batch_of_100k_file_paths_reaches_the_peers() {
     }
     for n in [&b, &c] {
         let files = n.get("/v1/files?limit=3").await.1;
-        assert_eq!(files[0]["path_count"], 2, "{files}");
+        assert_eq!(files["rows"][0]["path_count"], 2, "{files}");
     }
     println!(
         "100k owned rows: written in {} ms, on all 3 nodes in {} ms",

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +24,14 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use crate::status::{Status, StatusSource};
 
-/// Largest request body: an owned batch of 100k file_paths fits.
-pub const BODY_LIMIT: usize = 64 * 1024 * 1024;
+pub use crate::guard::BODY_LIMIT;
+
+/// Most rows of one list page (`?limit=` is clamped to it); `next` says when there are more.
+pub const PAGE_MAX: usize = 5_000;
+/// Rows of a list page when `?limit=` is not given.
+pub const PAGE_DEFAULT: usize = 1_000;
+// A page reads one row more than it returns, to know whether there are more.
+const _: () = assert!(PAGE_MAX < murmur_store::MAX_READ);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -38,6 +44,8 @@ pub struct AppState {
     pub events: broadcast::Sender<murmur_store::RowEvent>,
     /// Status.
     pub status: Arc<StatusSource>,
+    /// Most rows of one owned POST, entries of one batch.
+    pub max_rows: usize,
 }
 
 /// An API error: a status and a message for `{"error": ...}`.
@@ -88,6 +96,16 @@ impl ApiError {
             e if e.is_bad_input() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<crate::guard::ArrayError> for ApiError {
+    fn from(e: crate::guard::ArrayError) -> Self {
+        let status = match e {
+            crate::guard::ArrayError::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -145,7 +163,6 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -215,7 +232,7 @@ async fn delete_shared(
 struct ListQuery {
     /// Only rows after this UUID.
     after: Option<String>,
-    /// At most this many rows (default 1000).
+    /// At most this many rows (default [`PAGE_DEFAULT`], at most [`PAGE_MAX`]).
     limit: Option<usize>,
     /// Owned rows of this owner only.
     owner: Option<String>,
@@ -233,11 +250,25 @@ async fn list(s: &AppState, resource: &str, q: ListQuery, owned: bool) -> ApiRes
     }
     let after = q.after.as_deref().map(parse_uuid).transpose()?;
     let owner = q.owner.as_deref().map(parse_uuid).transpose()?;
-    let rows = s
-        .store
-        .list_rows(resource, owner, after, q.limit.unwrap_or(1000))
-        .await?;
-    Ok(Json(J::Array(rows)))
+    let limit = page_limit(q.limit);
+    let rows = s.store.list_rows(resource, owner, after, limit + 1).await?;
+    Ok(Json(page(rows, limit, "uuid")))
+}
+
+fn page_limit(asked: Option<usize>) -> usize {
+    asked.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX)
+}
+
+/// `{"rows": [...], "next": …}` from up to `limit + 1` rows: `next` is the cursor to pass
+/// as `?after=` for the rows after these, `null` when there are none.
+fn page(mut rows: Vec<J>, limit: usize, key: &str) -> J {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| r[key].clone())
+    } else {
+        None
+    };
+    json!({"rows": rows, "next": next})
 }
 
 async fn list_shared(
@@ -287,19 +318,11 @@ async fn write_owned(
     Path(resource): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let rows = match parse_json::<J>(&body)? {
-        J::Array(rows) => rows
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| object(r, &format!("row {i}")))
-            .collect::<ApiResult<Vec<_>>>()?,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "the body must be a JSON array of rows",
-            ));
-        }
-    };
+    let rows = crate::guard::parse_array(&body, s.max_rows)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| object(r, &format!("row {i}")))
+        .collect::<ApiResult<Vec<_>>>()?;
     let count = s.store.write_owned(&resource, rows).await?.uuids.len();
     Ok((StatusCode::CREATED, Json(json!({"count": count}))))
 }
@@ -324,15 +347,7 @@ struct BatchItem {
 }
 
 async fn batch(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<J>> {
-    let items: Vec<J> = match parse_json::<J>(&body)? {
-        J::Array(a) => a,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "the body must be a JSON array",
-            ));
-        }
-    };
+    let items = crate::guard::parse_array(&body, s.max_rows)?;
     let mut entries = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let bad = |m: String| {
@@ -386,11 +401,9 @@ struct FilesQuery {
 }
 
 async fn files(State(s): State<AppState>, Query(q): Query<FilesQuery>) -> ApiResult<Json<J>> {
-    Ok(Json(J::Array(
-        s.store
-            .files(q.after.as_deref(), q.limit.unwrap_or(1000))
-            .await?,
-    )))
+    let limit = page_limit(q.limit);
+    let rows = s.store.files(q.after.as_deref(), limit + 1).await?;
+    Ok(Json(page(rows, limit, "cas_id")))
 }
 
 async fn digest(State(s): State<AppState>) -> ApiResult<Json<J>> {

@@ -6,29 +6,57 @@ use serde_json::Value as J;
 
 use crate::config::ClientArgs;
 use crate::status::Status;
+use crate::token::{ApiToken, TOKEN_FILE};
 
 fn url(api: &str, path: &str) -> String {
     if api.starts_with("http://") || api.starts_with("https://") {
-        format!("{}{path}", api.trim_end_matches('/'))
-    } else {
-        format!("http://{api}{path}")
+        return format!("{}{path}", api.trim_end_matches('/'));
     }
+    // A node listening on 0.0.0.0 (as in a container, where MURMUR_API=0.0.0.0:7700 is
+    // also what this command reads) is reached on loopback: the API answers only requests
+    // addressed to a loopback Host.
+    match api.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            a.set_ip(if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+            format!("http://{a}{path}")
+        }
+        _ => format!("http://{api}{path}"),
+    }
+}
+
+/// The node's API token: `--api-token-file`, else `<data-dir>/api.token`.
+fn token(args: &ClientArgs) -> anyhow::Result<ApiToken> {
+    let path = args
+        .api_token_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(TOKEN_FILE));
+    ApiToken::read(&path).with_context(|| {
+        format!(
+            "cannot use the API token {}: pass the node's --data-dir, or --api-token-file (MURMUR_API_TOKEN_FILE) naming a copy of its api.token",
+            path.display()
+        )
+    })
 }
 
 async fn get(args: &ClientArgs, path: &str) -> anyhow::Result<J> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()?;
-    let resp = client
-        .get(url(&args.api, path))
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "no murmur node answers at {} (is `murmur run` running? see --api)",
-                args.api
-            )
-        })?;
+    let mut req = client.get(url(&args.api, path));
+    // Health is the one call without a token (so that a container healthcheck needs none).
+    if path != "/v1/health" {
+        req = req.bearer_auth(token(args)?.as_str());
+    }
+    let resp = req.send().await.with_context(|| {
+        format!(
+            "no murmur node answers at {} (is `murmur run` running? see --api)",
+            args.api
+        )
+    })?;
     let status = resp.status();
     let body: J = resp
         .json()
@@ -218,6 +246,15 @@ pub async fn health(args: &ClientArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unspecified_address_is_reached_on_loopback() {
+        assert_eq!(url("0.0.0.0:7700", "/x"), "http://127.0.0.1:7700/x");
+        assert_eq!(url("[::]:7700", "/x"), "http://[::1]:7700/x");
+        assert_eq!(url("127.0.0.1:7701", "/x"), "http://127.0.0.1:7701/x");
+        assert_eq!(url("localhost:7701", "/x"), "http://localhost:7701/x");
+        assert_eq!(url("http://h:1/", "/x"), "http://h:1/x");
+    }
 
     #[test]
     fn times_print_as_the_json_has_them() {

@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use murmur_store::{Durability, PhysicalClock};
 
+use crate::guard::ApiOptions;
+use crate::identity::LibrarySecret;
+
 /// murmur: keeps one SQLite library identical across your devices on a LAN, peer to peer.
 #[derive(Debug, Parser)]
 #[command(name = "murmur", version, about)]
@@ -22,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a running node's status: identity, library, peers, sync progress.
     Status(ClientArgs),
     /// List a running node's peers (the client pool).
@@ -40,6 +43,12 @@ pub struct ClientArgs {
     /// The node's API address.
     #[arg(long, env = "MURMUR_API", default_value = "127.0.0.1:7700")]
     pub api: String,
+    /// The node's data dir: the API token is read from <data-dir>/api.token.
+    #[arg(long, env = "MURMUR_DATA_DIR", default_value = "./murmur-data")]
+    pub data_dir: PathBuf,
+    /// Read the API token from this file instead (e.g. a copy of a container's api.token).
+    #[arg(long, env = "MURMUR_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -72,6 +81,39 @@ pub struct RunArgs {
     /// first run creates a new library and writes its secret to <data-dir>/library.key.
     #[arg(long, env = "MURMUR_LIBRARY_SECRET_FILE")]
     pub library_secret_file: Option<PathBuf>,
+    /// Join the library with this secret (64 hex characters) instead of a file; for
+    /// containers, where a file mounted from the host keeps the host's owner. Give it as
+    /// the environment variable: a command line is visible to every local user.
+    #[arg(
+        long,
+        env = "MURMUR_LIBRARY_SECRET",
+        hide_env_values = true,
+        conflicts_with = "library_secret_file",
+        value_parser = |s: &str| LibrarySecret::parse(s).map_err(|e| e.to_string())
+    )]
+    pub library_secret: Option<LibrarySecret>,
+    /// The API token file: created with a new random token when missing (default
+    /// <data-dir>/api.token). Delete it and restart to rotate the token.
+    #[arg(long, env = "MURMUR_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Also answer API requests whose Host header names this host (any port); by default
+    /// only localhost, 127.0.0.1 and [::1] are answered, against DNS rebinding (repeatable).
+    #[arg(long, env = "MURMUR_API_ALLOW_HOST", value_delimiter = ',')]
+    pub api_allow_host: Vec<String>,
+    /// Let web pages of this origin (e.g. http://localhost:3000) call the API: CORS headers
+    /// and preflights for it only. None by default (repeatable).
+    #[arg(long, env = "MURMUR_API_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub api_allow_origin: Vec<String>,
+    /// Largest API request body, in bytes.
+    #[arg(long, env = "MURMUR_API_BODY_LIMIT", default_value_t = crate::guard::BODY_LIMIT)]
+    pub api_body_limit: usize,
+    /// Most rows in one `POST /v1/owned/{resource}`, and entries in one `POST /v1/batch`.
+    #[arg(long, env = "MURMUR_API_MAX_ROWS", default_value_t = crate::guard::MAX_ROWS)]
+    pub api_max_rows: usize,
+    /// Most write requests (POST, PATCH, DELETE) handled at once; later ones wait, their
+    /// bodies unread, until one finishes.
+    #[arg(long, env = "MURMUR_API_MAX_WRITES", default_value_t = crate::guard::MAX_WRITES)]
+    pub api_max_writes: usize,
     /// Refuse remote timestamps further ahead of this clock, in milliseconds.
     #[arg(long, env = "MURMUR_MAX_DRIFT_MS", default_value_t = 100)]
     pub max_drift_ms: u64,
@@ -103,6 +145,10 @@ pub struct Config {
     pub mdns: bool,
     /// Secret file of the library to join.
     pub library_secret_file: Option<PathBuf>,
+    /// Secret of the library to join (instead of a file).
+    pub library_secret: Option<LibrarySecret>,
+    /// The API's token file and request limits.
+    pub api_options: ApiOptions,
     /// Maximum clock drift accepted.
     pub max_drift: Duration,
     /// When a client counts as stale.
@@ -135,6 +181,8 @@ impl Config {
             peers: Vec::new(),
             mdns: false,
             library_secret_file: None,
+            library_secret: None,
+            api_options: ApiOptions::default(),
             max_drift: Duration::from_millis(100),
             stale_after: Duration::from_secs(7 * 24 * 3600),
             versions_interval: Duration::from_secs(2),
@@ -157,6 +205,23 @@ impl From<RunArgs> for Config {
             peers: a.peer.into_iter().filter(|m| !m.is_empty()).collect(),
             mdns: !a.no_mdns,
             library_secret_file: a.library_secret_file,
+            library_secret: a.library_secret,
+            api_options: ApiOptions {
+                token_file: a.api_token_file,
+                allow_hosts: a
+                    .api_allow_host
+                    .into_iter()
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+                allow_origins: a
+                    .api_allow_origin
+                    .into_iter()
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+                body_limit: a.api_body_limit,
+                max_rows: a.api_max_rows,
+                max_writes: a.api_max_writes,
+            },
             max_drift: Duration::from_millis(a.max_drift_ms),
             stale_after: a.stale_after,
             prune_interval: a.prune_interval,

@@ -4,14 +4,14 @@
 //! The client UUID is a UUIDv5 of the peer id. Any node can therefore check that a gossip
 //! message's ops were written by the peer that signed it.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use uuid::Uuid;
+
+use crate::files::{self, create_private_dir, narrow, read_private, write_private};
 
 /// Namespace of client UUIDs derived from peer ids.
 const CLIENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_636c69656e74);
@@ -52,10 +52,10 @@ impl LibrarySecret {
         Ok(LibrarySecret(out))
     }
 
-    /// Reads a secret file.
+    /// Reads a secret file, refusing one that group or others may read.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("cannot read library secret file {}", path.display()))?;
+        let bytes = read_private(path).context("cannot use the library secret file")?;
+        let text = String::from_utf8_lossy(&bytes);
         Self::parse(&text).with_context(|| format!("bad library secret file {}", path.display()))
     }
 
@@ -69,27 +69,6 @@ impl LibrarySecret {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
-}
-
-/// Writes a file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// What the data dir holds.
@@ -115,11 +94,34 @@ impl DataDir {
     }
 }
 
+/// The library a node joins: its secret and where the secret came from (for messages).
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// The secret.
+    pub secret: LibrarySecret,
+    /// Where it came from: a file, or an environment variable.
+    pub from: String,
+}
+
 /// Opens the data dir, creating it, the identity and (without `secret_file`) a new library
 /// on the first run.
 pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<DataDir> {
-    fs::create_dir_all(path)
-        .with_context(|| format!("cannot create data dir {}", path.display()))?;
+    let join = secret_file
+        .map(|f| {
+            anyhow::Ok(Join {
+                secret: LibrarySecret::read(f)?,
+                from: f.display().to_string(),
+            })
+        })
+        .transpose()?;
+    open_data_dir_joining(path, join)
+}
+
+/// Opens the data dir, creating it (0700), the identity and (without `join`) a new library
+/// on the first run. Every file in it is readable by its owner only: the secrets are
+/// refused when they are not, the database files narrowed.
+pub fn open_data_dir_joining(path: &Path, join: Option<Join>) -> anyhow::Result<DataDir> {
+    create_private_dir(path).context("cannot create the data dir")?;
     let key_path = path.join("identity.key");
     let db_path = path.join(DATABASE);
     if key_path.exists() && !db_path.exists() {
@@ -137,8 +139,7 @@ pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<
         );
     }
     let keypair = if key_path.exists() {
-        let bytes =
-            fs::read(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+        let bytes = read_private(&key_path).context("cannot use the device identity")?;
         Keypair::from_protobuf_encoding(&bytes)
             .with_context(|| format!("corrupt identity file {}", key_path.display()))?
     } else {
@@ -150,9 +151,8 @@ pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<
         kp
     };
     let lib_path = path.join("library.key");
-    let (secret, created_library) = match secret_file {
-        Some(f) => {
-            let s = LibrarySecret::read(f)?;
+    let (secret, created_library) = match join {
+        Some(Join { secret: s, from }) => {
             if lib_path.exists() {
                 let mine = LibrarySecret::read(&lib_path)?;
                 if mine != s {
@@ -160,7 +160,7 @@ pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<
                         "{} belongs to library {}, but {} is the secret of library {}: use another data dir",
                         path.display(),
                         mine.library_id(),
-                        f.display(),
+                        from,
                         s.library_id()
                     );
                 }
@@ -176,6 +176,13 @@ pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<
             (s, true)
         }
     };
+    // The database and its WAL and SHM files: created 0600 before the store opens it
+    // (SQLite gives the other two the database's mode); those of an earlier version,
+    // created 0644, narrowed.
+    files::create_private_if_missing(&db_path)?;
+    for f in [DATABASE, "library.db-wal", "library.db-shm"] {
+        narrow(&path.join(f), 0o600)?;
+    }
     Ok(DataDir {
         path: path.to_owned(),
         keypair,
@@ -187,6 +194,7 @@ pub fn open_data_dir(path: &Path, secret_file: Option<&Path>) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn secret_parsing() {

@@ -3,13 +3,15 @@
 //! # Layout
 //!
 //! - [`config`]: the command line and [`Config`].
-//! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret.
+//! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret;
+//!   [`files`]: owner-only files (0700/0600); [`token`]: the API token.
 //! - [`protocol`]: gossip and request-response messages, and the network handle's type.
 //! - [`sync`]: the sync loop (gossip in, catch-up, snapshots, pruning): the actor, gossip
 //!   checks, the request server, the puller and the peer table.
 //! - [`feed`]: the one consumer of the store's commit feed: publishes this node's ops,
 //!   sends row events, counts what every commit did.
-//! - [`api`]: the HTTP API; [`status`]: the `/v1/status` document; [`metrics`]: Prometheus.
+//! - [`api`]: the HTTP API; [`guard`]: its defences (token, Host, JSON only, bounds);
+//!   [`status`]: the `/v1/status` document; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
 //! - `fault` (feature `fault-injection`, for tests only): faults injected into a running node.
 //!
@@ -22,11 +24,14 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feed;
+pub mod files;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod protocol;
 pub mod status;
 pub mod sync;
+pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,9 +48,10 @@ use uuid::Uuid;
 pub use config::Config;
 
 use crate::feed::Feed;
-use crate::identity::{client_uuid, open_data_dir};
+use crate::identity::{Join, LibrarySecret, client_uuid, open_data_dir_joining};
 use crate::metrics::Metrics;
 use crate::sync::{PeerTable, SyncLoop, SyncOptions};
+use crate::token::{ApiToken, TOKEN_FILE};
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
 const EVENTS_CAP: usize = 4096;
@@ -57,6 +63,7 @@ pub struct Node {
     metrics: Arc<Metrics>,
     events: broadcast::Sender<RowEvent>,
     api_addr: SocketAddr,
+    api_token: ApiToken,
     library_id: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -70,7 +77,28 @@ pub struct Node {
 impl Node {
     /// Opens the data dir and the store, starts the swarm, the sync loop and the API.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
-        let dir = open_data_dir(&config.data_dir, config.library_secret_file.as_deref())?;
+        let join = match (&config.library_secret, &config.library_secret_file) {
+            (Some(s), _) => Some(Join {
+                secret: s.clone(),
+                from: "MURMUR_LIBRARY_SECRET".into(),
+            }),
+            (None, Some(f)) => Some(Join {
+                secret: LibrarySecret::read(f)?,
+                from: f.display().to_string(),
+            }),
+            (None, None) => None,
+        };
+        let dir = open_data_dir_joining(&config.data_dir, join)?;
+        let token_file = config
+            .api_options
+            .token_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join(TOKEN_FILE));
+        let (api_token, new_token) =
+            ApiToken::load_or_create(&token_file).context("cannot use the API token")?;
+        if new_token {
+            info!(token_file = %token_file.display(), "created the API token; programs send it as `Authorization: Bearer <token>`");
+        }
         let peer_id = dir.keypair.public().to_peer_id();
         let client = client_uuid(&peer_id);
         let library_id = dir.secret.library_id();
@@ -152,13 +180,14 @@ impl Node {
                 library_id: library_id.clone(),
                 stale_after: config.stale_after,
             }),
+            max_rows: config.api_options.max_rows,
         };
         let listener = tokio::net::TcpListener::bind(config.api)
             .await
             .with_context(|| format!("cannot listen for the API on {}", config.api))?;
         let api_addr = listener.local_addr()?;
         let mut rx = shutdown_rx;
-        let app = api::router(state);
+        let app = guard::protect(api::router(state), api_token.clone(), &config.api_options)?;
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = rx.changed().await;
@@ -174,6 +203,7 @@ impl Node {
             metrics,
             events,
             api_addr,
+            api_token,
             library_id,
             shutdown,
             tasks,
@@ -193,6 +223,11 @@ impl Node {
     /// The API's address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The API token: programs send it as `Authorization: Bearer <token>`.
+    pub fn api_token(&self) -> &str {
+        self.api_token.as_str()
     }
 
     /// The client UUID.

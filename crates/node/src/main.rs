@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| EnvFilter::new("info")),
                 )
                 .init();
-            murmur_node::run(args.into(), murmur_node::shutdown_signal()).await
+            murmur_node::run((*args).into(), murmur_node::shutdown_signal()).await
         }
         Command::Status(a) => murmur_node::cli::status(&a).await,
         Command::Peers(a) => murmur_node::cli::peers(&a).await,

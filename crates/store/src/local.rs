@@ -332,10 +332,10 @@ impl Local<'_> {
             Some(f) => convert_fields(def, &f)?,
             None => BTreeMap::new(),
         };
-        if method == Method::SharedUpdate && fields.is_empty() {
-            return Err(StoreError::Invalid(
-                "an update needs at least one field".into(),
-            ));
+        if method != Method::SharedDelete && fields.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "a create or update needs at least one field of `{resource}`"
+            )));
         }
         let uuid = match (uuid, &def.uuid_from) {
             (Some(u), _) => u,
@@ -450,6 +450,12 @@ impl Local<'_> {
                 }
             };
             let fields = convert_fields(&def, &r).map_err(at)?;
+            if fields.is_empty() {
+                return Err(at(StoreError::Invalid(format!(
+                    "a row needs at least one field of `{}`",
+                    def.name
+                ))));
+            }
             let values = def
                 .columns
                 .iter()

@@ -26,7 +26,10 @@ pub mod store;
 pub mod wait;
 pub mod workload;
 
-pub use node::{TestNode, config, converged, init_tracing, secret_file, wait_peers};
+pub use node::{
+    TestNode, client_with_token, config, converged, init_tracing, random_hex, secret_file,
+    wait_peers, write_private,
+};
 pub use ops::{changes, fields, tag};
 pub use wait::eventually;
 pub use workload::random_write;

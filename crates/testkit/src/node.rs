@@ -38,9 +38,33 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Writes a fresh library secret to `path`.
+/// Writes a fresh library secret to `path`, readable by its owner only.
 pub fn write_secret(path: &Path) {
-    std::fs::write(path, LibrarySecret::generate().to_hex()).expect("write secret");
+    write_private(path, &LibrarySecret::generate().to_hex());
+}
+
+/// Writes a secret or token file readable by its owner only (the node refuses others).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write private file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
+/// 64 random hexadecimal characters (a library secret or an API token).
+pub fn random_hex() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` with every request (the one
+/// place the tests add the API token).
+pub fn client_with_token(token: &str) -> reqwest::ClientBuilder {
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a token is a header value");
+    auth.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, auth);
+    reqwest::Client::builder().default_headers(headers)
 }
 
 /// A fresh library secret file in its own temp dir.
@@ -71,12 +95,15 @@ impl TestNode {
     pub async fn start(config: Config, dir: TempDir, secret: PathBuf) -> TestNode {
         let node = Node::start(config).await.expect("node starts");
         let api = format!("http://{}", node.api_addr());
+        let http = client_with_token(node.api_token())
+            .build()
+            .expect("HTTP client");
         TestNode {
             node: Some(node),
             dir,
             secret,
             api,
-            http: reqwest::Client::new(),
+            http,
         }
     }
 
@@ -112,6 +139,9 @@ impl TestNode {
         tweak(&mut c);
         let node = Node::start(c).await.expect("node restarts");
         self.api = format!("http://{}", node.api_addr());
+        self.http = client_with_token(node.api_token())
+            .build()
+            .expect("HTTP client");
         self.node = Some(node);
     }
 

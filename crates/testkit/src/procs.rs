@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::Value as J;
 
 use crate::http;
-use crate::node::write_secret;
+use crate::node::{client_with_token, random_hex, write_private, write_secret};
 use crate::wait::eventually;
 
 /// How long [`poll`] waits.
@@ -45,6 +45,8 @@ pub struct Proc {
     pub log: PathBuf,
     /// Extra `murmur run` arguments.
     pub args: Vec<String>,
+    /// The API token file (the cluster's nodes share one token).
+    pub token_file: PathBuf,
 }
 
 impl Proc {
@@ -58,7 +60,9 @@ impl Proc {
             .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", self.p2p)])
             .arg("--no-mdns")
             .arg("--library-secret-file")
-            .arg(&self.secret);
+            .arg(&self.secret)
+            .arg("--api-token-file")
+            .arg(&self.token_file);
         for p in &self.peers {
             cmd.args(["--peer", &format!("/ip4/127.0.0.1/tcp/{p}")]);
         }
@@ -82,6 +86,12 @@ impl Proc {
             c.kill().expect("SIGKILL");
             let _ = c.wait();
         }
+    }
+
+    /// An HTTP client with this node's API token and no timeout (for `/v1/events`).
+    pub fn streaming_client(&self) -> reqwest::Client {
+        let token = std::fs::read_to_string(&self.token_file).expect("token file");
+        client_with_token(token.trim()).build().expect("client")
     }
 
     /// The URL of `path` on its API.
@@ -117,6 +127,9 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("library.key");
         write_secret(&secret);
+        let token = random_hex();
+        let token_file = dir.path().join("api.token");
+        write_private(&token_file, &token);
         let mut procs: Vec<Proc> = Vec::new();
         for i in 0..n {
             let peers = procs.iter().map(|p| p.p2p).collect();
@@ -130,6 +143,7 @@ impl Cluster {
                 secret: secret.clone(),
                 log: dir.path().join(format!("n{i}.log")),
                 args: args(i),
+                token_file: token_file.clone(),
             };
             p.spawn();
             procs.push(p);
@@ -137,7 +151,7 @@ impl Cluster {
         let c = Cluster {
             procs,
             dir,
-            http: reqwest::Client::builder()
+            http: client_with_token(&token)
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
