@@ -147,3 +147,67 @@ async fn a_node_with_another_secret_receives_nothing() {
     assert_eq!(x.get(&path).await.0, 404);
     assert_eq!(x.get("/v1/digest").await.1["rows"], 0);
 }
+
+fn applied(n: &TestNode, source: &str) -> u64 {
+    n.node()
+        .metrics()
+        .ops_applied
+        .get_or_create(&murmur::node::metrics::Source {
+            source: source.to_owned(),
+        })
+        .get()
+}
+
+/// Every commit leaves the store through its commit feed, which the node consumes in one
+/// place: a write an embedder makes through `Node::store` (not the API) is published on
+/// gossip, counted, and streamed to row-event subscribers on both nodes, like the API's.
+/// Announcements are slowed down so that only gossip can carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_the_store_is_published_counted_and_streamed() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let slow = |c: &mut murmur::node::Config| c.versions_interval = Duration::from_secs(3600);
+    let a = TestNode::new_with(&secret, slow).await;
+    let b = TestNode::new_with(&secret, slow).await;
+    b.connect(&a).await;
+    wait_peers(&a, 1).await;
+    wait_peers(&b, 1).await;
+    // The mesh is up once an API write arrives on gossip.
+    let first = a.create_tag("through the API").await;
+    eventually(CONVERGE, "the API's write arrives on gossip", || async {
+        b.get(&format!("/v1/shared/tags/{first}")).await.0 == 200 && applied(&b, "gossip") >= 1
+    })
+    .await;
+    let (local_before, gossip_before) =
+        (a.node().metrics().local_writes.get(), applied(&b, "gossip"));
+    let mut a_events = a.node().subscribe();
+    let mut b_events = b.node().subscribe();
+
+    let out = a
+        .node()
+        .store()
+        .create_shared(
+            "tags",
+            None,
+            json!({"name": "through the store"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+        .await
+        .expect("write");
+    let uuid = out.uuids[0];
+    let event = tokio::time::timeout(CONVERGE, a_events.recv())
+        .await
+        .expect("a local row event")
+        .expect("events open");
+    assert_eq!((event.uuid, event.remote), (Some(uuid), false));
+    assert_eq!(a.node().metrics().local_writes.get(), local_before + 1);
+    let event = tokio::time::timeout(CONVERGE, b_events.recv())
+        .await
+        .expect("a remote row event")
+        .expect("events open");
+    assert_eq!((event.uuid, event.remote), (Some(uuid), true));
+    assert_eq!(b.get(&format!("/v1/shared/tags/{uuid}")).await.0, 200);
+    assert_eq!(applied(&b, "gossip"), gossip_before + 1);
+}

@@ -1,5 +1,5 @@
 //! The in-process nodes of the scenarios: murmur-testkit's cluster (a star on loopback)
-//! with the bench's config, and a write that is published as the API publishes it.
+//! with the bench's config, and a write of a tag (published by the node's commit feed).
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub async fn start_cluster(n: usize) -> Cluster {
     Cluster::start_with(n, bench_config).await
 }
 
-/// Creates a tag on `node` and publishes its op; returns the tag's uuid.
+/// Creates a tag on `node` (the node publishes it); returns the tag's uuid.
 pub async fn write_tag(node: &Node, name: &str) -> Res<Uuid> {
     let out = node
         .store()
@@ -38,6 +38,6 @@ pub async fn write_tag(node: &Node, name: &str) -> Res<Uuid> {
                 .unwrap_or_default(),
         )
         .await?;
-    node.publish(out.ops).await;
+    // Published by the node's commit feed.
     Ok(out.uuids[0])
 }

@@ -1,5 +1,6 @@
-//! The local HTTP API (JSON), as DESIGN.md specifies it. Bad input gets a 4xx with
-//! `{"error": ...}` saying what is wrong, and changes nothing.
+//! The local HTTP API (JSON). Bad input gets a 4xx with `{"error": ...}` saying what is
+//! wrong, and changes nothing. Handlers parse, call the store and format the reply; what a
+//! write does after its commit (publish, events, metrics) happens in [`crate::feed`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::Stream;
-use murmur_store::{BatchEntry, Store, StoreError, WriteOutcome};
+use murmur_store::{BatchEntry, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{Value as J, json};
 use tokio::sync::broadcast;
@@ -22,7 +23,6 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::status::{Status, StatusSource};
-use crate::sync::SyncHandle;
 
 /// Largest request body: an owned batch of 100k file_paths fits.
 pub const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -32,8 +32,6 @@ pub const BODY_LIMIT: usize = 64 * 1024 * 1024;
 pub struct AppState {
     /// The store.
     pub store: Store,
-    /// Publishes committed ops.
-    pub sync: SyncHandle,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Row changes, for `/v1/events`.
@@ -159,17 +157,6 @@ async fn status(State(s): State<AppState>) -> ApiResult<Json<Status>> {
     Ok(Json(s.status.status().await?))
 }
 
-/// Commits are done; now publish and count.
-async fn done(s: &AppState, out: WriteOutcome) -> WriteOutcome {
-    s.metrics.local_writes.inc();
-    s.metrics.applied("local", out.ops.len());
-    for e in &out.events {
-        let _ = s.events.send(e.clone());
-    }
-    s.sync.publish(out.ops.clone()).await;
-    out
-}
-
 fn object(body: J, what: &str) -> ApiResult<serde_json::Map<String, J>> {
     match body {
         J::Object(m) => Ok(m),
@@ -197,7 +184,6 @@ async fn create_shared(
         }
     };
     let out = s.store.create_shared(&resource, uuid, fields).await?;
-    let out = done(&s, out).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({"uuid": out.uuids.first()})),
@@ -212,7 +198,6 @@ async fn update_shared(
     let uuid = parse_uuid(&uuid)?;
     let fields = object(parse_json(&body)?, "the body")?;
     let out = s.store.update_shared(&resource, uuid, fields).await?;
-    let out = done(&s, out).await;
     Ok(Json(json!({"uuid": uuid, "updated": out.ops.len()})))
 }
 
@@ -221,8 +206,7 @@ async fn delete_shared(
     Path((resource, uuid)): Path<(String, String)>,
 ) -> ApiResult<Json<J>> {
     let uuid = parse_uuid(&uuid)?;
-    let out = s.store.delete_shared(&resource, uuid).await?;
-    done(&s, out).await;
+    s.store.delete_shared(&resource, uuid).await?;
     Ok(Json(json!({"uuid": uuid, "deleted": true})))
 }
 
@@ -316,9 +300,7 @@ async fn write_owned(
             ));
         }
     };
-    let out = s.store.write_owned(&resource, rows).await?;
-    let count = out.uuids.len();
-    done(&s, out).await;
+    let count = s.store.write_owned(&resource, rows).await?.uuids.len();
     Ok((StatusCode::CREATED, Json(json!({"count": count}))))
 }
 
@@ -327,8 +309,7 @@ async fn delete_owned(
     Path((resource, uuid)): Path<(String, String)>,
 ) -> ApiResult<Json<J>> {
     let uuid = parse_uuid(&uuid)?;
-    let out = s.store.delete_owned(&resource, uuid).await?;
-    done(&s, out).await;
+    s.store.delete_owned(&resource, uuid).await?;
     Ok(Json(json!({"uuid": uuid, "deleted": true})))
 }
 
@@ -394,7 +375,6 @@ async fn batch(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<J>> {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "the batch is empty"));
     }
     let out = s.store.batch(entries).await?;
-    let out = done(&s, out).await;
     Ok(Json(json!({"uuids": out.uuids})))
 }
 

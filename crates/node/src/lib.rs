@@ -5,8 +5,10 @@
 //! - [`config`]: the command line and [`Config`].
 //! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret.
 //! - [`protocol`]: gossip and request-response messages, and the network handle's type.
-//! - [`sync`]: the sync loop (gossip in and out, catch-up, snapshots, pruning): the actor,
-//!   gossip checks, the request server, the puller and the peer table.
+//! - [`sync`]: the sync loop (gossip in, catch-up, snapshots, pruning): the actor, gossip
+//!   checks, the request server, the puller and the peer table.
+//! - [`feed`]: the one consumer of the store's commit feed: publishes this node's ops,
+//!   sends row events, counts what every commit did.
 //! - [`api`]: the HTTP API; [`status`]: the `/v1/status` document; [`metrics`]: Prometheus.
 //! - [`cli`]: the subcommands that talk to a running node.
 //! - `fault` (feature `fault-injection`, for tests only): faults injected into a running node.
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod feed;
 pub mod identity;
 pub mod metrics;
 pub mod protocol;
@@ -39,9 +42,10 @@ use uuid::Uuid;
 
 pub use config::Config;
 
+use crate::feed::Feed;
 use crate::identity::{client_uuid, open_data_dir};
 use crate::metrics::Metrics;
-use crate::sync::{PeerTable, SyncHandle, SyncLoop, SyncOptions};
+use crate::sync::{PeerTable, SyncLoop, SyncOptions};
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
 const EVENTS_CAP: usize = 4096;
@@ -50,13 +54,15 @@ const EVENTS_CAP: usize = 4096;
 pub struct Node {
     store: Store,
     net: sync::Net,
-    sync: SyncHandle,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<RowEvent>,
     api_addr: SocketAddr,
     library_id: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops the commit feed's consumer, once the API and the sync loop have stopped.
+    feed_shutdown: watch::Sender<bool>,
+    feed: JoinHandle<()>,
     #[cfg(feature = "fault-injection")]
     faults: Arc<fault::FaultInjection>,
 }
@@ -82,6 +88,8 @@ impl Node {
         let store = Store::open(opts)
             .await
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        // Taken before anything can write: every commit from now on is in the feed.
+        let commits = store.commits();
 
         let mut net_config = murmur_p2p::Config::new(
             dir.keypair.clone(),
@@ -100,11 +108,21 @@ impl Node {
         let faults = Arc::new(fault::FaultInjection::new(config.gossip_drop_rate));
         let (events, _) = broadcast::channel(EVENTS_CAP);
         let peers = PeerTable::default();
-        let (sync_loop, sync) = SyncLoop::new(
+        let (feed_shutdown, feed_rx) = watch::channel(false);
+        let feed = tokio::spawn(
+            Feed {
+                commits,
+                net: net.clone(),
+                metrics: metrics.clone(),
+                row_events: events.clone(),
+            }
+            .run(feed_rx)
+            .instrument(info_span!("feed", %client)),
+        );
+        let sync_loop = SyncLoop::new(
             store.clone(),
             net.clone(),
             net_events,
-            events.clone(),
             metrics.clone(),
             peers.clone(),
             SyncOptions {
@@ -125,7 +143,6 @@ impl Node {
 
         let state = api::AppState {
             store: store.clone(),
-            sync: sync.clone(),
             metrics: metrics.clone(),
             events: events.clone(),
             status: Arc::new(status::StatusSource {
@@ -154,20 +171,21 @@ impl Node {
         Ok(Node {
             store,
             net,
-            sync,
             metrics,
             events,
             api_addr,
             library_id,
             shutdown,
             tasks,
+            feed_shutdown,
+            feed,
             #[cfg(feature = "fault-injection")]
             faults,
         })
     }
 
-    /// The store (for reads; write through [`Node::api_addr`] or the `write_*` helpers so
-    /// that writes are published).
+    /// The store. Writes through it are published like the API's: every commit leaves
+    /// through the store's commit feed, which the node consumes.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -250,18 +268,15 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Publishes ops committed by the store directly (for embedders and tests that write
-    /// through [`Node::store`]).
-    pub async fn publish(&self, ops: Vec<murmur_store::Op>) {
-        self.sync.publish(ops).await;
-    }
-
-    /// Stops the API, the sync loop and the swarm, then closes the store.
+    /// Stops the API and the sync loop, then the commit feed's consumer (which publishes
+    /// what they committed), then the swarm, and closes the store.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = self.feed_shutdown.send(true);
+        let _ = self.feed.await;
         self.net.shutdown().await;
         self.store.close().await;
         info!("murmur node stopped");

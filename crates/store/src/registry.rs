@@ -94,7 +94,7 @@ impl Registry {
         }
     }
 
-    /// The default library of DESIGN.md: tags, albums, comments, jobs, tags_on_files (shared)
+    /// The default library: tags, albums, comments, jobs, tags_on_files (shared)
     /// and file_paths, media_data (owned).
     pub fn default_library() -> Self {
         use ColumnType::*;

@@ -129,7 +129,7 @@ impl Store {
             .foreign_keys(true)
             // Statement journals and savepoints in memory, not in a temporary file: every
             // page a multi-row statement or a savepoint changes is copied there first
-            // (measured: 6-9 % of a batch of remote updates; BENCHMARKS.md).
+            // (BENCHMARKS.md has what that costs).
             .pragma("temp_store", "memory")
             .row_buffer_size(1024);
         let pool = SqlitePoolOptions::new()

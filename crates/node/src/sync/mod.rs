@@ -1,7 +1,8 @@
 //! The sync loop: bridges the swarm's events into the store and the store's new ops onto
 //! the swarm.
 //!
-//! - Local writes are committed by the API, then handed here and published on gossip.
+//! - Local writes are published by the commit feed's consumer ([`crate::feed`]), not here;
+//!   what this loop applies leaves through the same feed (metrics, row events).
 //! - Incoming gossip is decoded, checked (authorship, schema) and applied in batches; a gap
 //!   in an author's sequence, an owned batch announced by its header, or a peer that
 //!   announces ops this node lacks, starts a pull from that peer.
@@ -16,15 +17,13 @@
 //!
 //! # Layout
 //!
-//! - this module: the actor, its handle ([`SyncHandle`]) and the publish path;
+//! - this module: the actor;
 //! - [`gossip`]: decoding and checking gossip ([`check_gossip_message`], [`GossipRejection`]);
 //! - [`serve`]: the request server, its permits and its page cache ([`serve_request`]);
 //! - [`pull`]: catch-up and snapshot import from one peer ([`PullError`], [`PullSummary`]);
 //! - [`peers`]: the table of connected peers, their pull schedule ([`PullState`]) and
 //!   progress, which `/v1/status` reads;
-//! - `account`: the metrics and row events of an applied batch.
 
-mod account;
 pub mod gossip;
 pub mod peers;
 pub mod pull;
@@ -37,13 +36,12 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::{Acceptance, Discovery, Event, MessageId, Responder};
 use murmur_store::wire::to_cbor;
-use murmur_store::{ApplyReport, Change, Op, RowEvent, Store};
-use tokio::sync::{broadcast, mpsc, watch};
+use murmur_store::{Change, Op, Origin, Store};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use self::account::account;
 pub use self::gossip::{GossipRejection, VERSIONS_AUTHORS_CAP, check_gossip_message};
 pub use self::peers::{PeerTable, PeerView, PullKind, PullProgress, PullState};
 use self::pull::Puller;
@@ -52,29 +50,11 @@ use self::serve::Server;
 pub use self::serve::{RequestRejection, SERVE_CAP, serve_request};
 use crate::identity::client_uuid;
 use crate::metrics::Metrics;
-use crate::protocol::{GOSSIP_BYTES_CAP, GOSSIP_OPS_CAP, Gossip, Request, Response};
+use crate::protocol::{Gossip, Request, Response};
 pub use crate::protocol::{Net, NetEvent};
 
-/// Queue of committed local ops waiting to be published.
-pub const PUBLISH_CAP: usize = 1024;
 /// Gossip events handled before their ops are applied in one transaction.
 const GOSSIP_BATCH_CAP: usize = 256;
-
-/// The API's handle on the sync loop.
-#[derive(Clone)]
-pub struct SyncHandle {
-    publish: mpsc::Sender<Vec<Op>>,
-}
-
-impl SyncHandle {
-    /// Queues committed ops for gossip. They are durable already: if gossip loses them,
-    /// catch-up delivers them.
-    pub async fn publish(&self, ops: Vec<Op>) {
-        if self.publish.send(ops).await.is_err() {
-            debug!("sync loop stopped; ops stay in the log for catch-up");
-        }
-    }
-}
 
 /// Options of the sync loop.
 #[derive(Debug, Clone)]
@@ -98,10 +78,6 @@ pub struct SyncLoop {
     net: Net,
     /// The network's events.
     events: mpsc::Receiver<NetEvent>,
-    /// Committed local ops to publish.
-    publish: mpsc::Receiver<Vec<Op>>,
-    /// Row changes, for `/v1/events`.
-    row_events: broadcast::Sender<RowEvent>,
     /// Metrics.
     metrics: Arc<Metrics>,
     /// Intervals, the stale bound and the test-only gossip drop rate.
@@ -117,36 +93,29 @@ pub struct SyncLoop {
 }
 
 impl SyncLoop {
-    /// Builds the loop and the API's handle on it.
+    /// Builds the loop.
     pub fn new(
         store: Store,
         net: Net,
         events: mpsc::Receiver<NetEvent>,
-        row_events: broadcast::Sender<RowEvent>,
         metrics: Arc<Metrics>,
         peers: PeerTable,
         options: SyncOptions,
-    ) -> (SyncLoop, SyncHandle) {
-        let (tx, rx) = mpsc::channel(PUBLISH_CAP);
-        (
-            SyncLoop {
-                server: Server::new(store.clone(), metrics.clone()),
-                store,
-                net,
-                events,
-                publish: rx,
-                row_events,
-                metrics,
-                options,
-                peers,
-                pulls: JoinSet::new(),
-                announced: BTreeMap::new(),
-            },
-            SyncHandle { publish: tx },
-        )
+    ) -> SyncLoop {
+        SyncLoop {
+            server: Server::new(store.clone(), metrics.clone()),
+            store,
+            net,
+            events,
+            metrics,
+            options,
+            peers,
+            pulls: JoinSet::new(),
+            announced: BTreeMap::new(),
+        }
     }
 
-    /// Runs until `shutdown` turns true. Local work first, then the network, then timers.
+    /// Runs until `shutdown` turns true: the network first, then finished work, then timers.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut versions = tokio::time::interval(self.options.versions_interval);
         let mut prune = tokio::time::interval(self.options.prune_interval);
@@ -156,7 +125,6 @@ impl SyncLoop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(ops) = self.publish.recv() => self.handle_publish(ops).await,
                 ev = self.events.recv() => match ev {
                     Some(ev) => self.handle_net_events(ev).await,
                     None => break,
@@ -168,46 +136,8 @@ impl SyncLoop {
                 _ = prune.tick() => self.handle_prune().await,
             }
         }
-        // Drain what the API committed before shutdown so it is published if possible.
-        while let Ok(ops) = self.publish.try_recv() {
-            self.handle_publish(ops).await;
-        }
         self.pulls.abort_all();
         self.server.abort_all();
-    }
-
-    async fn handle_publish(&mut self, mut ops: Vec<Op>) {
-        while let Ok(more) = self.publish.try_recv() {
-            ops.extend(more);
-            if ops.len() >= GOSSIP_OPS_CAP * 4 {
-                break;
-            }
-        }
-        let mut chunk: Vec<Op> = Vec::new();
-        let mut bytes = 0;
-        for op in ops {
-            let size = to_cbor(&op).len();
-            if !chunk.is_empty()
-                && (chunk.len() >= GOSSIP_OPS_CAP || bytes + size > GOSSIP_BYTES_CAP)
-            {
-                self.publish_ops(std::mem::take(&mut chunk)).await;
-                bytes = 0;
-            }
-            bytes += size;
-            chunk.push(op);
-        }
-        if !chunk.is_empty() {
-            self.publish_ops(chunk).await;
-        }
-    }
-
-    async fn publish_ops(&mut self, ops: Vec<Op>) {
-        let n = ops.len();
-        match self.net.publish(to_cbor(&Gossip::Ops(ops))).await {
-            Ok(outcome) => debug!(ops = n, ?outcome, "published"),
-            // Not fatal: the ops are in the log and catch-up delivers them.
-            Err(e) => debug!(ops = n, "publish failed, catch-up will deliver: {e}"),
-        }
     }
 
     /// Handles `first` and the events already queued behind it (up to
@@ -333,9 +263,8 @@ impl SyncLoop {
             }
         }
         let authors: Vec<Uuid> = from.keys().copied().collect();
-        match self.store.apply(changes).await {
+        match self.store.apply_from(changes, Origin::Gossip).await {
             Ok(report) => {
-                self.account(&report, "gossip");
                 // An owned batch announced by its header, or a gap: pull from who sent it.
                 let mut pull_from: Vec<PeerId> = Vec::new();
                 for op in &report.needs_rows {
@@ -364,10 +293,6 @@ impl SyncLoop {
             }
             Err(e) => warn!("applying gossip failed: {e}"),
         }
-    }
-
-    fn account(&self, report: &ApplyReport, source: &str) {
-        account(&self.metrics, &self.row_events, report, source);
     }
 
     async fn on_connected(&mut self, peer_id: PeerId, address: Multiaddr, discovery: Discovery) {
@@ -463,7 +388,6 @@ impl SyncLoop {
         match self.store.prune(&horizon).await {
             Ok(0) => {}
             Ok(n) => {
-                self.metrics.ops_pruned.inc_by(n);
                 info!(ops = n, "pruned the log");
             }
             Err(e) => warn!("pruning failed: {e}"),
@@ -483,7 +407,6 @@ impl SyncLoop {
             peer,
             client,
             metrics: self.metrics.clone(),
-            row_events: self.row_events.clone(),
             peers: self.peers.clone(),
         };
         self.pulls

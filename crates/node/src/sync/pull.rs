@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_store::{OpsCursor, RowEvent, Store, StoreError, VersionVector};
-use tokio::sync::broadcast;
+use murmur_store::{OpsCursor, Store, StoreError, VersionVector};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::account::account;
 use super::peers::{PeerTable, PullKind, PullProgress};
 use crate::metrics::Metrics;
 use crate::protocol::{Net, PAGE_SIZE, Request, Response, VV_EXTRA_CAP};
@@ -59,7 +57,6 @@ pub(super) struct Puller {
     pub(super) peer: PeerId,
     pub(super) client: Uuid,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) row_events: broadcast::Sender<RowEvent>,
     /// Where the progress is shown.
     pub(super) peers: PeerTable,
 }
@@ -157,7 +154,6 @@ impl Puller {
                     };
                     let (applied, fetched) = tokio::join!(apply, fetch);
                     if let Some(report) = applied? {
-                        account(&self.metrics, &self.row_events, &report, "catchup");
                         summary.ops += report.applied as u64;
                         summary.items += items;
                     }
