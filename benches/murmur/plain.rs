@@ -7,6 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use murmur_store::{Hlc, Registry, statements};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Executor};
 use uuid::Uuid;
@@ -138,7 +139,7 @@ pub struct PlainMerge {
     create: String,
     /// One row of the initial insert: `(uuid, name, color, <timestamps of a create>)`, with
     /// `?` for the uuid, name, color and the create's timestamp.
-    insert_row: &'static str,
+    insert_row: String,
     /// The merge of `n` rows bound as `(uuid, name, timestamp)`: changes a row only where
     /// it is live and the op is newer than its `name` register.
     merge: Box<dyn Fn(usize) -> String>,
@@ -147,52 +148,36 @@ pub struct PlainMerge {
 }
 
 impl PlainMerge {
-    /// murmur's design: the timestamps in one clock blob of murmur's size (version 2, 40
-    /// bytes compact, 88 with slots), merged by murmur's in-place statement
-    /// (`engine::update_column`, for a table with its unborn index): an unchecked
-    /// `INSERT … VALUES … ON CONFLICT DO UPDATE` that splices the slot into the clock where
-    /// the layout matches and the op is newer, then one look at the partial index of rows
-    /// it would have inserted (none).
+    /// murmur's design: the timestamps in one clock blob, merged by murmur's own in-place
+    /// statement for a table with its unborn index, as the engine builds it
+    /// (`murmur_store::statements`): an unchecked `INSERT … VALUES … ON CONFLICT DO UPDATE`
+    /// that splices the slot into the clock where the layout matches and the op is newer,
+    /// then one look at the partial index of rows it would have inserted (none). The table
+    /// is `tags` under another name, so a change to the row clock or to the statement
+    /// changes this baseline with it.
     pub fn clock_blob() -> Self {
-        // version 2, then the names ("name", "color"), as murmur's clocks start.
-        const PREFIX: &str = "02000200046E616D650005636F6C6F72";
-        // The least string above every string that starts with PREFIX (its last byte + 1).
-        const UPPER: &str = "02000200046E616D650005636F6C6F73";
-        let prefix_len = PREFIX.len() / 2;
-        let (exists, slots) = (prefix_len + 1, prefix_len + 25);
-        let full = slots - 1 + 48;
-        let same = "FF".repeat(24);
+        let mut def = Registry::default_library()
+            .get("tags")
+            .expect("the default library has tags")
+            .clone();
+        def.name = "tags_merged".into();
+        let name = def.column_index("name").expect("tags have a name column");
+        // The clock of a created row is the layout's prefix and the create's timestamp.
+        let created = statements::created_clock(&def, Hlc::ZERO);
+        let prefix: String = created[..created.len() - 24]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        let (unborn_index, any_unborn) = statements::unborn_index(&def);
         PlainMerge {
             table: "tags_merged",
-            create: "CREATE TABLE IF NOT EXISTS tags_merged (uuid TEXT PRIMARY KEY NOT NULL, \
-                     name TEXT, color TEXT, crdt_clock BLOB NOT NULL) WITHOUT ROWID; \
-                     CREATE INDEX IF NOT EXISTS tags_merged_unborn ON tags_merged (uuid) \
-                     WHERE length(crdt_clock) = 24"
-                .into(),
-            insert_row: "(?, ?, ?, CAST(X'02000200046E616D650005636F6C6F72' || ? AS BLOB))",
-            merge: Box::new(move |n| {
-                format!(
-                    "INSERT INTO tags_merged (uuid, name, crdt_clock) VALUES {values} \
-                     ON CONFLICT (uuid) DO UPDATE SET name = excluded.name, \
-                     crdt_clock = CAST(CASE length(crdt_clock) \
-                     WHEN {full} THEN substr(crdt_clock, 1, {before}) || excluded.crdt_clock \
-                     || substr(crdt_clock, {after}) \
-                     ELSE crdt_clock || excluded.crdt_clock || X'{same}' END AS BLOB) \
-                     WHERE length(crdt_clock) IN ({full}, {compact}) \
-                     AND crdt_clock >= X'{PREFIX}' AND crdt_clock < X'{UPPER}' \
-                     AND excluded.crdt_clock > CASE substr(crdt_clock, {slots}, 24) \
-                     WHEN X'{same}' THEN substr(crdt_clock, {exists}, 24) \
-                     WHEN X'' THEN substr(crdt_clock, {exists}, 24) \
-                     ELSE substr(crdt_clock, {slots}, 24) END",
-                    values = vec!["(?,?,?)"; n].join(","),
-                    before = slots - 1,
-                    after = slots + 24,
-                    compact = slots - 1,
-                )
-            }),
-            check: Some(
-                "SELECT EXISTS (SELECT 1 FROM tags_merged WHERE length(crdt_clock) = 24)".into(),
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS tags_merged (uuid TEXT PRIMARY KEY NOT NULL, \
+                 name TEXT, color TEXT, crdt_clock BLOB NOT NULL) WITHOUT ROWID; {unborn_index}"
             ),
+            insert_row: format!("(?, ?, ?, CAST(X'{prefix}' || ? AS BLOB))"),
+            merge: Box::new(move |n| statements::shared_update(&def, name, n, true)),
+            check: Some(any_unborn),
         }
     }
 
@@ -227,7 +212,7 @@ impl PlainMerge {
                     )
                 }
             ),
-            insert_row: "(?, ?, ?, ?, NULL, NULL)",
+            insert_row: "(?, ?, ?, ?, NULL, NULL)".into(),
             merge: Box::new(move |n| {
                 let values = vec!["(?,?,?)"; n].join(",");
                 let rows = if checked {
@@ -262,7 +247,7 @@ impl PlainMerge {
             let sql = format!(
                 "INSERT INTO {} VALUES {}",
                 self.table,
-                vec![self.insert_row; chunk.len()].join(",")
+                vec![self.insert_row.as_str(); chunk.len()].join(",")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (u, n, c) in chunk {
