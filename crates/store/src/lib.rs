@@ -30,6 +30,7 @@
 //! - [`store`]: the [`Store`] facade, whose state is private to it; `read` (API reads,
 //!   the client pool) and `export` (what a peer is sent: ops it lacks, snapshot pages,
 //!   the digest) are reads through its public accessors.
+//! - `statements` (hidden): the engine's own SQL, for the bench's plain-SQL baselines.
 #![deny(missing_docs)]
 
 pub mod clock;

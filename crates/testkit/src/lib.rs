@@ -1,4 +1,4 @@
-//! What murmur's tests, benches and fuzz targets share, so that each test file holds tests.
+//! What murmur's tests and benches share, so that each test file holds tests.
 //!
 //! # Layout
 //!
