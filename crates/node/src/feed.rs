@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use murmur_store::proof::Proof;
 use murmur_store::wire::to_cbor;
 use murmur_store::{Commit, Op, Origin, RowEvent};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -55,20 +56,23 @@ impl Feed {
     /// few gossip messages as the caps allow.
     async fn handle_commits(&mut self, first: Commit) {
         let mut ops = Vec::new();
+        let mut proofs = Vec::new();
         let mut next = Some(first);
         while let Some(c) = next.take() {
-            ops.extend(self.account(c));
+            let (o, p) = self.account(c);
+            ops.extend(o);
+            proofs.extend(p);
             if ops.len() < PUBLISH_BATCH_OPS
                 && let Ok(c) = self.commits.try_recv()
             {
                 next = Some(c);
             }
         }
-        self.publish(ops).await;
+        self.publish(ops, proofs).await;
     }
 
-    /// Counts a commit and sends its row events; returns the ops to publish.
-    fn account(&self, c: Commit) -> Vec<Op> {
+    /// Counts a commit and sends its row events; returns the ops to publish and their proofs.
+    fn account(&self, c: Commit) -> (Vec<Op>, Vec<Proof>) {
         let m = &self.metrics;
         match c.origin {
             Origin::Local => {
@@ -93,33 +97,56 @@ impl Feed {
             // No subscriber is fine.
             let _ = self.row_events.send(e);
         }
-        c.ops
+        (c.ops, c.proofs)
     }
 
-    /// Publishes ops in messages within the gossip caps. They are durable already: if
-    /// gossip loses them, catch-up delivers them.
-    async fn publish(&self, ops: Vec<Op>) {
-        let mut chunk: Vec<Op> = Vec::new();
+    /// Publishes ops in messages within the gossip caps, each with the proofs of its ops:
+    /// `proofs` are the writes' signed segments in order, whose runs are `ops` in order; a
+    /// segment cut by a message's end is proven in parts (the same signature, see
+    /// [`Proof::narrow`]). They are durable already: if gossip loses them, catch-up
+    /// delivers them.
+    async fn publish(&self, ops: Vec<Op>, proofs: Vec<Proof>) {
+        // Each segment's ops: consecutive slices of `ops`.
+        let mut segments: Vec<(&Proof, &[Op])> = Vec::with_capacity(proofs.len());
+        let mut at = 0;
+        for p in &proofs {
+            let end = (at + p.len as usize).min(ops.len());
+            segments.push((p, &ops[at..end]));
+            at = end;
+        }
+        let mut msg_ops: Vec<Op> = Vec::new();
+        let mut msg_proofs: Vec<Proof> = Vec::new();
         let mut bytes = 0;
-        for op in ops {
-            let size = to_cbor(&op).len();
-            if !chunk.is_empty()
-                && (chunk.len() >= GOSSIP_OPS_CAP || bytes + size > GOSSIP_BYTES_CAP)
-            {
-                self.publish_chunk(std::mem::take(&mut chunk)).await;
-                bytes = 0;
+        for (proof, seg) in segments {
+            let mut from = 0;
+            for (i, op) in seg.iter().enumerate() {
+                let size = to_cbor(op).len();
+                if !msg_ops.is_empty()
+                    && (msg_ops.len() >= GOSSIP_OPS_CAP || bytes + size > GOSSIP_BYTES_CAP)
+                {
+                    if i > from {
+                        msg_proofs.push(proof.narrow(seg, from, i));
+                    }
+                    from = i;
+                    self.publish_chunk(std::mem::take(&mut msg_ops), std::mem::take(&mut msg_proofs))
+                        .await;
+                    bytes = 0;
+                }
+                bytes += size;
+                msg_ops.push(op.clone());
             }
-            bytes += size;
-            chunk.push(op);
+            if seg.len() > from {
+                msg_proofs.push(proof.narrow(seg, from, seg.len()));
+            }
         }
-        if !chunk.is_empty() {
-            self.publish_chunk(chunk).await;
+        if !msg_ops.is_empty() {
+            self.publish_chunk(msg_ops, msg_proofs).await;
         }
     }
 
-    async fn publish_chunk(&self, ops: Vec<Op>) {
+    async fn publish_chunk(&self, ops: Vec<Op>, proofs: Vec<Proof>) {
         let n = ops.len();
-        match self.net.publish(to_cbor(&Gossip::Ops(ops))).await {
+        match self.net.publish(to_cbor(&Gossip::Ops { ops, proofs })).await {
             Ok(outcome) => debug!(ops = n, ?outcome, "published"),
             // Not fatal: the ops are in the log and catch-up delivers them.
             Err(e) => debug!(ops = n, "publish failed, catch-up will deliver: {e}"),

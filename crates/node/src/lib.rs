@@ -109,13 +109,19 @@ impl Node {
                 "created a new library; give its secret file to other devices (--library-secret-file) to join"
             );
         }
-        let mut opts = StoreOptions::new(dir.database(), client);
+        let device_key = dir
+            .keypair
+            .clone()
+            .try_into_ed25519()
+            .context("the device identity must be an ed25519 key")?;
+        let mut opts = StoreOptions::new(dir.database(), device_key);
         opts.max_drift = config.max_drift;
         opts.clock = config.clock.clone();
         opts.durability = config.durability;
         let store = Store::open(opts)
             .await
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        debug_assert_eq!(store.client(), client, "the store's device is the node's client");
         // Taken before anything can write: every commit from now on is in the feed.
         let commits = store.commits();
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use murmur_p2p::{Event, Handle};
+use murmur_store::proof::Proof;
 use murmur_store::{Op, OpsCursor, OpsPage, SnapshotPosition, SnapshotRow, VersionVector};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -26,8 +27,14 @@ pub const VV_EXTRA_CAP: usize = 256;
 /// A gossip message on the library's topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Gossip {
-    /// New ops of the sender (an `OwnedBatchCreate` travels as its header only).
-    Ops(Vec<Op>),
+    /// New ops of the sender (an `OwnedBatchCreate` travels as its header only), with the
+    /// proofs of their author (one per run).
+    Ops {
+        /// The ops.
+        ops: Vec<Op>,
+        /// Their proofs.
+        proofs: Vec<Proof>,
+    },
     /// The sender's version vector (per author, contiguous seq), sent periodically: a
     /// heartbeat for the client pool, the input of pruning, and a way to notice lost gossip.
     Versions {
@@ -82,6 +89,10 @@ pub enum Response {
         next: Option<SnapshotPosition>,
         /// On the first page: the version vector the snapshot covers.
         covers: Option<VersionVector>,
+        /// On the first page: the proofs of what it covers, one per author (only these
+        /// move the receiver's version vector).
+        #[serde(default)]
+        proofs: Vec<Proof>,
         /// On the first page: rows in the snapshot, for progress.
         total_rows: Option<u64>,
     },

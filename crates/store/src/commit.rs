@@ -2,6 +2,7 @@
 //! on the store's one commit feed (see [`crate::Store::commits`]).
 
 use crate::op::{Op, OpId, Rejection, RowEvent};
+use crate::proof::Proof;
 
 /// Where a committed change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +40,8 @@ pub struct Commit {
     pub origin: Origin,
     /// The ops this node wrote ([`Origin::Local`] only): what to publish.
     pub ops: Vec<Op>,
+    /// The proofs of `ops`, one per signed head in order (their runs are `ops` in order).
+    pub proofs: Vec<Proof>,
     /// Row-level changes, for subscribers.
     pub events: Vec<RowEvent>,
     /// Ops applied (written locally, or new remote ones).
@@ -61,6 +64,7 @@ impl Commit {
         Commit {
             origin,
             ops: Vec::new(),
+            proofs: Vec::new(),
             events: Vec::new(),
             applied: 0,
             rows: 0,

@@ -13,6 +13,7 @@ use crate::clock::Hlc;
 use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OpsCursor, OpsPage, SnapshotRow, VersionVector};
+use crate::proof::{Hash, Proof, op_hash};
 use crate::registry::{Kind, ResourceDef};
 use crate::sql::oplog;
 use crate::sql::rows::{
@@ -49,15 +50,47 @@ impl Store {
     /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows).
     /// An `OwnedBatchCreate` is expanded into its rows, page by page, read from the owned
     /// table. Start with `OpsCursor::default()` and pass `next` back until it is `None`.
+    /// Each run of consecutive ops of one author in the page comes with its proof
+    /// ([`crate::proof`]).
     pub async fn ops_since(
         &self,
         theirs: &VersionVector,
         cursor: &OpsCursor,
         limit: usize,
     ) -> Result<OpsPage, StoreError> {
-        let limit = limit.clamp(1, MAX_PAGE);
+        let mut conn = self.pool().acquire().await?;
+        let mut page = self.ops_page(&mut conn, theirs, cursor, limit).await?;
+        page.proofs = prove_page(&mut conn, &page.changes).await?;
+        Ok(page)
+    }
+
+    /// Proofs that this replica's log reached each author's contiguous seq: what a
+    /// snapshot's receiver may raise its version vector with. Authors it cannot prove (no
+    /// key or no head here: ops of a version before proofs) are left out.
+    pub async fn snapshot_proofs(&self) -> Result<Vec<Proof>, StoreError> {
         let mine = self.version_vector();
         let mut conn = self.pool().acquire().await?;
+        let mut out = Vec::new();
+        for (author, v) in &mine.authors {
+            if v.contiguous == 0 {
+                continue;
+            }
+            if let Some(p) = prove_run(&mut conn, *author, v.contiguous + 1, &[]).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ops_page(
+        &self,
+        conn: &mut SqliteConnection,
+        theirs: &VersionVector,
+        cursor: &OpsCursor,
+        limit: usize,
+    ) -> Result<OpsPage, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mine = self.version_vector();
         let mut page = OpsPage::default();
         let mut budget = limit;
         let start_author = cursor.position.map(|(a, _)| a);
@@ -83,7 +116,7 @@ impl Store {
                     return Ok(page);
                 }
                 let upto = after.saturating_add(budget as u64);
-                let ops = oplog::chunks_after(&mut conn, *author, after, upto).await?;
+                let ops = oplog::chunks_after(conn, *author, after, upto).await?;
                 if ops.is_empty() {
                     break;
                 }
@@ -99,7 +132,7 @@ impl Store {
                             _ => None,
                         };
                         let (done, last_uuid) = self
-                            .expand_batch(&mut conn, &op, start, &mut budget, &mut page)
+                            .expand_batch(conn, &op, start, &mut budget, &mut page)
                             .await?;
                         if !done {
                             page.next = Some(OpsCursor {
@@ -264,6 +297,83 @@ impl Store {
             rows,
         })
     }
+}
+
+/// The proofs of a page's changes: one per run of consecutive ops of one author. A run this
+/// replica cannot prove (an op logged before proofs existed) goes without, and its
+/// receiver refuses it.
+async fn prove_page(
+    conn: &mut SqliteConnection,
+    changes: &[Change],
+) -> Result<Vec<Proof>, StoreError> {
+    let mut runs: Vec<Vec<&Op>> = Vec::new();
+    for c in changes {
+        let op = c.op();
+        match runs.last_mut() {
+            Some(run) if run.last().is_some_and(|l| l.author == op.author && l.seq == op.seq) => {}
+            Some(run)
+                if run
+                    .last()
+                    .is_some_and(|l| l.author == op.author && l.seq + 1 == op.seq) =>
+            {
+                run.push(op)
+            }
+            _ => runs.push(vec![op]),
+        }
+    }
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let (author, first) = (run[0].author, run[0].seq);
+        if let Some(p) = prove_run(conn, author, first, &run).await? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The proof of `run` (ops of `author` from `first`; empty: a proof that the log reached
+/// `first - 1`), from the chain hash before it and the first head at or after its end.
+async fn prove_run(
+    conn: &mut SqliteConnection,
+    author: Uuid,
+    first: u64,
+    run: &[&Op],
+) -> Result<Option<Proof>, StoreError> {
+    let Some(key) = oplog::author_key(conn, author).await? else {
+        return Ok(None);
+    };
+    let Some(prev) = oplog::chain_at(conn, author, first - 1).await? else {
+        return Ok(None);
+    };
+    let last = first + run.len() as u64 - 1;
+    let Some(head) = oplog::head_from(conn, author, last.max(1)).await? else {
+        return Ok(None);
+    };
+    // The op hashes after the run up to the head: from the log, then the head's own tail.
+    let stored_from = head.seq + 1 - head.tail.len() as u64;
+    let mut tail: Vec<Hash> = Vec::new();
+    if last + 1 < stored_from {
+        let ops = oplog::chunks_after(conn, author, last, stored_from - 1).await?;
+        for (op, _) in ops.iter().take_while(|(op, _)| op.seq < stored_from) {
+            if op.seq != last + 1 + tail.len() as u64 {
+                return Ok(None);
+            }
+            tail.push(op_hash(op));
+        }
+        if tail.len() as u64 != stored_from - last - 1 {
+            return Ok(None);
+        }
+    }
+    let skip = (last + 1).saturating_sub(stored_from) as usize;
+    tail.extend(head.tail.iter().skip(skip));
+    Ok(Some(Proof {
+        key,
+        first,
+        len: run.len() as u64,
+        prev,
+        tail,
+        sig: head.sig,
+    }))
 }
 
 fn snapshot_uuid(r: &SnapshotRow) -> Uuid {

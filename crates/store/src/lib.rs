@@ -41,6 +41,7 @@ mod export;
 mod local;
 pub mod merge;
 pub mod op;
+pub mod proof;
 mod read;
 pub mod registry;
 mod remote;

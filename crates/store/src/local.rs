@@ -13,6 +13,7 @@ use crate::commit::{Commit, Origin};
 use crate::engine::{self, Mode};
 use crate::error::StoreError;
 use crate::op::{Change, Method, Op, OwnedRow, RowEvent};
+use crate::proof::{Chain, HEAD_EVERY, Hash, Head, Proof, Signer, chain_next, op_hash};
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::sql::rows::parse_uuid;
 use crate::sql::{in_list, query, rows_per_statement};
@@ -30,6 +31,8 @@ pub struct WriteOutcome {
     pub events: Vec<RowEvent>,
     /// The rows of an `OwnedBatchCreate` (its header is `ops[0]`); empty for other writes.
     pub owned_rows: Vec<OwnedRow>,
+    /// The proofs of `ops`: one per signed head, in order.
+    pub proofs: Vec<Proof>,
 }
 
 impl WriteOutcome {
@@ -39,9 +42,17 @@ impl WriteOutcome {
             applied: self.ops.len(),
             rows: self.owned_rows.len(),
             ops: self.ops.clone(),
+            proofs: self.proofs.clone(),
             events: self.events.clone(),
             ..Commit::new(Origin::Local)
         }
+    }
+
+    /// The write as a peer applies it: the ops, with an owned batch's rows under its header,
+    /// and their proofs.
+    pub fn into_signed(self) -> (Vec<Change>, Vec<Proof>) {
+        let proofs = self.proofs.clone();
+        (self.into_changes(), proofs)
     }
 
     /// The write as a peer applies it: the ops, with an owned batch's rows under its header.
@@ -93,7 +104,7 @@ pub enum BatchEntry {
 /// Tag for the UUIDv5 of rows whose UUID derives from their fields.
 const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_726f77696473);
 
-/// What a local write needs: the writer, the registry, the clock and this client's id.
+/// What a local write needs: the writer, the registry, the clock and this author's key.
 pub(crate) struct Local<'a> {
     /// The one writer.
     pub writer: &'a Writer,
@@ -101,8 +112,77 @@ pub(crate) struct Local<'a> {
     pub registry: &'a Registry,
     /// Stamps the ops.
     pub clock: &'a Clock,
-    /// The author of the ops.
+    /// The author of the ops (this store's incarnation).
     pub client: Uuid,
+    /// Signs the ops' heads.
+    pub signer: &'a Signer,
+}
+
+/// Chains and signs this author's new ops, in seq order: a head at least every
+/// [`HEAD_EVERY`] ops and at the last op of the write.
+struct Signing<'s> {
+    signer: &'s Signer,
+    /// The chain hash after the last op added.
+    at: Hash,
+    /// The segment since the last head: its first seq, the chain before it, its length.
+    segment: (u64, Hash, u64),
+    chain: Chain,
+    proofs: Vec<Proof>,
+}
+
+impl<'s> Signing<'s> {
+    fn new(signer: &'s Signer, tip: Hash, next_seq: u64) -> Signing<'s> {
+        let mut chain = Chain::default();
+        chain.keys.push(signer.key());
+        Signing {
+            signer,
+            at: tip,
+            segment: (next_seq, tip, 0),
+            chain,
+            proofs: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, op: &Op) {
+        self.chain.push_prev(op.author, op.seq, self.at);
+        self.at = chain_next(&self.at, &op_hash(op));
+        self.segment.2 += 1;
+        if self.segment.2 >= HEAD_EVERY {
+            self.head();
+        }
+    }
+
+    fn head(&mut self) {
+        let (first, prev, len) = self.segment;
+        if len == 0 {
+            return;
+        }
+        let seq = first + len - 1;
+        let sig = self.signer.sign_head(seq, &self.at);
+        self.chain.heads.push(Head {
+            author: self.signer.author(),
+            seq,
+            hash: self.at,
+            sig,
+            tail: Vec::new(),
+        });
+        self.proofs.push(Proof {
+            key: self.signer.key(),
+            first,
+            len,
+            prev,
+            tail: Vec::new(),
+            sig,
+        });
+        self.segment = (seq + 1, self.at, 0);
+    }
+
+    /// Signs the last head; returns the chain and proofs, and the new tip.
+    fn finish(mut self) -> (Chain, Vec<Proof>, Hash) {
+        self.head();
+        self.chain.seal();
+        (self.chain, self.proofs, self.at)
+    }
 }
 
 impl Local<'_> {
@@ -152,7 +232,7 @@ impl Local<'_> {
         // Consecutive entries on one resource go through the engine in one call (the same
         // merge as one call per entry, with the same events in the same order).
         let mut all: Vec<Change> = Vec::with_capacity(prepared.len());
-        let mut run_start = 0;
+        let mut runs: Vec<usize> = vec![0];
         for (index, p) in prepared.into_iter().enumerate() {
             let at = |source| StoreError::BatchEntry {
                 index,
@@ -226,29 +306,30 @@ impl Local<'_> {
                 }
             }
             // This entry's ops start a new run when the resource changes.
+            let run_start = *runs.last().unwrap_or(&0);
             if before > run_start
                 && before < all.len()
                 && all[run_start].op().resource != all[before].op().resource
             {
-                let (conn, vv) = tx.parts();
-                let mode = Mode::Local {
-                    preloaded: Some(&mut states),
-                };
-                let res =
-                    engine::apply(conn, self.registry, &all[run_start..before], mode, vv).await?;
-                out.events.extend(res.events);
-                run_start = before;
+                runs.push(before);
             }
             out.uuids.push(p.uuid);
         }
-        if all.len() > run_start {
+        runs.push(all.len());
+        let (chain, proofs) = self.sign(&mut tx, all.iter().map(Change::op));
+        for run in runs.windows(2) {
+            if run[0] == run[1] {
+                continue;
+            }
             let (conn, vv) = tx.parts();
             let mode = Mode::Local {
                 preloaded: Some(&mut states),
             };
-            let res = engine::apply(conn, self.registry, &all[run_start..], mode, vv).await?;
+            let res =
+                engine::apply(conn, self.registry, &all[run[0]..run[1]], mode, vv, &chain).await?;
             out.events.extend(res.events);
         }
+        out.proofs = proofs;
         out.ops = all
             .into_iter()
             .filter_map(|c| match c {
@@ -283,8 +364,10 @@ impl Local<'_> {
                 Change::Op(self.create_op(seq, &p.resource, p.uuid, p.fields))
             })
             .collect();
+        let tip = tx.tip();
+        let (chain, proofs) = self.sign(tx, changes.iter().map(Change::op));
         let (conn, vv) = tx.parts();
-        match engine::insert_new_rows(conn, self.registry, &changes, vv).await? {
+        match engine::insert_new_rows(conn, self.registry, &changes, vv, &chain).await? {
             Some(res) => {
                 let ops: Vec<Op> = changes.into_iter().map(Change::into_op).collect();
                 Ok(NewRows::Done(WriteOutcome {
@@ -292,9 +375,12 @@ impl Local<'_> {
                     ops,
                     events: res.events,
                     owned_rows: Vec::new(),
+                    proofs,
                 }))
             }
-            None => Ok(NewRows::Known(
+            None => {
+                tx.set_tip(tip);
+                Ok(NewRows::Known(
                 changes
                     .into_iter()
                     .map(|c| {
@@ -307,8 +393,23 @@ impl Local<'_> {
                         }
                     })
                     .collect(),
-            )),
+                ))
+            }
         }
+    }
+
+    /// Chains and signs `ops` (this author's next ops, in seq order) from the
+    /// transaction's tip, and moves the tip past them.
+    fn sign<'o>(&self, tx: &mut WriteTx<'_>, ops: impl Iterator<Item = &'o Op>) -> (Chain, Vec<Proof>) {
+        let mut ops = ops.peekable();
+        let first = ops.peek().map_or(1, |op| op.seq);
+        let mut signing = Signing::new(self.signer, tx.tip(), first);
+        for op in ops {
+            signing.add(op);
+        }
+        let (chain, proofs, tip) = signing.finish();
+        tx.set_tip(tip);
+        (chain, proofs)
     }
 
     fn prepare_entry(&self, e: BatchEntry) -> Result<Prepared, StoreError> {
@@ -494,6 +595,7 @@ impl Local<'_> {
             rows,
             last: true,
         };
+        let (chain, proofs) = self.sign(&mut tx, std::iter::once(&op));
         let (conn, vv) = tx.parts();
         let local = Mode::Local { preloaded: None };
         let res = engine::apply(
@@ -502,6 +604,7 @@ impl Local<'_> {
             std::slice::from_ref(&change),
             local,
             vv,
+            &chain,
         )
         .await?;
         // Rows that exist must be ours: the engine refused the batch otherwise, and the
@@ -523,6 +626,7 @@ impl Local<'_> {
             ops: vec![op],
             events: res.events,
             owned_rows,
+            proofs,
         };
         tx.commit(|| out.commit()).await?;
         Ok(out)
@@ -565,14 +669,16 @@ impl Local<'_> {
                 BTreeMap::new(),
             );
             let changes = vec![Change::Op(op.clone())];
+            let (chain, proofs) = self.sign(&mut tx, std::iter::once(&op));
             let (conn, vv) = tx.parts();
             let local = Mode::Local { preloaded: None };
-            let res = engine::apply(conn, self.registry, &changes, local, vv).await?;
+            let res = engine::apply(conn, self.registry, &changes, local, vv, &chain).await?;
             let out = WriteOutcome {
                 uuids: vec![uuid],
                 ops: vec![op],
                 events: res.events,
                 owned_rows: Vec::new(),
+                proofs,
             };
             tx.commit(|| out.commit()).await?;
             Ok(out)

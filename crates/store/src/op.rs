@@ -308,6 +308,9 @@ pub struct OpsCursor {
 pub struct OpsPage {
     /// The changes, in (author, seq, row) order.
     pub changes: Vec<Change>,
+    /// Proofs of authorship: one per run of consecutive ops of one author.
+    #[serde(default)]
+    pub proofs: Vec<crate::proof::Proof>,
     /// Where to continue, or `None` when everything was sent.
     pub next: Option<OpsCursor>,
 }
@@ -367,6 +370,12 @@ pub enum RejectReason {
     NotOwner,
     /// A method on a resource of the other kind, or missing parts.
     Malformed,
+    /// No proof of authorship covers it.
+    Unproven,
+    /// Its proof of authorship does not hold (forged, altered, or another author's).
+    BadProof,
+    /// It names this replica's own author, which wrote every op of its own.
+    OwnAuthor,
 }
 
 impl RejectReason {
@@ -379,6 +388,9 @@ impl RejectReason {
             RejectReason::WrongType => "wrong_type",
             RejectReason::NotOwner => "not_owner",
             RejectReason::Malformed => "malformed",
+            RejectReason::Unproven => "unproven",
+            RejectReason::BadProof => "bad_proof",
+            RejectReason::OwnAuthor => "own_author",
         }
     }
 }

@@ -13,9 +13,10 @@ use crate::error::StoreError;
 use crate::op::{
     ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotRow, VersionVector,
 };
+use crate::proof::{Chain, Proof, check_batch};
 use crate::registry::Registry;
 use crate::sql::{oplog, versions};
-use crate::validate::{validate_change, validate_snapshot_row, validate_version_vector};
+use crate::validate::{validate_change, validate_snapshot_row};
 use crate::writer::Writer;
 
 /// What writing peers' changes needs.
@@ -28,18 +29,26 @@ pub(crate) struct Remote<'a> {
     pub clock: &'a Clock,
     /// The shared tables whose in-place updates skip the live-row check.
     pub unborn: &'a Unborn,
+    /// This replica's own author: it wrote every op of its own, so none comes from a peer.
+    pub own_author: Uuid,
 }
 
 impl Remote<'_> {
     /// Applies a batch of remote changes in one transaction. Each change is validated
     /// (schema, drift, ownership); duplicates are no-ops; delivery order does not matter.
     /// An `OwnedBatchCreate` that arrives without its rows is returned in `needs_rows`.
+    ///
+    /// `proofs` prove the batch's ops (see [`crate::proof`]): an op no valid proof covers is
+    /// refused. `None` applies the batch unproven (tests and benches of the merge rules).
     pub(crate) async fn apply(
         &self,
         batch: Vec<Change>,
+        proofs: Option<&[Proof]>,
         origin: Origin,
     ) -> Result<ApplyReport, StoreError> {
         let mut report = ApplyReport::default();
+        // Proofs first, outside the write lock: signatures and hashes need no database.
+        let checked = proofs.map(|p| check_batch(batch.iter().map(Change::op), p));
         let mut tx = self.writer.begin().await?;
         // The version vector and the batch's complete ops so far: a second copy of an op
         // is a duplicate. An author's ops mostly come in order, which only moves its
@@ -49,6 +58,29 @@ impl Remote<'_> {
         for change in batch {
             let op = change.op();
             let id = op.id();
+            if op.author == self.own_author {
+                report.rejected.push((
+                    id,
+                    Rejection::new(
+                        RejectReason::OwnAuthor,
+                        format!("op {id} names this replica's own author, which never wrote it"),
+                    ),
+                ));
+                continue;
+            }
+            if let Some(checked) = &checked
+                && !checked.proven.contains(&(id.author, id.seq))
+            {
+                let rejection = match checked.failed.get(&(id.author, id.seq)) {
+                    Some(e) => Rejection::new(RejectReason::BadProof, format!("op {id}: {e}")),
+                    None => Rejection::new(
+                        RejectReason::Unproven,
+                        format!("op {id} came with no proof of its author"),
+                    ),
+                };
+                report.rejected.push((id, rejection));
+                continue;
+            }
             if let Err(rejection) = validate_change(self.registry, &change) {
                 report.rejected.push((id, rejection));
                 continue;
@@ -95,7 +127,13 @@ impl Remote<'_> {
         let mode = Mode::Remote {
             unborn: self.unborn,
         };
-        let res = engine::apply(conn, self.registry, &accepted, mode, vv).await?;
+        let chain = checked.map(|c| c.chain).unwrap_or_default();
+        let res = engine::apply(conn, self.registry, &accepted, mode, vv, &chain).await?;
+        for key in &chain.keys {
+            if let Ok(device) = key.device() {
+                tx.learn(key.author(), device);
+            }
+        }
         report.applied = res.logged.len();
         report.rows = res.rows;
         report.events = res.events;
@@ -133,19 +171,83 @@ impl Remote<'_> {
         Ok(n)
     }
 
-    /// Ends a snapshot import: this replica now holds every op `vv` covers.
-    pub(crate) async fn finish_snapshot(&self, covers: &VersionVector) -> Result<(), StoreError> {
-        validate_version_vector(covers).map_err(|r| StoreError::Decode {
-            what: "snapshot version vector",
-            reason: r.detail,
-        })?;
-        let mut tx = self.writer.begin().await?;
-        let (conn, vv) = tx.parts();
-        for (a, v) in &covers.authors {
-            vv.authors.entry(*a).or_default().raise(v.contiguous);
+    /// Ends a snapshot import. The snapshot's rows hold the effect of every op its proofs
+    /// cover: each proof (of an empty run) shows that its author's log reached
+    /// `first - 1`, signed by the author. Only a verified proof moves this replica's version
+    /// vector (to that seq, never beyond), and the log counts as pruned there, with the
+    /// chain hash the proof gives, so that later runs of that author can be proven. Returns
+    /// the proofs refused, with why; the authors they name stay where they were (their
+    /// ops come by catch-up).
+    pub(crate) async fn finish_snapshot(
+        &self,
+        proofs: &[Proof],
+    ) -> Result<Vec<(Uuid, Rejection)>, StoreError> {
+        let mut refused = Vec::new();
+        let mut proven = Vec::new();
+        for p in proofs {
+            let author = p.key.author();
+            if author == self.own_author {
+                refused.push((
+                    author,
+                    Rejection::new(
+                        RejectReason::OwnAuthor,
+                        "a snapshot claims this replica's own author".into(),
+                    ),
+                ));
+                continue;
+            }
+            if p.len != 0 {
+                refused.push((
+                    author,
+                    Rejection::new(
+                        RejectReason::Malformed,
+                        "a snapshot's proof must cover no ops".into(),
+                    ),
+                ));
+                continue;
+            }
+            match p.verify(std::iter::empty()) {
+                Ok(v) => proven.push((p, v)),
+                Err(e) => refused.push((
+                    author,
+                    Rejection::new(RejectReason::BadProof, format!("snapshot of {author}: {e}")),
+                )),
+            }
         }
-        versions::persist_vv(conn, vv, covers.authors.keys().copied()).await?;
-        tx.commit(|| Commit::new(Origin::Snapshot)).await
+        let mut tx = self.writer.begin().await?;
+        let mut chain = Chain::default();
+        let mut moved = Vec::new();
+        for (p, v) in &proven {
+            let seq = p.first - 1;
+            chain.heads.push(crate::proof::Head {
+                author: v.author,
+                seq: v.head.0,
+                hash: v.head.1,
+                sig: p.sig,
+                tail: p.tail.clone(),
+            });
+            chain.keys.push(p.key);
+            tx.learn(v.author, v.device);
+            if seq > tx.vv().contiguous(&v.author) {
+                moved.push((v.author, seq, p.prev));
+            }
+        }
+        let (conn, vv) = tx.parts();
+        for (author, seq, _) in &moved {
+            vv.authors.entry(*author).or_default().raise(*seq);
+        }
+        versions::persist_vv(conn, vv, moved.iter().map(|(a, _, _)| *a)).await?;
+        for (author, seq, prev) in &moved {
+            versions::record_pruned_chain(conn, *author, *seq, prev).await?;
+        }
+        oplog::store_proven(conn, &chain).await?;
+        let (_, horizon) = tx.horizon_mut();
+        for (author, seq, _) in &moved {
+            let h = horizon.entry(*author).or_default();
+            *h = (*h).max(*seq);
+        }
+        tx.commit(|| Commit::new(Origin::Snapshot)).await?;
+        Ok(refused)
     }
 
     /// Removes from the log every op covered by `horizon` (per author, a seq) and not above

@@ -24,6 +24,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use libp2p_identity::ed25519;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -33,6 +34,7 @@ use crate::engine;
 use crate::error::StoreError;
 use crate::local::{BatchEntry, Local, WriteOutcome, unwrap_single};
 use crate::op::{ApplyReport, Change, SnapshotRow, VersionVector};
+use crate::proof::{Hash, Proof, Signer};
 use crate::registry::Registry;
 use crate::remote::Remote;
 use crate::sql::{clients, oplog, schema, versions};
@@ -53,8 +55,10 @@ pub enum Durability {
 pub struct StoreOptions {
     /// The SQLite file; created with its directory's permissions if missing.
     pub path: PathBuf,
-    /// This client's UUID (the author of its ops and the id of its clock).
-    pub client: Uuid,
+    /// The device's key (its libp2p identity): it signs this store's ops, and the client
+    /// UUID of the pool is its [`crate::proof::device_uuid`]. Each open writes under a new
+    /// author (an incarnation of the device, see [`crate::proof`]).
+    pub device: ed25519::Keypair,
     /// Remote timestamps further ahead than this are refused for now (default 100 ms).
     pub max_drift: Duration,
     /// The physical clock (tests inject one).
@@ -66,11 +70,11 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
-    /// Options for the default library at `path`, for `client`.
-    pub fn new(path: impl Into<PathBuf>, client: Uuid) -> Self {
+    /// Options for the default library at `path`, for the device `device`.
+    pub fn new(path: impl Into<PathBuf>, device: ed25519::Keypair) -> Self {
         StoreOptions {
             path: path.into(),
-            client,
+            device,
             max_drift: Duration::from_millis(100),
             clock: PhysicalClock::System,
             registry: Registry::default_library(),
@@ -88,7 +92,10 @@ struct Inner {
     /// The shared tables whose in-place updates skip the live-row check.
     unborn: engine::Unborn,
     clock: Clock,
+    /// The device (the client UUID of the pool).
     client: Uuid,
+    /// This incarnation's signer; its author writes this store's ops.
+    signer: Signer,
     /// Every write goes through it; it holds the version vector and the log horizon.
     writer: Writer,
 }
@@ -103,6 +110,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("client", &self.inner.client)
+            .field("author", &self.inner.signer.author())
             .finish()
     }
 }
@@ -111,11 +119,8 @@ impl Store {
     /// Opens (or creates) the store at `options.path`, runs the migrations, checks the
     /// registry against the schema and loads the version vector.
     pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
-        if options.client.is_nil() {
-            return Err(StoreError::Invalid(
-                "the client UUID must not be nil".into(),
-            ));
-        }
+        let signer = Signer::new_incarnation(options.device.clone());
+        let client = signer.device();
         let connect = SqliteConnectOptions::from_str("sqlite:")
             .map_err(StoreError::Db)?
             .filename(&options.path)
@@ -152,7 +157,11 @@ impl Store {
         let logged = oplog::move_legacy_rows(&mut tx).await?;
         tx.commit().await?;
         if logged > 0 {
-            tracing::info!(ops = logged, "moved the op log into chunks");
+            tracing::info!(
+                ops = logged,
+                "dropped the op log of an old version (no proofs of authorship): peers that \
+                 lack its ops get a snapshot"
+            );
         }
         if moved > 0 {
             tracing::info!(
@@ -161,25 +170,51 @@ impl Store {
             );
         }
 
-        let (vv, horizon) = versions::load(&mut *pool.acquire().await?).await?;
-        let clock = Clock::new(options.client, options.max_drift, options.clock.clone());
+        let mut conn = pool.acquire().await?;
+        let (vv, horizon) = versions::load(&mut conn).await?;
+        let mut devices = oplog::devices(&mut conn).await?;
+        drop(conn);
+        devices.insert(signer.author(), client);
+        let clock = Clock::new(signer.author(), options.max_drift, options.clock.clone());
+        tracing::info!(
+            device = %client,
+            author = %signer.author(),
+            "this store writes under a new author (one per open)"
+        );
+        let replica = Replica {
+            vv,
+            horizon,
+            tip: Hash::ZERO,
+            devices,
+        };
         let store = Store {
             inner: Arc::new(Inner {
-                writer: Writer::new(pool.clone(), Replica { vv, horizon }),
+                writer: Writer::new(pool.clone(), replica),
                 pool,
                 registry: options.registry,
                 unborn,
                 clock,
-                client: options.client,
+                client,
+                signer,
             }),
         };
-        store.touch_client(options.client, None).await?;
+        store.touch_client(client, None).await?;
         Ok(store)
     }
 
-    /// This client's UUID.
+    /// This device's client UUID (the same on every open).
     pub fn client(&self) -> Uuid {
         self.inner.client
+    }
+
+    /// The author this store writes under (new on every open).
+    pub fn author(&self) -> Uuid {
+        self.inner.signer.author()
+    }
+
+    /// The device of `author`, if its proof was verified here.
+    pub fn device_of(&self, author: &Uuid) -> Option<Uuid> {
+        self.inner.writer.read(|r| r.devices.get(author).copied())
     }
 
     /// The registry.
@@ -214,10 +249,14 @@ impl Store {
 
     /// Whether a peer with version vector `theirs` is behind this log's horizon (it lacks
     /// ops that were pruned here) and so needs a snapshot before ops.
+    /// Authors whose proof this replica never verified (a log of a version before proofs)
+    /// are left out: no page can carry their ops, and the snapshot's rows hold them.
     pub fn needs_snapshot(&self, theirs: &VersionVector) -> bool {
-        self.inner
-            .writer
-            .read(|r| r.horizon.iter().any(|(a, h)| theirs.contiguous(a) < *h))
+        self.inner.writer.read(|r| {
+            r.horizon
+                .iter()
+                .any(|(a, h)| theirs.contiguous(a) < *h && r.devices.contains_key(a))
+        })
     }
 
     /// The commit feed: one [`Commit`] per committed change, whatever its origin (local
@@ -246,7 +285,8 @@ impl Store {
             writer: &self.inner.writer,
             registry: &self.inner.registry,
             clock: &self.inner.clock,
-            client: self.inner.client,
+            client: self.inner.signer.author(),
+            signer: &self.inner.signer,
         }
     }
 
@@ -256,6 +296,7 @@ impl Store {
             registry: &self.inner.registry,
             clock: &self.inner.clock,
             unborn: &self.inner.unborn,
+            own_author: self.inner.signer.author(),
         }
     }
 
@@ -353,22 +394,37 @@ impl Store {
     // -----------------------------------------------------------------------------------
     // What peers send
 
-    /// Applies a batch of remote changes pulled from a peer ([`Origin::CatchUp`]); see
-    /// [`Store::apply_from`].
+    /// Applies a batch of remote changes in one transaction; the commit says it came from
+    /// `origin`. Each op must be covered by one of `proofs` ([`crate::proof`]: signed by its
+    /// author, whoever relays it), else it is refused; each change is then validated
+    /// (schema, drift, ownership); duplicates are no-ops; delivery order does not matter.
+    /// An `OwnedBatchCreate` that arrives without its rows is returned in `needs_rows`.
+    pub async fn apply_signed(
+        &self,
+        batch: Vec<Change>,
+        proofs: Vec<Proof>,
+        origin: Origin,
+    ) -> Result<ApplyReport, StoreError> {
+        self.detached(move |s| async move { s.remote().apply(batch, Some(&proofs), origin).await })
+            .await
+    }
+
+    /// Applies remote changes WITHOUT proofs of authorship ([`Origin::CatchUp`]): for the
+    /// tests and benches of the merge rules only (the `unverified` feature; the node never
+    /// enables it).
+    #[cfg(feature = "unverified")]
     pub async fn apply(&self, batch: Vec<Change>) -> Result<ApplyReport, StoreError> {
         self.apply_from(batch, Origin::CatchUp).await
     }
 
-    /// Applies a batch of remote changes in one transaction; the commit says it came from
-    /// `origin`. Each change is validated (schema, drift, ownership); duplicates are no-ops;
-    /// delivery order does not matter. An `OwnedBatchCreate` that arrives without its rows
-    /// is returned in `needs_rows`.
+    /// [`Store::apply`] with an origin (the `unverified` feature).
+    #[cfg(feature = "unverified")]
     pub async fn apply_from(
         &self,
         batch: Vec<Change>,
         origin: Origin,
     ) -> Result<ApplyReport, StoreError> {
-        self.detached(move |s| async move { s.remote().apply(batch, origin).await })
+        self.detached(move |s| async move { s.remote().apply(batch, None, origin).await })
             .await
     }
 
@@ -379,10 +435,14 @@ impl Store {
             .await
     }
 
-    /// Ends a snapshot import: this replica now holds every op `vv` covers.
-    pub async fn finish_snapshot(&self, vv: &VersionVector) -> Result<(), StoreError> {
-        let vv = vv.clone();
-        self.detached(move |s| async move { s.remote().finish_snapshot(&vv).await })
+    /// Ends a snapshot import: for each of `proofs` (from [`Store::snapshot_proofs`] of the
+    /// peer) that verifies, this replica now holds the author's ops up to the proven seq.
+    /// Returns the proofs refused, by author, with why.
+    pub async fn finish_snapshot(
+        &self,
+        proofs: Vec<Proof>,
+    ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
+        self.detached(move |s| async move { s.remote().finish_snapshot(&proofs).await })
             .await
     }
 

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::commit::Commit;
 use crate::error::StoreError;
 use crate::op::VersionVector;
+use crate::proof::Hash;
 
 /// What this replica holds: the ops applied, and per author the highest seq pruned.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +36,10 @@ pub(crate) struct Replica {
     pub vv: VersionVector,
     /// Per author, the highest seq pruned from the log.
     pub horizon: BTreeMap<Uuid, u64>,
+    /// This replica's own author's chain hash at its last op.
+    pub tip: Hash,
+    /// Per author whose proof was verified here (and this replica's own), its device.
+    pub devices: std::collections::HashMap<Uuid, Uuid>,
 }
 
 /// Owns the write lock, the replica's state and the commit feed.
@@ -76,13 +81,15 @@ impl Writer {
     pub(crate) async fn begin(&self) -> Result<WriteTx<'_>, StoreError> {
         let turn = self.turn.lock().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let vv = self.read(|r| r.vv.clone());
+        let (vv, tip) = self.read(|r| (r.vv.clone(), r.tip));
         Ok(WriteTx {
             writer: self,
             _turn: turn,
             tx,
             vv,
             horizon: None,
+            tip,
+            learned: Vec::new(),
         })
     }
 
@@ -129,6 +136,10 @@ pub(crate) struct WriteTx<'w> {
     vv: VersionVector,
     /// The log horizon, once this transaction changes it.
     horizon: Option<BTreeMap<Uuid, u64>>,
+    /// The own author's chain hash as the transaction leaves it.
+    tip: Hash,
+    /// Authors proven by this transaction, with their devices.
+    learned: Vec<(Uuid, Uuid)>,
 }
 
 impl<'w> WriteTx<'w> {
@@ -147,6 +158,21 @@ impl<'w> WriteTx<'w> {
         &self.vv
     }
 
+    /// The own author's chain hash at its last op, as the transaction has it.
+    pub(crate) fn tip(&self) -> Hash {
+        self.tip
+    }
+
+    /// Records that the transaction proved `author`'s key, of `device`.
+    pub(crate) fn learn(&mut self, author: Uuid, device: Uuid) {
+        self.learned.push((author, device));
+    }
+
+    /// Moves the own author's chain hash (with the ops this transaction logs).
+    pub(crate) fn set_tip(&mut self, tip: Hash) {
+        self.tip = tip;
+    }
+
     /// The log horizon, to change; the connection beside it.
     pub(crate) fn horizon_mut(&mut self) -> (&mut SqliteConnection, &mut BTreeMap<Uuid, u64>) {
         let writer = self.writer;
@@ -162,12 +188,15 @@ impl<'w> WriteTx<'w> {
             writer, _turn, tx, ..
         } = self;
         tx.rollback().await?;
+        let (vv, tip) = writer.read(|r| (r.vv.clone(), r.tip));
         Ok(WriteTx {
             writer,
             _turn,
             tx: writer.pool.begin_with("BEGIN IMMEDIATE").await?,
-            vv: writer.read(|r| r.vv.clone()),
+            vv,
             horizon: None,
+            tip,
+            learned: Vec::new(),
         })
     }
 
@@ -190,6 +219,8 @@ impl<'w> WriteTx<'w> {
             tx,
             vv,
             horizon,
+            tip,
+            learned,
         } = self;
         tx.commit().await?;
         {
@@ -198,6 +229,8 @@ impl<'w> WriteTx<'w> {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             replica.vv = vv;
+            replica.tip = tip;
+            replica.devices.extend(learned);
             if let Some(h) = horizon {
                 replica.horizon = h;
             }

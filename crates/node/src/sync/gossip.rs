@@ -3,6 +3,7 @@
 //! schema, the bounds of a version announcement) with no side effects. A refusal is a
 //! [`GossipRejection`], which names the metric label it is counted under.
 
+use murmur_store::proof::{ProofError, verify_ops};
 use murmur_store::validate::{MAX_SEQ, validate_op};
 use murmur_store::wire::from_cbor;
 use murmur_store::{OpId, Registry, Rejection, StoreError};
@@ -38,15 +39,13 @@ pub enum GossipRejection {
         /// Authors in `horizon`.
         horizon: usize,
     },
-    /// An op whose author is not the message's signer.
-    #[error("op {op} claims author {claimed} but was signed by {signer}")]
-    ForgedAuthor {
+    /// An op no valid proof of its author covers.
+    #[error("op {op}: {}", match why { Some(e) => e.to_string(), None => "no proof of its author".into() })]
+    Unproven {
         /// The op.
         op: OpId,
-        /// The author it names.
-        claimed: Uuid,
-        /// Who signed the message.
-        signer: Uuid,
+        /// Why its proof failed (`None`: it had none).
+        why: Option<ProofError>,
     },
     /// A version announcement with a seq no log can reach.
     #[error("version announcement with seq {seq} for {author}, above {MAX_SEQ}")]
@@ -71,42 +70,33 @@ impl GossipRejection {
             GossipRejection::TooManyOps { .. } | GossipRejection::TooManyAuthors { .. } => {
                 "oversized"
             }
-            GossipRejection::ForgedAuthor { .. } => "forged_author",
+            GossipRejection::Unproven { why: None, .. } => "unproven",
+            GossipRejection::Unproven { why: Some(_), .. } => "bad_proof",
             GossipRejection::SeqOutOfRange { .. } => "malformed",
             GossipRejection::Invalid(r) => r.label(),
         }
     }
 }
 
-/// Decodes and checks a gossip message signed by `author` without side effects: size and
-/// CBOR, the number of ops, that every op is the signer's own, each op's schema, and the
-/// bounds of a version announcement.
+/// Decodes and checks a gossip message without side effects: size and CBOR, the number of
+/// ops, that every op is proven to be its author's ([`murmur_store::proof`]: whoever
+/// relays it), each op's schema, and the bounds of a version announcement.
 ///
 /// Timestamps are not checked here: an op far in the future is refused by the store's drift
 /// check when applied (counted as `drift`, no penalty: an honest clock can be wrong), and an
 /// op at time 0 is applied as a very old write that loses every last-writer-wins merge.
-pub fn check_gossip_message(
-    registry: &Registry,
-    author: Uuid,
-    data: &[u8],
-) -> Result<Gossip, GossipRejection> {
+pub fn check_gossip_message(registry: &Registry, data: &[u8]) -> Result<Gossip, GossipRejection> {
     let msg: Gossip =
         from_cbor(data, GOSSIP_DECODE_CAP, "gossip message").map_err(GossipRejection::Decode)?;
     match &msg {
-        Gossip::Ops(ops) => {
-            if ops.len() > GOSSIP_OPS_CAP {
+        Gossip::Ops { ops, proofs } => {
+            if ops.len() > GOSSIP_OPS_CAP || proofs.len() > GOSSIP_OPS_CAP {
                 return Err(GossipRejection::TooManyOps { ops: ops.len() });
             }
             for op in ops {
-                if op.author != author {
-                    return Err(GossipRejection::ForgedAuthor {
-                        op: op.id(),
-                        claimed: op.author,
-                        signer: author,
-                    });
-                }
                 validate_op(registry, op)?;
             }
+            verify_ops(ops, proofs).map_err(|(op, why)| GossipRejection::Unproven { op, why })?;
         }
         Gossip::Versions {
             contiguous,
@@ -140,6 +130,8 @@ mod tests {
 
     use murmur_store::RejectReason;
     use murmur_store::wire::to_cbor;
+    use libp2p::identity::ed25519;
+    use murmur_store::proof::{Hash, Signer};
     use murmur_store::{Method, Op};
 
     use super::*;
@@ -159,23 +151,52 @@ mod tests {
         }
     }
 
-    fn check(author: Uuid, msg: &Gossip) -> Result<Gossip, GossipRejection> {
-        check_gossip_message(&Registry::default_library(), author, &to_cbor(msg))
+    fn check(msg: &Gossip) -> Result<Gossip, GossipRejection> {
+        check_gossip_message(&Registry::default_library(), &to_cbor(msg))
+    }
+
+    fn signer() -> Signer {
+        Signer::new_incarnation(ed25519::Keypair::generate())
+    }
+
+    fn signed(s: &Signer, ops: Vec<Op>) -> Gossip {
+        let proofs = vec![s.prove(Hash::ZERO, &ops)];
+        Gossip::Ops { ops, proofs }
     }
 
     #[test]
-    fn gossip_ops_must_be_few_and_the_signers_own() {
-        let me = Uuid::from_u128(1);
-        assert!(check(me, &Gossip::Ops(vec![op(me, 1)])).is_ok());
-        let many = (1..=GOSSIP_OPS_CAP as u64 + 1).map(|s| op(me, s)).collect();
-        let r = check(me, &Gossip::Ops(many)).unwrap_err();
+    fn gossip_ops_must_be_few_and_proven() {
+        let s = signer();
+        let me = s.author();
+        assert!(check(&signed(&s, vec![op(me, 1)])).is_ok());
+        let many = (1..=GOSSIP_OPS_CAP as u64 + 1).map(|q| op(me, q)).collect();
+        let r = check(&signed(&s, many)).unwrap_err();
         assert!(matches!(r, GossipRejection::TooManyOps { ops } if ops == GOSSIP_OPS_CAP + 1));
         assert_eq!(r.label(), "oversized");
-        let forged = Gossip::Ops(vec![op(Uuid::from_u128(2), 1)]);
-        let r = check(me, &forged).unwrap_err();
-        assert!(matches!(r, GossipRejection::ForgedAuthor { signer, .. } if signer == me));
-        assert_eq!(r.label(), "forged_author");
-        let r = check(me, &Gossip::Ops(vec![op(me, 0)])).unwrap_err();
+        // Another author's op under my proof, and under none.
+        let other = signer();
+        let forged = Gossip::Ops {
+            ops: vec![op(other.author(), 1)],
+            proofs: vec![s.prove(Hash::ZERO, &[op(me, 1)])],
+        };
+        let r = check(&forged).unwrap_err();
+        assert!(matches!(r, GossipRejection::Unproven { why: None, .. }));
+        assert_eq!(r.label(), "unproven");
+        // My signature over other bytes.
+        let mut altered = op(me, 1);
+        let proofs = vec![s.prove(Hash::ZERO, std::slice::from_ref(&altered))];
+        altered.uuid = Some(Uuid::from_u128(77));
+        let r = check(&Gossip::Ops {
+            ops: vec![altered],
+            proofs,
+        })
+        .unwrap_err();
+        assert_eq!(r.label(), "bad_proof");
+        let r = check(&Gossip::Ops {
+            ops: vec![op(me, 0)],
+            proofs: vec![],
+        })
+        .unwrap_err();
         assert!(matches!(
             r,
             GossipRejection::Invalid(Rejection {
@@ -184,17 +205,17 @@ mod tests {
             })
         ));
         assert_eq!(r.label(), "malformed");
-        let r = check_gossip_message(&Registry::default_library(), me, b"\xff").unwrap_err();
+        let r = check_gossip_message(&Registry::default_library(), b"\xff").unwrap_err();
         assert!(matches!(r, GossipRejection::Decode(_)));
         assert_eq!(r.label(), "decode");
     }
 
     #[test]
     fn an_op_the_schema_refuses_is_counted_under_the_stores_reason() {
-        let me = Uuid::from_u128(1);
-        let mut unknown = op(me, 1);
+        let s = signer();
+        let mut unknown = op(s.author(), 1);
         unknown.resource = "no_such_resource".into();
-        let r = check(me, &Gossip::Ops(vec![unknown])).unwrap_err();
+        let r = check(&signed(&s, vec![unknown])).unwrap_err();
         assert_eq!(r.label(), RejectReason::UnknownResource.label());
     }
 
@@ -203,20 +224,19 @@ mod tests {
     /// saturate anyway.
     #[test]
     fn version_announcements_are_bounded() {
-        let me = Uuid::from_u128(1);
         let versions = |n: u128, seq: u64| Gossip::Versions {
             contiguous: (0..n).map(|i| (Uuid::from_u128(i + 1), seq)).collect(),
             horizon: BTreeMap::new(),
             sent_at_ms: 0,
         };
-        assert!(check(me, &versions(3, 10)).is_ok());
-        let r = check(me, &versions(3, u64::MAX)).unwrap_err();
+        assert!(check(&versions(3, 10)).is_ok());
+        let r = check(&versions(3, u64::MAX)).unwrap_err();
         assert!(matches!(
             r,
             GossipRejection::SeqOutOfRange { seq: u64::MAX, .. }
         ));
         assert_eq!(r.label(), "malformed");
-        let r = check(me, &versions(VERSIONS_AUTHORS_CAP as u128 + 1, 1)).unwrap_err();
+        let r = check(&versions(VERSIONS_AUTHORS_CAP as u128 + 1, 1)).unwrap_err();
         assert!(matches!(r, GossipRejection::TooManyAuthors { .. }));
         assert_eq!(r.label(), "oversized");
         let total = [u64::MAX, u64::MAX, u64::MAX]

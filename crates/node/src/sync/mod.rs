@@ -36,6 +36,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::{Acceptance, Discovery, Event, MessageId, Responder};
 use murmur_store::wire::to_cbor;
+use murmur_store::proof::Proof;
 use murmur_store::{Change, Op, Origin, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -143,7 +144,7 @@ impl SyncLoop {
     /// Handles `first` and the events already queued behind it (up to
     /// [`GOSSIP_BATCH_CAP`]), then applies their gossiped ops in one batch.
     async fn handle_net_events(&mut self, first: NetEvent) {
-        let mut pending: Vec<(PeerId, Vec<Op>)> = Vec::new();
+        let mut pending: Vec<(PeerId, Vec<Op>, Vec<Proof>)> = Vec::new();
         let mut ev = Some(first);
         let mut handled = 0;
         while let Some(e) = ev.take() {
@@ -160,7 +161,7 @@ impl SyncLoop {
         }
     }
 
-    async fn handle_net_event(&mut self, ev: NetEvent, pending: &mut Vec<(PeerId, Vec<Op>)>) {
+    async fn handle_net_event(&mut self, ev: NetEvent, pending: &mut Vec<(PeerId, Vec<Op>, Vec<Proof>)>) {
         match ev {
             Event::PeerConnected {
                 peer_id,
@@ -212,7 +213,7 @@ impl SyncLoop {
         propagation_source: PeerId,
         message_id: MessageId,
         data: Vec<u8>,
-        pending: &mut Vec<(PeerId, Vec<Op>)>,
+        pending: &mut Vec<(PeerId, Vec<Op>, Vec<Proof>)>,
     ) {
         self.metrics.gossip_received.inc();
         #[cfg(feature = "fault-injection")]
@@ -223,13 +224,13 @@ impl SyncLoop {
                 .await;
             return;
         }
-        let verdict = self.check_gossip(source, &data);
+        let verdict = self.check_gossip(&data);
         match verdict {
-            Ok(Gossip::Ops(ops)) => {
+            Ok(Gossip::Ops { ops, proofs }) => {
                 self.net
                     .report_validation(message_id, propagation_source, Acceptance::Accept)
                     .await;
-                pending.push((propagation_source, ops));
+                pending.push((propagation_source, ops, proofs));
             }
             Ok(Gossip::Versions { contiguous, .. }) => {
                 self.net
@@ -248,22 +249,28 @@ impl SyncLoop {
 
     /// Decodes and checks a gossip message (see [`check_gossip_message`]) and counts a
     /// refusal under its label.
-    fn check_gossip(&self, source: PeerId, data: &[u8]) -> Result<Gossip, GossipRejection> {
-        check_gossip_message(self.store.registry(), client_uuid(&source), data)
+    fn check_gossip(&self, data: &[u8]) -> Result<Gossip, GossipRejection> {
+        check_gossip_message(self.store.registry(), data)
             .inspect_err(|rejection| self.metrics.reject(rejection.label()))
     }
 
-    async fn apply_gossip(&mut self, pending: Vec<(PeerId, Vec<Op>)>) {
+    async fn apply_gossip(&mut self, pending: Vec<(PeerId, Vec<Op>, Vec<Proof>)>) {
         let mut from: HashMap<Uuid, PeerId> = HashMap::new();
         let mut changes = Vec::new();
-        for (peer, ops) in pending {
+        let mut all_proofs = Vec::new();
+        for (peer, ops, proofs) in pending {
             for op in ops {
                 from.insert(op.author, peer);
                 changes.push(Change::Op(op));
             }
+            all_proofs.extend(proofs);
         }
         let authors: Vec<Uuid> = from.keys().copied().collect();
-        match self.store.apply_from(changes, Origin::Gossip).await {
+        match self
+            .store
+            .apply_signed(changes, all_proofs, Origin::Gossip)
+            .await
+        {
             Ok(report) => {
                 // An owned batch announced by its header, or a gap: pull from who sent it.
                 let mut pull_from: Vec<PeerId> = Vec::new();

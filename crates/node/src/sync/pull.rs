@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_store::{OpsCursor, Store, StoreError, VersionVector};
+use murmur_store::{OpsCursor, Origin, Store, StoreError, VersionVector};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -144,7 +144,10 @@ impl Puller {
                         if page.changes.is_empty() {
                             return Ok(None);
                         }
-                        self.store.apply(page.changes).await.map(Some)
+                        self.store
+                            .apply_signed(page.changes, page.proofs, Origin::CatchUp)
+                            .await
+                            .map(Some)
                     };
                     let fetch = async {
                         match next {
@@ -184,6 +187,7 @@ impl Puller {
         };
         let mut first = true;
         let mut covers = None;
+        let mut proofs = Vec::new();
         let mut total = 0;
         let mut done = 0u64;
         let mut last_log = Instant::now();
@@ -193,6 +197,7 @@ impl Puller {
                 rows,
                 next,
                 covers: c,
+                proofs: p,
                 total_rows,
             } = resp
             else {
@@ -200,6 +205,7 @@ impl Puller {
             };
             if first {
                 covers = c;
+                proofs = p;
                 total = total_rows.unwrap_or(0);
                 first = false;
             }
@@ -222,8 +228,12 @@ impl Puller {
                 None => break,
             }
         }
-        let covers = covers.ok_or(PullError::Unexpected)?;
-        self.store.finish_snapshot(&covers).await?;
+        covers.ok_or(PullError::Unexpected)?;
+        let refused = self.store.finish_snapshot(proofs).await?;
+        for (author, why) in &refused {
+            self.metrics.reject(why.label());
+            warn!(peer = %self.peer, %author, "a snapshot's claim was refused: {why}");
+        }
         self.metrics.snapshots_imported.inc();
         info!(rows = done, "snapshot imported");
         summary.items += done;

@@ -184,21 +184,25 @@ async fn serve_request_with(
         Request::Snapshot { position, limit } => {
             let limit = (limit as usize).clamp(1, PAGE_SIZE);
             // The version vector is read before the first page, so the snapshot covers it.
-            let (covers, total_rows) = if position.is_none() {
+            // The version vector (and its proofs) are read before the first page, so the
+            // snapshot covers them.
+            let (covers, proofs, total_rows) = if position.is_none() {
                 let vv = store.version_vector();
+                let proofs = store.snapshot_proofs().await?;
                 let mut total = 0;
                 for def in store.registry().iter() {
                     total += store.count_rows(&def.name).await?;
                 }
-                (Some(vv), Some(total))
+                (Some(vv), proofs, Some(total))
             } else {
-                (None, None)
+                (None, Vec::new(), None)
             };
             let (rows, next) = store.snapshot_page(position.as_ref(), limit).await?;
             Response::Snapshot {
                 rows,
                 next,
                 covers,
+                proofs,
                 total_rows,
             }
         }
@@ -229,7 +233,10 @@ mod tests {
     #[tokio::test]
     async fn a_page_asked_for_again_is_served_without_a_read_until_the_log_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut o = murmur_store::StoreOptions::new(dir.path().join("lib.db"), Uuid::from_u128(1));
+        let mut o = murmur_store::StoreOptions::new(
+            dir.path().join("lib.db"),
+            libp2p::identity::ed25519::Keypair::generate(),
+        );
         o.durability = murmur_store::Durability::Normal;
         let store = Store::open(o).await.unwrap();
         let tag = |n: &str| {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::op::{Change, Method, Op, OpId, Rejection, RowEvent, VersionVector};
+use crate::proof::Chain;
 use crate::registry::{Kind, Registry};
 use crate::sql::oplog;
 
@@ -74,13 +75,14 @@ impl Mode<'_> {
 
 /// Applies validated, not yet applied changes in order. The ops logged are added to `vv`,
 /// the caller's copy of the version vector, and the new contiguous seqs of their authors
-/// are stored in the same statement as the log.
+/// are stored in the same statement as the log; `chain` is what proves them.
 pub(crate) async fn apply(
     conn: &mut SqliteConnection,
     registry: &Registry,
     changes: &[Change],
     mut mode: Mode<'_>,
     vv: &mut VersionVector,
+    chain: &Chain,
 ) -> Result<EngineOutcome, StoreError> {
     let local = mode.is_local();
     let mut out = EngineOutcome::default();
@@ -112,7 +114,7 @@ pub(crate) async fn apply(
         }
     }
 
-    log_changes(conn, changes, &rejected_ops, &mut out, vv).await?;
+    log_changes(conn, changes, &rejected_ops, &mut out, vv, chain).await?;
     Ok(out)
 }
 
@@ -125,6 +127,7 @@ pub(crate) async fn insert_new_rows(
     registry: &Registry,
     changes: &[Change],
     vv: &mut VersionVector,
+    chain: &Chain,
 ) -> Result<Option<EngineOutcome>, StoreError> {
     let mut by_resource: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for c in changes {
@@ -150,7 +153,7 @@ pub(crate) async fn insert_new_rows(
         in_place: changes.len(),
         ..EngineOutcome::default()
     };
-    log_changes(conn, changes, &HashMap::new(), &mut out, vv).await?;
+    log_changes(conn, changes, &HashMap::new(), &mut out, vv, chain).await?;
     Ok(Some(out))
 }
 
@@ -162,6 +165,7 @@ async fn log_changes(
     rejected_ops: &HashMap<OpId, String>,
     out: &mut EngineOutcome,
     vv: &mut VersionVector,
+    chain: &Chain,
 ) -> Result<(), StoreError> {
     let mut log: Vec<(&Op, Option<String>)> = Vec::new();
     for c in changes {
@@ -183,6 +187,6 @@ async fn log_changes(
         .into_iter()
         .map(|a| (a, vv.contiguous(&a)))
         .collect();
-    oplog::append(conn, &mut log, &contiguous).await?;
+    oplog::append(conn, &mut log, &contiguous, chain).await?;
     Ok(())
 }

@@ -10,6 +10,9 @@
 //! count, rejected]` (the author and seq come from the row). `rejected` names the merge rule
 //! that refused the op, if one did: such ops are kept so that no replica sees a gap.
 //!
+//! `prev` is the author's chain hash before `first_seq` ([`crate::proof`]); `op_heads` holds
+//! the signed heads that prove the ops, and is kept and pruned with them.
+//!
 //! Chunks of one author never overlap (an op is logged once: the version vector filters
 //! duplicates before the engine runs), so `(client_uuid, last_seq)` orders them.
 
@@ -20,9 +23,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
-use crate::clock::Hlc;
 use crate::error::StoreError;
 use crate::op::{Method, Op};
+use crate::proof::{AuthorKey, Chain, Hash, Head, Signature, chain_next, op_hash};
 use crate::sql::rows::parse_uuid;
 use crate::sql::{query, rows_per_statement, values_list};
 use crate::value::Value;
@@ -140,9 +143,10 @@ pub(crate) async fn append(
     conn: &mut SqliteConnection,
     log: &mut [(&Op, Option<String>)],
     contiguous: &[(Uuid, u64)],
+    chain: &Chain,
 ) -> Result<(), StoreError> {
     log.sort_by_key(|(op, _)| (op.author, op.seq));
-    let mut rows: Vec<(String, u64, u64, Vec<u8>)> = Vec::new();
+    let mut rows: Vec<(String, u64, u64, Vec<u8>, Option<Hash>)> = Vec::new();
     let mut start = 0;
     while start < log.len() {
         let first = log[start].0;
@@ -159,18 +163,19 @@ pub(crate) async fn append(
             first.seq,
             log[end - 1].0.seq,
             encode(&log[start..end])?,
+            chain.prev_of(first.author, first.seq),
         ));
         start = end;
     }
-    let statements = rows.len().div_ceil(rows_per_statement(4)).max(1);
-    let mut chunks = rows.chunks(rows_per_statement(4));
+    let statements = rows.len().div_ceil(rows_per_statement(5)).max(1);
+    let mut chunks = rows.chunks(rows_per_statement(5));
     for i in 0..statements {
         let chunk = chunks.next().unwrap_or_default();
         let mut sql = String::new();
         if !chunk.is_empty() {
             sql = format!(
-                "INSERT INTO op_chunks (client_uuid, first_seq, last_seq, ops) VALUES {};",
-                values_list(chunk.len(), 4)
+                "INSERT INTO op_chunks (client_uuid, first_seq, last_seq, ops, prev) VALUES {};",
+                values_list(chunk.len(), 5)
             );
         }
         let last = i + 1 == statements;
@@ -187,12 +192,13 @@ pub(crate) async fn append(
             continue;
         }
         let mut q = query(sql);
-        for (author, first, last, blob) in chunk {
+        for (author, first, last, blob, prev) in chunk {
             q = q
                 .bind(author.as_str())
                 .bind(*first as i64)
                 .bind(*last as i64)
-                .bind(blob.as_slice());
+                .bind(blob.as_slice())
+                .bind(prev.map(|h| h.0.to_vec()));
         }
         if last {
             for (author, seq) in contiguous {
@@ -201,7 +207,199 @@ pub(crate) async fn append(
         }
         q.execute(&mut *conn).await?;
     }
+    store_heads(conn, &chain.heads).await?;
+    store_keys(conn, &chain.keys).await
+}
+
+/// Keeps the heads and keys of a chain that came with no ops (a snapshot's proofs).
+pub(crate) async fn store_proven(conn: &mut SqliteConnection, chain: &Chain) -> Result<(), StoreError> {
+    store_heads(conn, &chain.heads).await?;
+    store_keys(conn, &chain.keys).await
+}
+
+/// Records the keys of authors whose proofs were verified.
+async fn store_keys(conn: &mut SqliteConnection, keys: &[AuthorKey]) -> Result<(), StoreError> {
+    let mut keys: Vec<&AuthorKey> = keys.iter().collect();
+    keys.sort_by_key(|k| (k.public, k.nonce));
+    keys.dedup();
+    for chunk in keys.chunks(rows_per_statement(4)) {
+        let sql = format!(
+            "INSERT OR IGNORE INTO authors (client_uuid, public_key, nonce, device) VALUES {}",
+            values_list(chunk.len(), 4)
+        );
+        let mut q = query(sql);
+        for k in chunk {
+            let device = k.device().map_err(|e| StoreError::Invalid(e.to_string()))?;
+            q = q
+                .bind(k.author().hyphenated().to_string())
+                .bind(k.public.0.to_vec())
+                .bind(k.nonce.to_be_bytes().to_vec())
+                .bind(device.hyphenated().to_string());
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
+}
+
+/// The key of `author`, if a proof of it was verified here.
+pub(crate) async fn author_key(
+    conn: &mut SqliteConnection,
+    author: Uuid,
+) -> Result<Option<AuthorKey>, StoreError> {
+    let row = sqlx::query("SELECT public_key, nonce FROM authors WHERE client_uuid = ?")
+        .bind(author.hyphenated().to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let public = hash_of(Some(r.try_get::<Vec<u8>, _>(0)?))?
+        .ok_or_else(|| StoreError::Corrupt(format!("key of {author}")))?;
+    let nonce: Vec<u8> = r.try_get(1)?;
+    let nonce: [u8; 16] = nonce
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("nonce of {author}")))?;
+    Ok(Some(AuthorKey {
+        public,
+        nonce: u128::from_be_bytes(nonce),
+    }))
+}
+
+/// Every author's device, as verified here.
+pub(crate) async fn devices(
+    conn: &mut SqliteConnection,
+) -> Result<std::collections::HashMap<Uuid, Uuid>, StoreError> {
+    let mut out = std::collections::HashMap::new();
+    for r in sqlx::query("SELECT client_uuid, device FROM authors")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        out.insert(
+            parse_uuid(&r.try_get::<String, _>(0)?)?,
+            parse_uuid(&r.try_get::<String, _>(1)?)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Keeps signed heads (a head already kept is replaced: the newer copy holds more ops).
+async fn store_heads(conn: &mut SqliteConnection, heads: &[Head]) -> Result<(), StoreError> {
+    for chunk in heads.chunks(rows_per_statement(5)) {
+        let sql = format!(
+            "INSERT OR REPLACE INTO op_heads (client_uuid, seq, hash, sig, tail) VALUES {}",
+            values_list(chunk.len(), 5)
+        );
+        let mut q = query(sql);
+        for h in chunk {
+            let tail: Option<Vec<u8>> =
+                (!h.tail.is_empty()).then(|| h.tail.iter().flat_map(|t| t.0).collect());
+            q = q
+                .bind(h.author.hyphenated().to_string())
+                .bind(h.seq as i64)
+                .bind(h.hash.0.to_vec())
+                .bind(h.sig.0.to_vec())
+                .bind(tail);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The author's chain hash after op `seq` (0: the empty chain), from the log or the
+/// pruned horizon. `None` when this replica cannot tell (the op is not logged here).
+pub(crate) async fn chain_at(
+    conn: &mut SqliteConnection,
+    author: Uuid,
+    seq: u64,
+) -> Result<Option<Hash>, StoreError> {
+    if seq == 0 {
+        return Ok(Some(Hash::ZERO));
+    }
+    let author_s = author.hyphenated().to_string();
+    let row = sqlx::query(
+        "SELECT first_seq, last_seq, ops, prev FROM op_chunks          WHERE client_uuid = ? AND last_seq >= ? AND first_seq <= ? ORDER BY last_seq LIMIT 1",
+    )
+    .bind(&author_s)
+    .bind(seq.min(i64::MAX as u64) as i64)
+    .bind(seq.min(i64::MAX as u64) as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(r) = row {
+        let first = r.try_get::<i64, _>(0)? as u64;
+        let last = r.try_get::<i64, _>(1)? as u64;
+        let blob: &[u8] = r.try_get(2)?;
+        let Some(mut at) = hash_of(r.try_get::<Option<Vec<u8>>, _>(3)?)? else {
+            return Ok(None);
+        };
+        for (op, _) in decode(author, first, last, blob)? {
+            if op.seq > seq {
+                break;
+            }
+            at = chain_next(&at, &op_hash(&op));
+        }
+        return Ok(Some(at));
+    }
+    let pruned = sqlx::query(
+        "SELECT pruned_chain FROM version_vector WHERE client_uuid = ? AND pruned_through = ?",
+    )
+    .bind(&author_s)
+    .bind(seq.min(i64::MAX as u64) as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match pruned {
+        Some(r) => hash_of(r.try_get::<Option<Vec<u8>>, _>(0)?),
+        None => Ok(None),
+    }
+}
+
+/// The first head of `author` at or after `seq`.
+pub(crate) async fn head_from(
+    conn: &mut SqliteConnection,
+    author: Uuid,
+    seq: u64,
+) -> Result<Option<Head>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, hash, sig, tail FROM op_heads WHERE client_uuid = ? AND seq >= ?          ORDER BY seq LIMIT 1",
+    )
+    .bind(author.hyphenated().to_string())
+    .bind(seq.min(i64::MAX as u64) as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("op head of {author}: {what}"));
+    let hash = hash_of(Some(r.try_get::<Vec<u8>, _>(1)?))?.ok_or_else(|| corrupt("hash"))?;
+    let sig: Vec<u8> = r.try_get(2)?;
+    let sig: [u8; 64] = sig.try_into().map_err(|_| corrupt("signature"))?;
+    let tail: Option<Vec<u8>> = r.try_get(3)?;
+    let tail = match tail {
+        None => Vec::new(),
+        Some(t) if t.len() % 32 == 0 => t
+            .chunks(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                Hash(h)
+            })
+            .collect(),
+        Some(_) => return Err(corrupt("tail")),
+    };
+    Ok(Some(Head {
+        author,
+        seq: r.try_get::<i64, _>(0)? as u64,
+        hash,
+        sig: Signature(sig),
+        tail,
+    }))
+}
+
+fn hash_of(bytes: Option<Vec<u8>>) -> Result<Option<Hash>, StoreError> {
+    match bytes {
+        None => Ok(None),
+        Some(b) => {
+            let h: [u8; 32] = b
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a chain hash is not 32 bytes".into()))?;
+            Ok(Some(Hash(h)))
+        }
+    }
 }
 
 /// The chunks of `author` holding ops above `after`, in seq order: those that start at or
@@ -264,7 +462,19 @@ pub(crate) async fn prune(
     .bind(pruned as i64)
     .fetch_one(&mut *conn)
     .await?;
+    // The chain hash at the horizon stays, so a run starting after it can still be proven.
+    let at = chain_at(conn, author, through).await?;
+    sqlx::query("UPDATE version_vector SET pruned_chain = ? WHERE client_uuid = ?")
+        .bind(at.map(|h| h.0.to_vec()))
+        .bind(&author_s)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM op_chunks WHERE client_uuid = ? AND last_seq <= ?")
+        .bind(&author_s)
+        .bind(through as i64)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM op_heads WHERE client_uuid = ? AND seq < ?")
         .bind(&author_s)
         .bind(through as i64)
         .execute(&mut *conn)
@@ -311,8 +521,10 @@ pub(crate) async fn above_contiguous(
 // ---------------------------------------------------------------------------------------
 // The log as versions before the chunks stored it: one `operations` row per op.
 
-/// Moves the ops of a log written one row per op (migration 0001's `operations`) into
-/// chunks, in pages, then drops that table. Returns how many ops moved. A no-op once done.
+/// Drops the log of versions before the chunks (migration 0001's `operations`, one row per
+/// op). Its ops carry no proof of authorship, so they cannot be sent on: they count as
+/// pruned (migration 0006 set every horizon to its contiguous seq), and a peer that lacks
+/// them gets a snapshot. Returns how many ops were dropped. A no-op once done.
 pub(crate) async fn move_legacy_rows(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
     let exists: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = 'operations'",
@@ -322,81 +534,13 @@ pub(crate) async fn move_legacy_rows(conn: &mut SqliteConnection) -> Result<u64,
     if exists == 0 {
         return Ok(0);
     }
-    const PAGE: i64 = 10_000;
-    let mut moved = 0u64;
-    let mut after = (String::new(), 0i64);
-    loop {
-        let rows = sqlx::query(
-            "SELECT client_uuid, seq, uhlc_timestamp, method, resource_type, resource_uuid, \
-             resource_property, value, rejected FROM operations \
-             WHERE (client_uuid, seq) > (?, ?) ORDER BY client_uuid, seq LIMIT ?",
-        )
-        .bind(&after.0)
-        .bind(after.1)
-        .bind(PAGE)
-        .fetch_all(&mut *conn)
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operations")
+        .fetch_one(&mut *conn)
         .await?;
-        let Some(last) = rows.last() else { break };
-        after = (last.try_get(0)?, last.try_get(1)?);
-        let ops = rows
-            .iter()
-            .map(|r| Ok((legacy_op(r)?, r.try_get::<Option<String>, _>(8)?)))
-            .collect::<Result<Vec<Logged>, StoreError>>()?;
-        let mut refs: Vec<(&Op, Option<String>)> =
-            ops.iter().map(|(op, rej)| (op, rej.clone())).collect();
-        append(conn, &mut refs, &[]).await?;
-        moved += ops.len() as u64;
-    }
     sqlx::query("DROP TABLE operations")
         .execute(&mut *conn)
         .await?;
-    Ok(moved)
-}
-
-/// An op of the one-row-per-op log.
-fn legacy_op(r: &sqlx::sqlite::SqliteRow) -> Result<Op, StoreError> {
-    let author = parse_uuid(&r.try_get::<String, _>(0)?)?;
-    let seq = r.try_get::<i64, _>(1)? as u64;
-    let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
-    let method_s: String = r.try_get(3)?;
-    let method = Method::parse(&method_s)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown method {method_s}")))?;
-    let resource: String = r.try_get(4)?;
-    let uuid = r
-        .try_get::<Option<String>, _>(5)?
-        .map(|s| parse_uuid(&s))
-        .transpose()?;
-    let property: Option<String> = r.try_get(6)?;
-    let raw: Option<Vec<u8>> = r.try_get(7)?;
-    let corrupt =
-        |e: ciborium::de::Error<std::io::Error>| StoreError::Corrupt(format!("op value: {e}"));
-    let mut op = Op {
-        author,
-        seq,
-        time: ts.time,
-        method,
-        resource,
-        uuid,
-        property,
-        value: None,
-        fields: BTreeMap::new(),
-        count: None,
-    };
-    if let Some(raw) = raw {
-        match method {
-            Method::SharedCreate => {
-                op.fields = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
-            }
-            Method::SharedUpdate => {
-                op.value = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
-            }
-            Method::OwnedBatchCreate => {
-                op.count = ciborium::from_reader(raw.as_slice()).map_err(corrupt)?
-            }
-            _ => {}
-        }
-    }
-    Ok(op)
+    Ok(n.max(0) as u64)
 }
 
 #[cfg(test)]

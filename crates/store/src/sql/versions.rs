@@ -59,6 +59,26 @@ pub(crate) async fn persist_vv(
     Ok(())
 }
 
+/// Records that the log of `author` counts as pruned through `seq`, whose chain hash is
+/// `chain` (after a snapshot: the ops up to it are in the rows, not in the log).
+pub(crate) async fn record_pruned_chain(
+    conn: &mut SqliteConnection,
+    author: Uuid,
+    seq: u64,
+    chain: &crate::proof::Hash,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE version_vector SET pruned_through = MAX(pruned_through, ?), pruned_chain = ? \
+         WHERE client_uuid = ?",
+    )
+    .bind(seq as i64)
+    .bind(chain.0.to_vec())
+    .bind(author.hyphenated().to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Records that the log of `author` is pruned through `seq` (and its contiguous seq).
 pub(crate) async fn record_pruned(
     conn: &mut SqliteConnection,
