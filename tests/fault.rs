@@ -169,7 +169,7 @@ async fn run(seed: u64, n: usize, rounds: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let reference = Store::open(StoreOptions::new(
         dir.path().join("ref.db"),
-        uuid::Uuid::from_u128(u128::MAX),
+        murmur_testkit::device_key(u128::MAX),
     ))
     .await
     .expect("reference store");

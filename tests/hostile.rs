@@ -27,6 +27,10 @@ use murmur::store::{
     Change, Hlc, Method, OpsCursor, OpsPage, RejectReason, SnapshotPosition, SnapshotRow, Value,
     VersionVector,
 };
+use std::collections::BTreeMap;
+
+use murmur::store::proof::{AuthorKey, Hash, Proof, Signer};
+use murmur::store::validate::MAX_SEQ;
 use murmur_testkit::hostile::*;
 use murmur_testkit::ops::{create_tag, op};
 use murmur_testkit::{converged, eventually, init_tracing, secret_file};
@@ -39,14 +43,15 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
     let (_sd, secret) = secret_file();
     let (n, a) = pair(&secret).await;
     let now = n.node().store().clock().physical_now();
-    let a_author = a.node().client_uuid();
+    let a_author = a.node().store().author();
     let mut authors = Vec::new();
 
     // Bytes that are not CBOR, CBOR cut short, CBOR of the wrong shape.
     authors.push(refused_gossip(&secret, &n, "decode", |_| b"\xff\x00 not cbor".to_vec()).await);
     authors.push(
-        refused_gossip(&secret, &n, "decode", |me| {
-            let full = gossip(&Gossip::Ops(vec![create_tag(me, 1, now, "cut")]));
+        refused_gossip(&secret, &n, "decode", |s| {
+            let me = s.author();
+            let full = signed_ops(s, vec![create_tag(me, 1, now, "cut")]);
             full[..full.len() / 2].to_vec()
         })
         .await,
@@ -59,82 +64,99 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
     );
     // Ops the registry refuses.
     authors.push(
-        refused_gossip(&secret, &n, "unknown_resource", |me| {
-            gossip(&Gossip::Ops(vec![op(
-                me,
-                1,
-                now,
-                "nope",
-                Method::SharedCreate,
-            )]))
+        refused_gossip(&secret, &n, "unknown_resource", |s| {
+            let me = s.author();
+            signed_ops(s, vec![op(me, 1, now, "nope", Method::SharedCreate)])
         })
         .await,
     );
     authors.push(
-        refused_gossip(&secret, &n, "unknown_field", |me| {
+        refused_gossip(&secret, &n, "unknown_field", |s| {
+            let me = s.author();
             let mut o = create_tag(me, 1, now, "x");
             o.fields.insert("evil".into(), Value::Text("x".into()));
-            gossip(&Gossip::Ops(vec![o]))
+            signed_ops(s, vec![o])
         })
         .await,
     );
     authors.push(
-        refused_gossip(&secret, &n, "wrong_type", |me| {
+        refused_gossip(&secret, &n, "wrong_type", |s| {
+            let me = s.author();
             let mut o = op(me, 1, now, "tags", Method::SharedUpdate);
             o.property = Some("name".into());
             o.value = Some(Value::Int(5));
-            gossip(&Gossip::Ops(vec![o]))
+            signed_ops(s, vec![o])
         })
         .await,
     );
     authors.push(
-        refused_gossip(&secret, &n, "wrong_type", |me| {
+        refused_gossip(&secret, &n, "wrong_type", |s| {
+            let me = s.author();
             let mut o = op(me, 1, now, "albums", Method::SharedCreate);
             o.fields.insert("is_hidden".into(), Value::Int(7));
-            gossip(&Gossip::Ops(vec![o]))
+            signed_ops(s, vec![o])
         })
         .await,
     );
     authors.push(
-        refused_gossip(&secret, &n, "malformed", |me| {
-            gossip(&Gossip::Ops(vec![op(
-                me,
-                1,
-                now,
-                "file_paths",
-                Method::SharedCreate,
-            )]))
+        refused_gossip(&secret, &n, "malformed", |s| {
+            let me = s.author();
+            signed_ops(s, vec![op(me, 1, now, "file_paths", Method::SharedCreate)])
         })
         .await,
     );
     // Another client's ops, signed by the hostile peer.
     authors.push(
-        refused_gossip(&secret, &n, "forged_author", |_| {
-            gossip(&Gossip::Ops(vec![create_tag(a_author, 99, now, "forged")]))
+        refused_gossip(&secret, &n, "unproven", |s| {
+            // A real author's next op, under the hostile peer's own proof.
+            let mine = vec![create_tag(s.author(), 1, now, "mine")];
+            gossip(&Gossip::Ops {
+                ops: vec![create_tag(a_author, 99, now, "forged")],
+                proofs: vec![s.prove(Hash::ZERO, &mine)],
+            })
+        })
+        .await,
+    );
+    // The hostile peer's signature over other bytes.
+    authors.push(
+        refused_gossip(&secret, &n, "bad_proof", |s| {
+            let signed = create_tag(s.author(), 1, now, "signed");
+            let proofs = vec![s.prove(Hash::ZERO, std::slice::from_ref(&signed))];
+            let mut sent = signed;
+            sent.fields
+                .insert("name".into(), Value::Text("not what was signed".into()));
+            gossip(&Gossip::Ops {
+                ops: vec![sent],
+                proofs,
+            })
         })
         .await,
     );
     // Absurd sequence numbers.
     for seq in [0, u64::MAX] {
         authors.push(
-            refused_gossip(&secret, &n, "malformed", |me| {
-                gossip(&Gossip::Ops(vec![create_tag(me, seq, now, "seq")]))
+            refused_gossip(&secret, &n, "malformed", |s| {
+                let me = s.author();
+                signed_ops(s, vec![create_tag(me, seq, now, "seq")])
             })
             .await,
         );
     }
     // More ops than a node ever puts in one message.
     authors.push(
-        refused_gossip(&secret, &n, "oversized", |me| {
-            gossip(&Gossip::Ops(
+        refused_gossip(&secret, &n, "oversized", |s| {
+            let me = s.author();
+            signed_ops(
+                s,
                 (1..=513).map(|s| create_tag(me, s, now, "many")).collect(),
-            ))
+            )
         })
         .await,
     );
     // Version announcements with absurd seqs, or too many authors.
     authors.push(
-        refused_gossip(&secret, &n, "malformed", |me| {
+        refused_gossip(&secret, &n, "malformed", |s| {
+            let me = s.author();
             gossip(&Gossip::Versions {
                 contiguous: (0..3u128)
                     .map(|i| (Uuid::from_u128(i + 1), u64::MAX))
@@ -221,12 +243,10 @@ async fn repeated_invalid_gossip_graylists_the_sender() {
     let received = n.node().net_stats().gossip_received;
     let _ = h
         .net
-        .publish(gossip(&Gossip::Ops(vec![create_tag(
-            h.author,
-            1,
-            now,
-            "graylisted",
-        )])))
+        .publish(signed_ops(
+            &h.signer,
+            vec![create_tag(h.author, 1, now, "graylisted")],
+        ))
         .await;
     honest_write_still_syncs(&n, &a, &[h.author], "graylisted sender").await;
     println!(
@@ -257,7 +277,7 @@ async fn timestamps_far_ahead_are_refused_and_time_zero_loses_every_merge() {
     let future = create_tag(h.author, 1, now + (86_400u64 << 32), "from the future");
     let future_row = future.uuid.expect("uuid");
     h.net
-        .publish(gossip(&Gossip::Ops(vec![future])))
+        .publish(signed_ops(&h.signer, vec![future]))
         .await
         .expect("publish");
     eventually(WAIT, "drift counted", || async {
@@ -276,7 +296,7 @@ async fn timestamps_far_ahead_are_refused_and_time_zero_loses_every_merge() {
     let old_create = create_tag(h.author, 2, 0, "created at time 0");
     let old_row = old_create.uuid.expect("uuid");
     h.net
-        .publish(gossip(&Gossip::Ops(vec![rename, old_create])))
+        .publish(signed_ops(&h.signer, vec![rename, old_create]))
         .await
         .expect("publish");
     let old_path = format!("/v1/shared/tags/{old_row}");
@@ -540,54 +560,108 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
         .expect("uuid");
     let now = n.node().store().clock().physical_now();
 
-    // A catch-up page (the answer to the node's pull on connection) that deletes a row of
-    // another owner: refused as not_owner, the row stays.
-    let not_owner = n.rejected("not_owner");
-    let forger = Uuid::from_u128(0xf0f0);
-    let mut delete = op(forger, 1, now, "file_paths", Method::OwnedDelete);
-    delete.uuid = Some(owned_row);
-    let forged_page = Wire::of(&Response::Ops {
-        page: OpsPage {
-            changes: vec![Change::Op(delete.clone())],
-            next: None,
-        },
-        server: (0..4u128)
-            .map(|i| (Uuid::from_u128(i + 1), u64::MAX))
-            .collect(),
-    });
-    let h = Hostile::connect(
-        &secret,
-        &n,
-        |_| {},
-        Arc::new(move |_| Some(forged_page.clone())),
-    )
-    .await;
-    eventually(WAIT, "the forged delete is refused", || async {
-        n.rejected("not_owner") > not_owner
-    })
-    .await;
-    assert_eq!(
-        n.get(&format!("/v1/owned/file_paths/{owned_row}")).await.0,
-        200
-    );
-    h.stop().await;
-
-    // The same through Store::apply directly, as any catch-up delivers it.
-    let mut again = delete.clone();
-    again.seq = 2;
-    let report = n
-        .node()
-        .store()
-        .apply(vec![Change::Op(again)])
-        .await
-        .expect("apply");
-    assert!(
-        report
-            .rejected
-            .iter()
-            .any(|(_, r)| r.reason == RejectReason::NotOwner),
-        "{report:?}"
-    );
+    let a_author = a.node().store().author();
+    let a_seq = a.node().store().version_vector().contiguous(&a_author);
+    let n_author = n.node().store().author();
+    let n_seq = n.node().store().version_vector().contiguous(&n_author);
+    let delete_as = |author: Uuid, seq: u64| {
+        let mut d = op(author, seq, now, "file_paths", Method::OwnedDelete);
+        d.uuid = Some(owned_row);
+        d
+    };
+    // Catch-up pages (the answer to the node's pull on connection) from a member that
+    // holds the secret and signs what it likes with its own key.
+    let forger = Signer::new_incarnation(murmur_testkit::device_key(0xf0f0));
+    let mine = delete_as(forger.author(), 1);
+    let cases: Vec<(&str, OpsPage)> = vec![
+        // The real owner's next op, with no proof at all.
+        (
+            "unproven",
+            OpsPage {
+                changes: vec![Change::Op(delete_as(a_author, a_seq + 1))],
+                ..OpsPage::default()
+            },
+        ),
+        // The real owner's next op under the forger's valid proof of its own op.
+        (
+            "unproven",
+            OpsPage {
+                changes: vec![Change::Op(delete_as(a_author, a_seq + 1))],
+                proofs: vec![forger.prove(Hash::ZERO, std::slice::from_ref(&mine))],
+                ..OpsPage::default()
+            },
+        ),
+        // A squatted future seq of the real owner, "proven" with the owner's key and the
+        // forger's signature.
+        (
+            "bad_proof",
+            OpsPage {
+                changes: vec![Change::Op(delete_as(a_author, a_seq + 50))],
+                proofs: vec![Proof {
+                    key: AuthorKey {
+                        public: a.node().store().author_key().public,
+                        nonce: 0,
+                    },
+                    ..forger.prove(Hash::ZERO, std::slice::from_ref(&mine))
+                }],
+                ..OpsPage::default()
+            },
+        ),
+        // An op "authored" by the receiver itself.
+        (
+            "own_author",
+            OpsPage {
+                changes: vec![Change::Op(delete_as(n_author, n_seq + 1))],
+                ..OpsPage::default()
+            },
+        ),
+        // The forger's own, properly signed delete of a row it does not own.
+        (
+            "not_owner",
+            OpsPage {
+                changes: vec![Change::Op(mine.clone())],
+                proofs: vec![forger.prove(Hash::ZERO, std::slice::from_ref(&mine))],
+                ..OpsPage::default()
+            },
+        ),
+    ];
+    for (reason, page) in cases {
+        let before = n.rejected(reason);
+        let forged_page = Wire::of(&Response::Ops {
+            page,
+            server: BTreeMap::from([(a_author, a_seq + 100)]),
+        });
+        let h = Hostile::connect(
+            &secret,
+            &n,
+            |_| {},
+            Arc::new(move |_| Some(forged_page.clone())),
+        )
+        .await;
+        eventually(
+            WAIT,
+            &format!("the forged page is refused as {reason}"),
+            || async { n.rejected(reason) > before },
+        )
+        .await;
+        h.stop().await;
+        assert_eq!(
+            n.get(&format!("/v1/owned/file_paths/{owned_row}")).await.0,
+            200,
+            "{reason}: the owner's row stays"
+        );
+        let vv = n.node().store().version_vector();
+        assert_eq!(
+            vv.contiguous(&a_author),
+            a_seq,
+            "{reason}: the owner's seq stays"
+        );
+        assert_eq!(
+            vv.contiguous(&n_author),
+            n_seq,
+            "{reason}: the node's own seq stays"
+        );
+    }
 
     // A response that is not a response: the codec refuses it and counts it.
     let bad_responses = n.node().net_stats().rejected_responses;
@@ -613,7 +687,7 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
         uuid: Uuid::now_v7(),
         exists_ts: Hlc {
             time: u64::MAX,
-            author: forger,
+            author: forger.author(),
         },
         alive: true,
         props: vec![],
@@ -623,16 +697,46 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
         .await
         .expect_err("a register from the future");
     assert!(err.to_string().contains("ahead"), "{err}");
-    let mut covers = VersionVector::default();
-    covers.authors.entry(forger).or_default().contiguous = u64::MAX;
-    store
-        .finish_snapshot(&covers)
+    // A snapshot's claims: the owner's log at MAX_SEQ under the forger's signature, and the
+    // receiver's own author at MAX_SEQ. Neither moves the version vector.
+    let claim = |author_key: AuthorKey| Proof {
+        key: author_key,
+        first: MAX_SEQ,
+        len: 0,
+        prev: Hash::ZERO,
+        tail: vec![],
+        sig: forger.prove(Hash::ZERO, std::slice::from_ref(&mine)).sig,
+    };
+    let owner_key = AuthorKey {
+        public: a.node().store().author_key().public,
+        nonce: 0,
+    };
+    let refused = store
+        .finish_snapshot(vec![
+            claim(owner_key),
+            claim(a.node().store().author_key()),
+            claim(forger.key()),
+            claim(store.author_key()),
+        ])
         .await
-        .expect_err("a version vector beyond MAX_SEQ");
-    // The two refused deletes (seq 1 and 2) are all the node holds of the forger.
-    assert_eq!(store.version_vector().contiguous(&forger), 2);
+        .expect("finish");
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    let reasons: Vec<RejectReason> = refused.iter().map(|(_, r)| r.reason.clone()).collect();
+    assert_eq!(
+        reasons,
+        [
+            RejectReason::BadProof,
+            RejectReason::BadProof,
+            RejectReason::BadProof,
+            RejectReason::OwnAuthor
+        ]
+    );
+    let vv = store.version_vector();
+    assert_eq!(vv.contiguous(&a_author), a_seq);
+    assert_eq!(vv.contiguous(&forger.author()), 1, "only its one signed op");
+    assert_eq!(vv.contiguous(&n_author), n_seq);
 
-    // Only the refused forger's delete is in the log (refused ops are logged so that no
-    // replica sees a gap); the state is the honest peer's.
+    // Only the forger's own signed delete is in the log (refused by the merge rule, logged
+    // so that no replica sees a gap); the state is the honest peer's.
     honest_write_still_syncs(&n, &a, &[], "hostile catch-up").await;
 }

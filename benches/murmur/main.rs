@@ -280,7 +280,7 @@ fn fmt_rate(r: f64) -> String {
 }
 
 async fn open_store(path: &Path, client: Uuid) -> Res<Store> {
-    let mut o = StoreOptions::new(path, client);
+    let mut o = StoreOptions::new(path, murmur_testkit::device_key(client.as_u128()));
     o.durability = Durability::Full;
     Ok(Store::open(o).await?)
 }

@@ -128,8 +128,11 @@ impl Feed {
                         msg_proofs.push(proof.narrow(seg, from, i));
                     }
                     from = i;
-                    self.publish_chunk(std::mem::take(&mut msg_ops), std::mem::take(&mut msg_proofs))
-                        .await;
+                    self.publish_chunk(
+                        std::mem::take(&mut msg_ops),
+                        std::mem::take(&mut msg_proofs),
+                    )
+                    .await;
                     bytes = 0;
                 }
                 bytes += size;
@@ -146,7 +149,11 @@ impl Feed {
 
     async fn publish_chunk(&self, ops: Vec<Op>, proofs: Vec<Proof>) {
         let n = ops.len();
-        match self.net.publish(to_cbor(&Gossip::Ops { ops, proofs })).await {
+        match self
+            .net
+            .publish(to_cbor(&Gossip::Ops { ops, proofs }))
+            .await
+        {
             Ok(outcome) => debug!(ops = n, ?outcome, "published"),
             // Not fatal: the ops are in the log and catch-up delivers them.
             Err(e) => debug!(ops = n, "publish failed, catch-up will deliver: {e}"),

@@ -121,7 +121,11 @@ impl Node {
         let store = Store::open(opts)
             .await
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-        debug_assert_eq!(store.client(), client, "the store's device is the node's client");
+        debug_assert_eq!(
+            store.client(),
+            client,
+            "the store's device is the node's client"
+        );
         // Taken before anything can write: every commit from now on is in the feed.
         let commits = store.commits();
 

@@ -310,7 +310,10 @@ async fn prove_page(
     for c in changes {
         let op = c.op();
         match runs.last_mut() {
-            Some(run) if run.last().is_some_and(|l| l.author == op.author && l.seq == op.seq) => {}
+            Some(run)
+                if run
+                    .last()
+                    .is_some_and(|l| l.author == op.author && l.seq == op.seq) => {}
             Some(run)
                 if run
                     .last()

@@ -381,18 +381,18 @@ impl Local<'_> {
             None => {
                 tx.set_tip(tip);
                 Ok(NewRows::Known(
-                changes
-                    .into_iter()
-                    .map(|c| {
-                        let op = c.into_op();
-                        Prepared {
-                            uuid: op.uuid.unwrap_or_default(),
-                            resource: op.resource,
-                            fields: op.fields,
-                            method: op.method,
-                        }
-                    })
-                    .collect(),
+                    changes
+                        .into_iter()
+                        .map(|c| {
+                            let op = c.into_op();
+                            Prepared {
+                                uuid: op.uuid.unwrap_or_default(),
+                                resource: op.resource,
+                                fields: op.fields,
+                                method: op.method,
+                            }
+                        })
+                        .collect(),
                 ))
             }
         }
@@ -400,7 +400,11 @@ impl Local<'_> {
 
     /// Chains and signs `ops` (this author's next ops, in seq order) from the
     /// transaction's tip, and moves the tip past them.
-    fn sign<'o>(&self, tx: &mut WriteTx<'_>, ops: impl Iterator<Item = &'o Op>) -> (Chain, Vec<Proof>) {
+    fn sign<'o>(
+        &self,
+        tx: &mut WriteTx<'_>,
+        ops: impl Iterator<Item = &'o Op>,
+    ) -> (Chain, Vec<Proof>) {
         let mut ops = ops.peekable();
         let first = ops.peek().map_or(1, |op| op.seq);
         let mut signing = Signing::new(self.signer, tx.tip(), first);

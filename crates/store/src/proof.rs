@@ -331,13 +331,20 @@ pub struct Proven {
 impl Proof {
     /// The seq of the signed head.
     pub fn head_seq(&self) -> Option<u64> {
-        (self.first.checked_add(self.len)?.checked_add(self.tail.len() as u64))?.checked_sub(1)
+        (self
+            .first
+            .checked_add(self.len)?
+            .checked_add(self.tail.len() as u64))?
+        .checked_sub(1)
     }
 
     /// The proof of the sub-run `run[from..to]`, where `run` is the run this proof covers
     /// (the same signature: `prev` moves forward, the ops after `to` join the tail).
     pub fn narrow(&self, run: &[Op], from: usize, to: usize) -> Proof {
-        let (from, to) = (from.min(run.len()), to.min(run.len()).max(from.min(run.len())));
+        let (from, to) = (
+            from.min(run.len()),
+            to.min(run.len()).max(from.min(run.len())),
+        );
         let mut prev = self.prev;
         for op in &run[..from] {
             prev = chain_next(&prev, &op_hash(op));
@@ -377,7 +384,9 @@ impl Proof {
                 self.len
             )));
         }
-        let Some(head) = self.head_seq().filter(|&h| h >= 1 && h <= crate::validate::MAX_SEQ)
+        let Some(head) = self
+            .head_seq()
+            .filter(|&h| h >= 1 && h <= crate::validate::MAX_SEQ)
         else {
             return Err(ProofError::Shape(format!(
                 "a run from seq {} of {n} ops and {} more is out of range",
@@ -500,11 +509,10 @@ mod tests {
         assert!(proof.verify(ops.iter()).is_ok());
         // Other bytes under the same signature.
         let mut altered = ops.clone();
-        altered[1].fields.insert("name".into(), Value::Text("evil".into()));
-        assert_eq!(
-            proof.verify(altered.iter()),
-            Err(ProofError::BadSignature)
-        );
+        altered[1]
+            .fields
+            .insert("name".into(), Value::Text("evil".into()));
+        assert_eq!(proof.verify(altered.iter()), Err(ProofError::BadSignature));
         // A valid signature of another author over the same run.
         let other = signer();
         let stolen = Proof {
@@ -630,7 +638,10 @@ pub(crate) fn check_batch<'a>(ops: impl Iterator<Item = &'a Op>, proofs: &[Proof
 
 /// Whether every op of `ops` is covered by a valid proof of `proofs`: the first that is not,
 /// with why (what a gossip message is checked with before it is forwarded).
-pub fn verify_ops(ops: &[Op], proofs: &[Proof]) -> Result<(), (crate::op::OpId, Option<ProofError>)> {
+pub fn verify_ops(
+    ops: &[Op],
+    proofs: &[Proof],
+) -> Result<(), (crate::op::OpId, Option<ProofError>)> {
     let checked = check_batch(ops.iter(), proofs);
     for op in ops {
         let key = (op.author, op.seq);

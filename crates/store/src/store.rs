@@ -20,11 +20,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use libp2p_identity::ed25519;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use libp2p_identity::ed25519;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -210,6 +210,12 @@ impl Store {
     /// The author this store writes under (new on every open).
     pub fn author(&self) -> Uuid {
         self.inner.signer.author()
+    }
+
+    /// The key of the author this store writes under (the device's public key and this
+    /// incarnation's nonce).
+    pub fn author_key(&self) -> crate::proof::AuthorKey {
+        self.inner.signer.key()
     }
 
     /// The device of `author`, if its proof was verified here.

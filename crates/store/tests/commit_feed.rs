@@ -81,7 +81,9 @@ async fn every_origin_leaves_through_the_feed_in_commit_order() {
     b.import_snapshot_page(page).await.unwrap();
     let c = next(&mut feed).await;
     assert_eq!((c.origin, c.imported), (Origin::Snapshot, n));
-    b.finish_snapshot(&a.version_vector()).await.unwrap();
+    b.finish_snapshot(a.snapshot_proofs().await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(next(&mut feed).await.origin, Origin::Snapshot);
 
     // Pruning.

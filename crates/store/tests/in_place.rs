@@ -521,7 +521,7 @@ async fn a_table_an_upsert_cannot_write_takes_its_updates_in_place_as_update_fro
             .await
             .unwrap();
             pool.close().await;
-            let mut o = StoreOptions::new(&path, Uuid::from_u128(n));
+            let mut o = StoreOptions::new(&path, murmur_testkit::device_key(n));
             o.durability = murmur_store::Durability::Normal;
             o.registry.register(ResourceDef::new(
                 "notes",

@@ -49,7 +49,7 @@ async fn pages(s: &Store, theirs: &VersionVector, limit: usize) -> Vec<Op> {
 
 /// The store of client `n` at `path`.
 async fn open_at(path: &std::path::Path, n: u128) -> Store {
-    let mut o = StoreOptions::new(path, Uuid::from_u128(n));
+    let mut o = StoreOptions::new(path, murmur_testkit::device_key(n));
     o.durability = murmur_store::Durability::Normal;
     Store::open(o).await.unwrap()
 }

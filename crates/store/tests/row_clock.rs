@@ -15,7 +15,7 @@ async fn a_library_from_before_the_row_clock_opens_with_the_same_state() {
     let path = dir.path().join("lib.db");
     let client = Uuid::from_u128(7);
     let open = || async {
-        let mut o = StoreOptions::new(&path, client);
+        let mut o = StoreOptions::new(&path, murmur_testkit::device_key(client.as_u128()));
         o.durability = murmur_store::Durability::Normal;
         Store::open(o).await.unwrap()
     };
@@ -190,7 +190,7 @@ async fn a_batch_that_returns_to_a_resource_sees_its_own_earlier_writes() {
 async fn a_column_whose_affinity_would_convert_values_is_refused() {
     use murmur_store::{ColumnType, Kind, ResourceDef};
     let dir = tempfile::tempdir().unwrap();
-    let mut o = StoreOptions::new(dir.path().join("lib.db"), Uuid::from_u128(3));
+    let mut o = StoreOptions::new(dir.path().join("lib.db"), murmur_testkit::device_key(3));
     // `tags.name` is declared TEXT: a real value stored there would come back as text, so
     // a registry that calls it a real column is refused when the store opens.
     o.registry.register(ResourceDef::new(
@@ -212,7 +212,7 @@ async fn a_library_of_a_newer_version_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lib.db");
     let opts = || {
-        let mut o = StoreOptions::new(&path, Uuid::from_u128(7));
+        let mut o = StoreOptions::new(&path, murmur_testkit::device_key(7));
         o.durability = murmur_store::Durability::Normal;
         o
     };

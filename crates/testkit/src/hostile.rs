@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use murmur_node::identity::{LibrarySecret, client_uuid};
+use murmur_node::identity::LibrarySecret;
 use murmur_node::protocol::Gossip;
 use murmur_p2p::{self as p2p, Event, Keypair};
-use murmur_store::{Change, OpsPage};
+use murmur_store::proof::{Hash, Signer};
+use murmur_store::{Change, Op, OpsPage};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as J, json};
@@ -79,8 +80,10 @@ pub type Answer = Arc<dyn Fn(&Wire) -> Option<Wire> + Send + Sync>;
 pub struct Hostile {
     /// Its network handle.
     pub net: p2p::Handle<Wire, Wire>,
-    /// The client uuid its peer id gives it.
+    /// The author it signs its ops as (an incarnation of its key).
     pub author: Uuid,
+    /// Its signer.
+    pub signer: Signer,
     /// Requests the node sent it.
     pub requests: Arc<AtomicUsize>,
     drain: tokio::task::JoinHandle<()>,
@@ -98,7 +101,10 @@ impl Hostile {
     ) -> Hostile {
         let secret = LibrarySecret::read(secret).expect("secret");
         let topic = format!("murmur/{}/ops", target.node().library_id());
-        let mut c = p2p::Config::new(Keypair::generate_ed25519(), secret.0, topic);
+        let keypair = Keypair::generate_ed25519();
+        let signer =
+            Signer::new_incarnation(keypair.clone().try_into_ed25519().expect("an ed25519 key"));
+        let mut c = p2p::Config::new(keypair, secret.0, topic);
         c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
         c.mdns = false;
         c.peers = vec![target.addr().await];
@@ -147,10 +153,10 @@ impl Hostile {
                 }
             }
         });
-        let author = client_uuid(&net.local_peer_id());
         Hostile {
             net,
-            author,
+            author: signer.author(),
+            signer,
             requests,
             drain,
         }
@@ -176,6 +182,12 @@ pub async fn ask(h: &Hostile, n: &TestNode, request: Wire) -> Result<Wire, p2p::
 /// A gossip message as a node publishes it.
 pub fn gossip(msg: &Gossip) -> Vec<u8> {
     murmur_store::wire::to_cbor(msg)
+}
+
+/// A gossip message of `ops` (consecutive, of `s`'s author) with their proof.
+pub fn signed_ops(s: &Signer, ops: Vec<Op>) -> Vec<u8> {
+    let proofs = vec![s.prove(Hash::ZERO, &ops)];
+    gossip(&Gossip::Ops { ops, proofs })
 }
 
 /// Two honest nodes: `n`, the one under attack, and `a`, the honest peer, in sync.
@@ -222,12 +234,12 @@ pub async fn refused_gossip(
     secret: &Path,
     n: &TestNode,
     reason: &str,
-    data: impl FnOnce(Uuid) -> Vec<u8>,
+    data: impl FnOnce(&Signer) -> Vec<u8>,
 ) -> Uuid {
     let h = Hostile::plain(secret, n).await;
     let before = n.rejected(reason);
     let net_before = n.node().net_stats().gossip_rejected;
-    let outcome = h.net.publish(data(h.author)).await.expect("publish");
+    let outcome = h.net.publish(data(&h.signer)).await.expect("publish");
     assert_eq!(outcome, p2p::PublishOutcome::Published, "{reason}");
     eventually(WAIT, &format!("gossip counted as {reason}"), || async {
         n.rejected(reason) > before

@@ -31,5 +31,6 @@ pub use node::{
     wait_peers, write_private,
 };
 pub use ops::{changes, fields, tag};
+pub use store::device_key;
 pub use wait::eventually;
 pub use workload::random_write;

@@ -128,10 +128,10 @@ pub fn check_gossip_message(registry: &Registry, data: &[u8]) -> Result<Gossip, 
 mod tests {
     use std::collections::BTreeMap;
 
-    use murmur_store::RejectReason;
-    use murmur_store::wire::to_cbor;
     use libp2p::identity::ed25519;
+    use murmur_store::RejectReason;
     use murmur_store::proof::{Hash, Signer};
+    use murmur_store::wire::to_cbor;
     use murmur_store::{Method, Op};
 
     use super::*;

@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::{Acceptance, Discovery, Event, MessageId, Responder};
-use murmur_store::wire::to_cbor;
 use murmur_store::proof::Proof;
+use murmur_store::wire::to_cbor;
 use murmur_store::{Change, Op, Origin, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -161,7 +161,11 @@ impl SyncLoop {
         }
     }
 
-    async fn handle_net_event(&mut self, ev: NetEvent, pending: &mut Vec<(PeerId, Vec<Op>, Vec<Proof>)>) {
+    async fn handle_net_event(
+        &mut self,
+        ev: NetEvent,
+        pending: &mut Vec<(PeerId, Vec<Op>, Vec<Proof>)>,
+    ) {
         match ev {
             Event::PeerConnected {
                 peer_id,

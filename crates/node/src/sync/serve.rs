@@ -211,7 +211,6 @@ async fn serve_request_with(
 
 #[cfg(test)]
 mod tests {
-    use uuid::Uuid;
 
     use super::*;
 

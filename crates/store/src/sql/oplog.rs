@@ -212,7 +212,10 @@ pub(crate) async fn append(
 }
 
 /// Keeps the heads and keys of a chain that came with no ops (a snapshot's proofs).
-pub(crate) async fn store_proven(conn: &mut SqliteConnection, chain: &Chain) -> Result<(), StoreError> {
+pub(crate) async fn store_proven(
+    conn: &mut SqliteConnection,
+    chain: &Chain,
+) -> Result<(), StoreError> {
     store_heads(conn, &chain.heads).await?;
     store_keys(conn, &chain.keys).await
 }
