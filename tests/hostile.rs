@@ -598,10 +598,8 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
             OpsPage {
                 changes: vec![Change::Op(delete_as(a_author, a_seq + 50))],
                 proofs: vec![Proof {
-                    key: AuthorKey {
-                        public: a.node().store().author_key().public,
-                        nonce: 0,
-                    },
+                    key: a.node().store().author_key(),
+                    first: a_seq + 50,
                     ..forger.prove(Hash::ZERO, std::slice::from_ref(&mine))
                 }],
                 ..OpsPage::default()

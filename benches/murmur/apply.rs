@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use murmur::store::{Change, Clock, Method, Op, PhysicalClock, Value};
+use murmur::store::proof::{Hash, Signer, chain_next, op_hash};
+use murmur::store::{Change, Clock, Method, Op, Origin, PhysicalClock, Value};
 use serde_json::{Value as J, json};
 use uuid::Uuid;
 
@@ -18,7 +19,11 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
     );
     let dir = tempfile::tempdir()?;
     let store = open_store(&dir.path().join("r.db"), Uuid::new_v4()).await?;
-    let author = Uuid::new_v4();
+    // The remote author, a device of its own: the signed pass proves its ops as a peer does.
+    let signer = Signer::new_incarnation(murmur_testkit::device_key(0xbe9c));
+    let author = signer.author();
+    // The author's chain hash after its last op made so far.
+    let mut at = Hash::ZERO;
     let clock = Clock::new(author, Duration::from_millis(100), PhysicalClock::System);
     let uuids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let op = |seq: u64, method, uuid, property: Option<&str>, value: Option<Value>, fields| Op {
@@ -48,6 +53,7 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
                 Change::Op(op(seq, Method::SharedCreate, *u, None, None, fields))
             })
             .collect();
+        advance(&mut at, &changes);
         let rep = store.apply(changes).await?;
         assert_eq!(rep.applied, chunk.len(), "creates applied");
     }
@@ -73,8 +79,9 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut ratios = Vec::with_capacity(rounds);
     let mut in_place = 0usize;
-    // One SharedUpdate of `name` per row, in batches, newer than those made before.
-    let mut updates_of_every_row = || -> Vec<Vec<Change>> {
+    // One SharedUpdate of `name` (or `color`) per row, in batches, newer than those made
+    // before.
+    let mut updates_of_every_row = |property: &str| -> Vec<Vec<Change>> {
         uuids
             .chunks(TX_ROWS)
             .map(|chunk| {
@@ -86,7 +93,7 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
                             seq,
                             Method::SharedUpdate,
                             *u,
-                            Some("name"),
+                            Some(property),
                             Some(Value::Text(format!("renamed {seq}"))),
                             BTreeMap::new(),
                         ))
@@ -95,8 +102,22 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
             })
             .collect()
     };
+    let mut signed_ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let updates = updates_of_every_row();
+        let updates = updates_of_every_row("name");
+        for b in &updates {
+            advance(&mut at, b);
+        }
+        // The signed pass changes another property, so neither pass makes the other's
+        // updates stale.
+        let mut signed = Vec::new();
+        for b in updates_of_every_row("color") {
+            let ops: Vec<Op> = b.iter().map(|c| c.op().clone()).collect();
+            let proof = signer.prove(at, &ops);
+            advance(&mut at, &b);
+            signed.push((b, proof));
+        }
+        let mut signed = Some(signed);
         let upd: Vec<(String, String, String)> = base
             .iter()
             .enumerate()
@@ -104,8 +125,19 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
             .collect();
         let mut round_times: BTreeMap<&str, f64> = BTreeMap::new();
         let mut updates = Some(updates);
-        for k in 0..6 {
-            let (name, took) = match (k + round) % 6 {
+        for k in 0..7 {
+            let (name, took) = match (k + round) % 7 {
+                6 => {
+                    let t = Instant::now();
+                    for (batch, proof) in signed.take().unwrap_or_default() {
+                        let len = batch.len();
+                        let rep = store
+                            .apply_signed(batch, vec![proof], Origin::CatchUp)
+                            .await?;
+                        assert_eq!(rep.applied, len, "signed updates applied");
+                    }
+                    ("murmur_signed", t.elapsed())
+                }
                 0 => {
                     let t = Instant::now();
                     for batch in updates.take().unwrap_or_default() {
@@ -133,6 +165,13 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
             round_times.insert(name, rate(n, took));
         }
         let ratio = round_times["murmur"] / round_times["baseline"];
+        signed_ratios.push(round_times["murmur_signed"] / round_times["murmur"]);
+        eprintln!(
+            "  round {}: with proofs of authorship {} ({:.2} of the unproven apply)",
+            round + 1,
+            fmt_rate(round_times["murmur_signed"]),
+            round_times["murmur_signed"] / round_times["murmur"]
+        );
         eprintln!(
             "  round {}: murmur {}, plain upserts {}, ratio {ratio:.2}; floors: log {:.2}, merge {:.2}, LWW {:.2}, LWW with the unborn check {:.2}",
             round + 1,
@@ -152,7 +191,7 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
     // replica's own later write of its register. The in-place attempt then misses, is
     // rolled back and run again naming the rows its statements change, and the stale op
     // takes the general path (the cost of a miss, measured here).
-    let stale_batches = updates_of_every_row();
+    let stale_batches = updates_of_every_row("name");
     for chunk in uuids.chunks(TX_ROWS) {
         let newer = json!({"name": "written here, later"});
         let fields = newer.as_object().cloned().unwrap_or_default();
@@ -198,26 +237,47 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
         unborn / b,
         m / unborn
     );
+    let signed_ratio = median(&signed_ratios);
+    let (slo, shi) = min_max(&signed_ratios);
+    let signed_rate = med("murmur_signed");
+    eprintln!(
+        "  with proofs of authorship: {} ({signed_ratio:.2} of the unproven apply; {slo:.2} to {shi:.2} over rounds)",
+        fmt_rate(signed_rate)
+    );
     Ok((
-        vec![Row {
-            scenario: format!("apply {n} remote SharedUpdate ops, {TX_ROWS}/batch"),
-            figure: "ops/s (median ratio)".into(),
-            murmur: format!("{} ({ratio:.2}; {lo:.2}-{hi:.2})", fmt_rate(m)),
-            baseline: format!(
-                "{} plain upserts (+log: {:.2}; merge floor: {:.2}; LWW floor: {:.2}, LWW unborn floor {:.2})",
-                fmt_rate(b),
-                floor / b,
-                merged / b,
-                lww / b,
-                unborn / b
-            ),
-            goal: "ratio >= 0.5".into(),
-            pass: Some(ratio >= 0.5),
-        }],
+        vec![
+            Row {
+                scenario: format!("apply {n} remote ops with proofs of authorship"),
+                figure: "ops/s (median of signed / unproven)".into(),
+                murmur: format!(
+                    "{} ({signed_ratio:.2}; {slo:.2}-{shi:.2})",
+                    fmt_rate(signed_rate)
+                ),
+                baseline: format!("{} the same apply without proofs", fmt_rate(m)),
+                goal: "ratio >= 0.85".into(),
+                pass: Some(signed_ratio >= 0.85),
+            },
+            Row {
+                scenario: format!("apply {n} remote SharedUpdate ops, {TX_ROWS}/batch"),
+                figure: "ops/s (median ratio)".into(),
+                murmur: format!("{} ({ratio:.2}; {lo:.2}-{hi:.2})", fmt_rate(m)),
+                baseline: format!(
+                    "{} plain upserts (+log: {:.2}; merge floor: {:.2}; LWW floor: {:.2}, LWW unborn floor {:.2})",
+                    fmt_rate(b),
+                    floor / b,
+                    merged / b,
+                    lww / b,
+                    unborn / b
+                ),
+                goal: "ratio >= 0.5".into(),
+                pass: Some(ratio >= 0.5),
+            },
+        ],
         json!({"ops": n, "batch": TX_ROWS, "rounds": rounds, "ops_per_s": m,
                "in_place_ops": in_place, "create_seconds": creates.as_secs_f64(),
                "baseline_per_s": b, "ratio": ratio, "ratio_min": lo, "ratio_max": hi,
-               "ratios": ratios,
+               "ratios": ratios, "signed_per_s": signed_rate, "signed_ratio": signed_ratio,
+               "signed_ratios": signed_ratios,
                "floor_per_s": floor, "floor_ratio": floor / b, "murmur_of_floor": m / floor,
                "merge_floor_per_s": merged, "merge_floor_ratio": merged / b,
                "murmur_of_merge_floor": m / merged,
@@ -227,4 +287,11 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
                "one_stale_per_batch_per_s": stale, "one_stale_per_batch_in_place": stale_in_place,
                "per_round_per_s": times}),
     ))
+}
+
+/// Moves `at` over the ops of `changes`, in order.
+fn advance(at: &mut Hash, changes: &[Change]) {
+    for c in changes {
+        *at = chain_next(at, &op_hash(c.op()));
+    }
 }

@@ -84,7 +84,7 @@ async fn pages_cut_through_chunks_and_send_each_op_once() {
         );
     }
     // A peer that has the first 1,500 ops gets the rest, starting inside the second chunk.
-    let theirs = vv_at(a.client(), 1_500);
+    let theirs = vv_at(a.author(), 1_500);
     assert_eq!(pages(&a, &theirs, 400).await, written[1_500..].to_vec());
 }
 
@@ -104,16 +104,16 @@ async fn ops_after_a_gap_are_kept_served_and_counted_after_a_reopen() {
 
     let b = open().await;
     let vv = b.version_vector();
-    assert_eq!(vv.contiguous(&a.client()), 3);
+    assert_eq!(vv.contiguous(&a.author()), 3);
     assert!(
         vv.has(OpId {
-            author: a.client(),
+            author: a.author(),
             seq: 8
         }),
         "ops past the gap survive a reopen"
     );
     assert!(!vv.has(OpId {
-        author: a.client(),
+        author: a.author(),
         seq: 5
     }));
     assert_eq!(b.pending_operations().await.unwrap(), 6);
@@ -124,7 +124,7 @@ async fn ops_after_a_gap_are_kept_served_and_counted_after_a_reopen() {
     // The lost ops fill the gap; a duplicate changes nothing.
     let rep = b.apply(changes(&ops[2..6])).await.unwrap();
     assert_eq!((rep.applied, rep.duplicates), (3, 1));
-    assert_eq!(b.version_vector().contiguous(&a.client()), 9);
+    assert_eq!(b.version_vector().contiguous(&a.author()), 9);
     assert_eq!(pages(&b, &VersionVector::default(), 4).await, ops);
     assert_eq!(b.digest().await.unwrap(), a.digest().await.unwrap());
 }
@@ -133,7 +133,7 @@ async fn ops_after_a_gap_are_kept_served_and_counted_after_a_reopen() {
 async fn pruning_through_the_middle_of_a_chunk() {
     let (a, _da) = store(1).await;
     let ops = create_tags(&a, 1_500).await; // chunks 1..=1000 and 1001..=1500
-    let me = a.client();
+    let me = a.author();
     assert_eq!(a.prune(&BTreeMap::from([(me, 400)])).await.unwrap(), 400);
     assert_eq!(a.pending_operations().await.unwrap(), 1_100);
     assert!(a.needs_snapshot(&VersionVector::default()));
@@ -164,7 +164,7 @@ const LEGACY_LOG: &str = "CREATE TABLE operations (client_uuid TEXT NOT NULL, se
     PRIMARY KEY (client_uuid, seq)) WITHOUT ROWID";
 
 #[tokio::test]
-async fn a_log_written_one_row_per_op_is_moved_into_chunks_when_the_store_opens() {
+async fn a_log_written_one_row_per_op_is_dropped_when_the_store_opens() {
     // The ops: creates, an update, a delete, from two authors.
     let (a, _da) = store(1).await;
     let (c, _dc) = store(3).await;
@@ -234,14 +234,19 @@ async fn a_log_written_one_row_per_op_is_moved_into_chunks_when_the_store_opens(
             .map(|r| r.get(0))
             .collect();
     assert!(tables.is_empty(), "the one-row-per-op table is dropped");
+    // Its ops carry no proofs of authorship: they are dropped as if pruned (the state keeps
+    // them, and a peer that lacks them gets a snapshot), and the version vector stays.
     expected.sort_by_key(|op| (op.author, op.seq));
-    assert_eq!(pages(&b, &VersionVector::default(), 2).await, expected);
-    assert_eq!(b.pending_operations().await.unwrap(), 6);
+    assert!(pages(&b, &VersionVector::default(), 2).await.is_empty());
+    assert_eq!(b.pending_operations().await.unwrap(), 0);
     assert_eq!(b.digest().await.unwrap(), digest);
-    // It opens again without moving anything.
+    for op in &expected {
+        assert!(b.version_vector().has(op.id()), "{} stays applied", op.id());
+    }
+    // It opens again without dropping anything more.
     b.close().await;
     let b = open().await;
-    assert_eq!(pages(&b, &VersionVector::default(), 50).await, expected);
+    assert_eq!(b.digest().await.unwrap(), digest);
 }
 
 fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -256,7 +261,7 @@ async fn the_version_vector_stored_with_the_log_survives_a_reopen() {
     let path = dir.path().join("lib.db");
     let a = open_at(&path, 1).await;
     create_tags(&a, 700).await;
-    a.prune(&BTreeMap::from([(a.client(), 700)])).await.unwrap();
+    a.prune(&BTreeMap::from([(a.author(), 700)])).await.unwrap();
     let t = a.create_shared("tags", None, tag("x")).await.unwrap().uuids[0];
     a.update_shared(
         "tags",
@@ -269,14 +274,17 @@ async fn the_version_vector_stored_with_the_log_survives_a_reopen() {
     let rows = vec![fields(serde_json::json!({"name": "f", "cas_id": "c"}))];
     a.write_owned("file_paths", rows).await.unwrap();
     let want = a.version_vector();
-    assert_eq!(want.contiguous(&a.client()), 705);
+    assert_eq!(want.contiguous(&a.author()), 705);
     // Without the log, the stored version vector is all that remembers the sequence.
-    a.prune(&BTreeMap::from([(a.client(), 705)])).await.unwrap();
+    a.prune(&BTreeMap::from([(a.author(), 705)])).await.unwrap();
     assert_eq!(a.pending_operations().await.unwrap(), 0);
     a.close().await;
     let a = open_at(&path, 1).await;
     assert_eq!(a.version_vector(), want);
-    // The next write continues the sequence.
+    // The next write is a new author of the same device (one per open), from seq 1: a copy
+    // of this data dir restored elsewhere could not write a seq this one wrote.
     let next = a.create_shared("tags", None, tag("n")).await.unwrap().ops;
-    assert_eq!(next[0].seq, 706);
+    assert_ne!(next[0].author, want.authors.keys().copied().next().unwrap());
+    assert_eq!(next[0].seq, 1);
+    assert_eq!(a.version_vector().contiguous(&next[0].author), 1);
 }
