@@ -8,6 +8,9 @@
 //!   restart, API calls, and waits on digests and peers.
 //! - [`cluster`]: in-process nodes in a star, and waiting for an item to reach them.
 //! - [`procs`]: `murmur run` processes on loopback, killed with SIGKILL and restarted.
+//! - [`lifecycle`]: a process stopped with SIGTERM, restarted, or added on a data dir.
+//! - [`datadir`]: a data dir copied (a backup, a clone) or restored, modes kept.
+//! - [`holding`]: what a process node holds, and a wait whose failure names what is missing.
 //! - [`ops`]: builders of ops, fields and changes.
 //! - [`store`]: a store in a temp dir, a manual clock, a store's whole log.
 //! - [`workload`]: random local writes on the default library.
@@ -17,8 +20,11 @@
 //! Nodes run on 127.0.0.1 with mDNS off and explicit connections.
 
 pub mod cluster;
+pub mod datadir;
+pub mod holding;
 pub mod hostile;
 pub mod http;
+pub mod lifecycle;
 pub mod node;
 pub mod ops;
 pub mod procs;
