@@ -311,7 +311,11 @@ async fn run_case(seed: u64) {
     // ops, ends with a's rows, tombstones and claims (the other devices' refused ops are not
     // in snapshots).
     let (d, _dd) = store(4).await;
-    let some: Vec<Change> = ops.iter().filter(|_| rng.random_bool(0.3)).cloned().collect();
+    let some: Vec<Change> = ops
+        .iter()
+        .filter(|_| rng.random_bool(0.3))
+        .cloned()
+        .collect();
     deliver(&d, some, &mut rng).await;
     let mut pos = None;
     loop {

@@ -352,8 +352,9 @@ async fn store(
         let (now, now_claim, now_others) = stored(Some(after));
         if now != was {
             let old_live = was.and_then(|(_, w)| w.values.as_ref());
-            match now {
-                Some((owner, w)) => match &w.values {
+            // A row once claimed keeps its claim: only a row never created has no state.
+            if let Some((owner, w)) = now {
+                match &w.values {
                     Some(values) => {
                         if matches!(was, Some((_, w)) if !w.alive()) {
                             drop_tombstones.push(*u);
@@ -366,9 +367,7 @@ async fn store(
                         }
                         tombstones.push((*u, owner, w.ts));
                     }
-                },
-                // A row once claimed keeps its claim: only a row never created has no state.
-                None => {}
+                }
             }
             if let Some(ci) = cas_idx {
                 let cas = |v: Option<&Vec<Value>>| match v.and_then(|v| v.get(ci)) {
