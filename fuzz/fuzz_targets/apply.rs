@@ -1,13 +1,14 @@
 //! The op apply path: a structured batch of changes (valid, nearly valid and hostile) applied
 //! to a store; applying it again must change nothing. Then the pure merge rules: shared-row
-//! registers end the same whatever the order of ops, and applying an op twice is a no-op.
+//! and owned-row registers end the same whatever the order of ops, and applying an op twice
+//! is a no-op.
 #![no_main]
 
 use std::collections::BTreeMap;
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
-use murmur_store::merge::{OwnedOutcome, OwnedRowState, SharedRow, merge_owned};
+use murmur_store::merge::{OwnedRegisters, OwnedWrite, SharedRow};
 use murmur_store::{Hlc, Value};
 
 const COLUMNS: [&str; 2] = ["name", "color"];
@@ -69,32 +70,48 @@ fn merges(u: &mut Unstructured) -> arbitrary::Result<()> {
         "shared merge depends on order or repetition: {ops:?}"
     );
 
-    // Owned rows: whatever is stored, an applied write is ignored when it comes again.
-    let author = *u.choose(&murmur_fuzz::AUTHORS)?;
-    let ts = Hlc {
-        time: u.arbitrary()?,
-        author,
-    };
-    let current = if u.arbitrary()? {
-        Some(OwnedRowState {
-            owner: *u.choose(&murmur_fuzz::AUTHORS)?,
-            ts: Hlc {
-                time: u.arbitrary()?,
-                author: *u.choose(&murmur_fuzz::AUTHORS)?,
-            },
-            alive: u.arbitrary()?,
-        })
-    } else {
-        None
-    };
-    if merge_owned(current, author, ts) == OwnedOutcome::Apply {
-        let after = OwnedRowState {
-            owner: author,
-            ts,
-            alive: u.arbitrary()?,
+    // Owned rows: the owner (the lowest create) and the row (its latest op) end the same
+    // whatever the order of creates and deletes by several devices, and repetition.
+    let n = u.int_in_range(0..=10)?;
+    let mut owned = Vec::with_capacity(n);
+    for i in 0..n {
+        let device = *u.choose(&murmur_fuzz::AUTHORS)?;
+        let ts = Hlc {
+            time: u.int_in_range(0..=8u64)? * 16 + i as u64,
+            author: device,
         };
-        assert_eq!(merge_owned(Some(after), author, ts), OwnedOutcome::Ignore);
+        let values = if u.arbitrary()? {
+            Some(vec![murmur_fuzz::value(u)?])
+        } else {
+            None
+        };
+        owned.push((
+            device,
+            OwnedWrite {
+                ts,
+                seq: i as u64 + 1,
+                values,
+            },
+        ));
     }
+    let mut in_order = OwnedRegisters::default();
+    for (d, w) in &owned {
+        in_order.merge(*d, w.clone());
+    }
+    let mut shuffled = owned.clone();
+    for i in (1..shuffled.len()).rev() {
+        let j = u.int_in_range(0..=i)?;
+        shuffled.swap(i, j);
+    }
+    let mut other = OwnedRegisters::default();
+    for (d, w) in shuffled.iter().chain(&owned) {
+        other.merge(*d, w.clone());
+    }
+    assert_eq!(
+        format!("{in_order:?}"),
+        format!("{other:?}"),
+        "owned merge depends on order or repetition: {owned:?}"
+    );
     Ok(())
 }
 

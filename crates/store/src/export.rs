@@ -17,7 +17,8 @@ use crate::proof::{Hash, Proof, op_hash};
 use crate::registry::{Kind, ResourceDef};
 use crate::sql::oplog;
 use crate::sql::rows::{
-    column_list, live_row_from, owned_row_from, parse_uuid, side_head_from, side_prop_from,
+    claims_of_batch, column_list, live_row_from, others_of_batch, owned_row_from, parse_uuid,
+    side_head_from, side_prop_from,
 };
 use crate::store::Store;
 
@@ -171,20 +172,38 @@ impl Store {
         let cols = column_list(def);
         let want = (*budget).max(1);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND uuid > ? ORDER BY uuid LIMIT ?",
+            "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND substr(crdt_ts, 9) = ? \
+             AND uuid > ? ORDER BY uuid LIMIT ?",
             def.name
         )))
-        .bind(op.author.hyphenated().to_string())
+        .bind(
+            self.device_of(&op.author)
+                .unwrap_or(op.author)
+                .hyphenated()
+                .to_string(),
+        )
         .bind(op.seq as i64)
-        .bind(start.map(|u| u.hyphenated().to_string()).unwrap_or_default())
+        .bind(op.author.as_bytes().to_vec())
+        .bind(
+            start
+                .map(|u| u.hyphenated().to_string())
+                .unwrap_or_default(),
+        )
         .bind(want as i64 + 1)
         .fetch_all(&mut *conn)
         .await?;
-        let done = rows.len() <= want;
-        let mut out = Vec::with_capacity(rows.len().min(want));
-        for r in rows.iter().take(want) {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
             out.push(owned_row_from(r, def, 1)?);
         }
+        // Rows of the batch its author does not own go too (the author may yet take them
+        // over), and the rows it claimed that a later op of the owner rewrote (their
+        // claim); a row is in one place only.
+        out.extend(others_of_batch(conn, def, op.author, op.seq, start, want + 1).await?);
+        out.extend(claims_of_batch(conn, def, op.ts(), start, want + 1).await?);
+        out.sort_by_key(|r| r.uuid);
+        let done = out.len() <= want;
+        out.truncate(want);
         let last_uuid = out.last().map(|r| r.uuid);
         *budget = budget.saturating_sub(out.len().max(1));
         page.changes.push(Change::OwnedRows {
@@ -419,6 +438,7 @@ fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
             ts,
             seq,
             values,
+            claim,
         } => {
             h.update(b"O");
             hash_str(h, resource);
@@ -428,12 +448,19 @@ fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
             for v in values {
                 v.hash_into(h);
             }
+            h.update(&claim.unwrap_or(*ts).to_bytes());
         }
-        SnapshotRow::OwnedTombstone { resource, uuid, ts } => {
+        SnapshotRow::OwnedTombstone {
+            resource,
+            uuid,
+            ts,
+            claim,
+        } => {
             h.update(b"T");
             hash_str(h, resource);
             h.update(uuid.as_bytes());
             h.update(&ts.to_bytes());
+            h.update(&claim.unwrap_or(*ts).to_bytes());
         }
     }
 }
@@ -517,10 +544,13 @@ async fn read_owned_rows(
     limit: usize,
 ) -> Result<Vec<SnapshotRow>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT uuid, owner, crdt_ts, crdt_seq{} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+        "SELECT uuid, owner, crdt_ts, crdt_seq{}, \
+         (SELECT claim FROM crdt_owned_claims c WHERE c.resource = ? AND c.uuid = t.uuid) \
+         FROM {} t WHERE uuid > ? ORDER BY uuid LIMIT ?",
         column_list(def),
         def.name
     )))
+    .bind(def.name.clone())
     .bind(
         after
             .map(|u| u.hyphenated().to_string())
@@ -546,6 +576,10 @@ async fn read_owned_rows(
             ts,
             seq: r.try_get::<i64, _>(3)? as u64,
             values: row.values,
+            claim: r
+                .try_get::<Option<Vec<u8>>, _>(4 + def.columns.len())?
+                .map(|b| Hlc::from_bytes(&b))
+                .transpose()?,
         });
     }
     Ok(out)
@@ -557,18 +591,30 @@ async fn read_owned_tombstones(
     after: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<SnapshotRow>, StoreError> {
-    let rows = sqlx::query("SELECT uuid, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid > ? ORDER BY uuid LIMIT ?")
-        .bind(def.name.clone())
-        .bind(after.map(|u| u.hyphenated().to_string()).unwrap_or_default())
-        .bind(limit as i64)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT uuid, ts, (SELECT claim FROM crdt_owned_claims c WHERE c.resource = t.resource \
+         AND c.uuid = t.uuid) FROM crdt_rows t WHERE resource = ? AND alive = 0 AND uuid > ? \
+         ORDER BY uuid LIMIT ?",
+    )
+    .bind(def.name.clone())
+    .bind(
+        after
+            .map(|u| u.hyphenated().to_string())
+            .unwrap_or_default(),
+    )
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         out.push(SnapshotRow::OwnedTombstone {
             resource: def.name.clone(),
             uuid: parse_uuid(&r.try_get::<String, _>(0)?)?,
             ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
+            claim: r
+                .try_get::<Option<Vec<u8>>, _>(2)?
+                .map(|b| Hlc::from_bytes(&b))
+                .transpose()?,
         });
     }
     Ok(out)

@@ -411,8 +411,9 @@ impl Local<'_> {
         for op in ops {
             signing.add(op);
         }
-        let (chain, proofs, tip) = signing.finish();
+        let (mut chain, proofs, tip) = signing.finish();
         tx.set_tip(tip);
+        chain.devices = tx.devices();
         (chain, proofs)
     }
 
@@ -653,7 +654,7 @@ impl Local<'_> {
                         uuid,
                     });
                 }
-                Some((_, owner)) if *owner != self.client => {
+                Some((_, owner)) if *owner != self.signer.device() => {
                     return Err(StoreError::NotOwner {
                         resource: def.name.clone(),
                         uuid,

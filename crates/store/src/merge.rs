@@ -7,7 +7,11 @@
 //!   every column (missing ones to null) at its timestamp, so an update older than a delete
 //!   can never show again: only a create newer than the delete revives the row, and it
 //!   overwrites every older property. An update never changes existence.
-//! - Owned rows: whole-row last-writer-wins, and only their owner's ops count.
+//! - Owned rows: one owner per row, the device whose create has the lowest timestamp (its
+//!   claim); the row is the owner's latest op (whole-row last-writer-wins), and the other
+//!   devices' ops are refused. Both are a min and a max over the set of ops, so any
+//!   arrival order ends the same; a tombstone keeps the claim, so a later create of another
+//!   device is refused.
 //! - Registers only move forward, so applying an op twice, or in any order, ends the same.
 
 use std::collections::BTreeMap;
@@ -108,43 +112,94 @@ impl SharedRow {
     }
 }
 
-/// The merge state of one owned row: a live row or a tombstone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnedRowState {
-    /// The row's owner.
-    pub owner: Uuid,
-    /// The timestamp of the op that last wrote or deleted it.
+/// One device's latest op on an owned row: a create (a row of an `OwnedBatchCreate`) or a
+/// delete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedWrite {
+    /// The op's timestamp.
     pub ts: Hlc,
-    /// Live row (true) or tombstone (false).
-    pub alive: bool,
+    /// The batch's sequence number (0 for a delete).
+    pub seq: u64,
+    /// The row's values, in column order, for a create; `None` for a delete.
+    pub values: Option<Vec<Value>>,
 }
 
-/// What to do with an owned write or delete.
+impl OwnedWrite {
+    /// Whether it is a create (the row is alive after it).
+    pub fn alive(&self) -> bool {
+        self.values.is_some()
+    }
+}
+
+/// The merge state of one owned row, a function of the set of ops on it, whatever their
+/// order: the claim (the lowest create, min of timestamps) and per device its latest op
+/// (max of timestamps). The owner is the claim's device and the row is the owner's latest
+/// op; the other devices' latest ops are kept (one per device) because one of them takes
+/// the row over if its device's earlier create arrives later.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OwnedRegisters {
+    /// The owner (a device) and the timestamp of the lowest create seen, by any of its
+    /// authors. `None` while only deletes are known.
+    pub claim: Option<(Uuid, Hlc)>,
+    /// Per device, its latest op on the row.
+    pub latest: BTreeMap<Uuid, OwnedWrite>,
+}
+
+/// What an owned write or delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnedOutcome {
-    /// Store it: it is the newest from the owner.
+    /// The row moved: the owner's newest op, or a takeover by an earlier create.
     Apply,
-    /// Already superseded (or the same write again): change nothing.
+    /// Already superseded (or the same op again): the row is unchanged.
     Ignore,
-    /// The row is owned by another client: reject.
+    /// No device has created the row yet (only deletes are known): the delete is kept for
+    /// its device, the row is unchanged.
+    Unclaimed,
+    /// Another device owns the row: refused. The op is still kept as its device's latest,
+    /// in case that device's earlier create arrives and takes the row over.
     NotOwner(Uuid),
 }
 
-/// Decides an owned row write (`alive = true`) or delete (`alive = false`) by `author` at
-/// `ts`, given what is stored. A tombstone left by a client that never owned the row
-/// (a forged delete) does not block the owner's row.
-pub fn merge_owned(current: Option<OwnedRowState>, author: Uuid, ts: Hlc) -> OwnedOutcome {
-    match current {
-        None => OwnedOutcome::Apply,
-        Some(cur) if cur.owner != author => {
-            if cur.alive {
-                OwnedOutcome::NotOwner(cur.owner)
-            } else {
-                OwnedOutcome::Apply
+impl OwnedRegisters {
+    /// The owner: the device of the lowest create.
+    pub fn owner(&self) -> Option<Uuid> {
+        self.claim.map(|(d, _)| d)
+    }
+
+    /// The row's state: the owner's latest op (`None` while no device created it).
+    pub fn state(&self) -> Option<&OwnedWrite> {
+        self.latest.get(&self.owner()?)
+    }
+
+    /// The other devices' latest ops.
+    pub fn others(&self) -> impl Iterator<Item = (&Uuid, &OwnedWrite)> {
+        let owner = self.owner();
+        self.latest.iter().filter(move |(d, _)| Some(**d) != owner)
+    }
+
+    /// Merges a create (`values` set) or a delete by `device` (the owner identity of the
+    /// op's author). A device's op counts if the device owns the row once it is merged: its
+    /// create is the lowest seen, or it already held the claim. A device takes the row
+    /// over only with a create older than the claim, so a tombstone, which keeps the claim,
+    /// refuses every later create of another device.
+    pub fn merge(&mut self, device: Uuid, write: OwnedWrite) -> OwnedOutcome {
+        let before = self.state().cloned();
+        if write.alive() && self.claim.is_none_or(|(_, c)| write.ts < c) {
+            self.claim = Some((device, write.ts));
+        }
+        match self.latest.get(&device) {
+            Some(cur) if cur.ts >= write.ts => {}
+            _ => {
+                self.latest.insert(device, write);
             }
         }
-        Some(cur) if ts > cur.ts => OwnedOutcome::Apply,
-        Some(_) => OwnedOutcome::Ignore,
+        let after = self.state();
+        match self.owner() {
+            None => OwnedOutcome::Unclaimed,
+            Some(owner) if owner != device => OwnedOutcome::NotOwner(owner),
+            Some(_) if after != before.as_ref() => OwnedOutcome::Apply,
+            Some(_) => OwnedOutcome::Ignore,
+        }
     }
 }
 
@@ -218,27 +273,129 @@ mod tests {
         assert_eq!(r, before);
     }
 
+    fn create(time: u64, author: u128, name: &str) -> (Uuid, OwnedWrite) {
+        (
+            Uuid::from_u128(author),
+            OwnedWrite {
+                ts: ts(time, author),
+                seq: time,
+                values: Some(vec![Value::Text(name.to_owned())]),
+            },
+        )
+    }
+
+    fn delete(time: u64, author: u128) -> (Uuid, OwnedWrite) {
+        (
+            Uuid::from_u128(author),
+            OwnedWrite {
+                ts: ts(time, author),
+                seq: 0,
+                values: None,
+            },
+        )
+    }
+
+    fn merged(ops: &[(Uuid, OwnedWrite)]) -> OwnedRegisters {
+        let mut r = OwnedRegisters::default();
+        for (d, w) in ops {
+            r.merge(*d, w.clone());
+        }
+        r
+    }
+
+    /// Every order of `ops` ends in the same registers.
+    fn same_in_every_order(ops: &[(Uuid, OwnedWrite)]) -> OwnedRegisters {
+        fn permutations(n: usize) -> Vec<Vec<usize>> {
+            if n == 0 {
+                return vec![vec![]];
+            }
+            let mut out = Vec::new();
+            for p in permutations(n - 1) {
+                for i in 0..=p.len() {
+                    let mut q = p.clone();
+                    q.insert(i, n - 1);
+                    out.push(q);
+                }
+            }
+            out
+        }
+        let first = merged(ops);
+        for p in permutations(ops.len()) {
+            let order: Vec<_> = p.iter().map(|&i| ops[i].clone()).collect();
+            assert_eq!(merged(&order), first, "order {p:?}");
+        }
+        first
+    }
+
     #[test]
     fn owned_rows_only_change_by_their_owner() {
-        let owner = Uuid::from_u128(1);
-        let other = Uuid::from_u128(2);
-        let cur = Some(OwnedRowState {
-            owner,
-            ts: ts(5, 1),
-            alive: true,
-        });
+        let mut r = merged(&[create(5, 1, "a")]);
+        let (other, late) = create(9, 2, "b");
         assert_eq!(
-            merge_owned(cur, other, ts(9, 2)),
-            OwnedOutcome::NotOwner(owner)
+            r.merge(other, late),
+            OwnedOutcome::NotOwner(Uuid::from_u128(1))
         );
-        assert_eq!(merge_owned(cur, owner, ts(9, 1)), OwnedOutcome::Apply);
-        assert_eq!(merge_owned(cur, owner, ts(5, 1)), OwnedOutcome::Ignore);
-        assert_eq!(merge_owned(cur, owner, ts(4, 1)), OwnedOutcome::Ignore);
-        let forged = Some(OwnedRowState {
-            owner: other,
-            ts: ts(9, 2),
-            alive: false,
-        });
-        assert_eq!(merge_owned(forged, owner, ts(5, 1)), OwnedOutcome::Apply);
+        let (other, del) = delete(9, 2);
+        assert_eq!(
+            r.merge(other, del),
+            OwnedOutcome::NotOwner(Uuid::from_u128(1))
+        );
+        let (owner, newer) = create(7, 1, "a2");
+        assert_eq!(r.merge(owner, newer.clone()), OwnedOutcome::Apply);
+        assert_eq!(r.merge(owner, newer), OwnedOutcome::Ignore);
+        let (owner, older) = create(6, 1, "a1");
+        assert_eq!(r.merge(owner, older), OwnedOutcome::Ignore);
+        assert_eq!(
+            r.state().and_then(|w| w.values.clone()),
+            Some(vec![Value::Text("a2".into())])
+        );
+    }
+
+    #[test]
+    fn the_lowest_create_owns_the_row_in_any_order() {
+        let r = same_in_every_order(&[create(5, 1, "a"), create(3, 2, "b"), create(8, 2, "b2")]);
+        assert_eq!(r.owner(), Some(Uuid::from_u128(2)));
+        // Its latest op is the row, even if it arrived before the create that took over.
+        assert_eq!(r.state().map(|w| w.ts), Some(ts(8, 2)));
+        // A tie in time goes to the lower author (timestamps order by time, then author).
+        let t = same_in_every_order(&[create(4, 2, "b"), create(4, 1, "a")]);
+        assert_eq!(t.owner(), Some(Uuid::from_u128(1)));
+    }
+
+    #[test]
+    fn a_delete_before_its_create_is_not_lost() {
+        // Device 2's delete arrives first (no owner yet), then device 1 claims, then device
+        // 2's earlier create takes over: its delete is its latest op, so the row is dead.
+        let mut r = OwnedRegisters::default();
+        let (d2, del) = delete(9, 2);
+        assert_eq!(r.merge(d2, del), OwnedOutcome::Unclaimed);
+        let (d1, c1) = create(5, 1, "a");
+        assert_eq!(r.merge(d1, c1), OwnedOutcome::Apply);
+        let (d2, c2) = create(3, 2, "b");
+        assert_eq!(r.merge(d2, c2), OwnedOutcome::Apply);
+        assert_eq!(r.owner(), Some(d2));
+        assert_eq!(
+            r.state().map(|w| (w.ts, w.alive())),
+            Some((ts(9, 2), false))
+        );
+        same_in_every_order(&[delete(9, 2), create(5, 1, "a"), create(3, 2, "b")]);
+        // The owner's delete older than its create does not kill it.
+        let r = same_in_every_order(&[delete(2, 1), create(5, 1, "a")]);
+        assert!(r.state().is_some_and(OwnedWrite::alive));
+    }
+
+    #[test]
+    fn a_tombstone_keeps_the_claim() {
+        let r = same_in_every_order(&[create(5, 1, "a"), delete(7, 1), create(9, 2, "b")]);
+        assert_eq!(r.owner(), Some(Uuid::from_u128(1)));
+        assert_eq!(
+            r.state().map(|w| (w.ts, w.alive())),
+            Some((ts(7, 1), false))
+        );
+        // The refused create is kept only as its device's latest op.
+        assert_eq!(r.others().count(), 1);
+        // The owner may create it again after its own delete.
+        let r = same_in_every_order(&[create(5, 1, "a"), delete(7, 1), create(9, 1, "again")]);
+        assert!(r.state().is_some_and(OwnedWrite::alive));
     }
 }

@@ -343,6 +343,9 @@ pub enum SnapshotRow {
         seq: u64,
         /// Values in column order.
         values: Vec<Value>,
+        /// The owner's claim (its lowest create), when it is not `ts`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<Hlc>,
     },
     /// The tombstone of a deleted owned row.
     OwnedTombstone {
@@ -352,6 +355,10 @@ pub enum SnapshotRow {
         uuid: Uuid,
         /// Timestamp of the delete (its author is the owner).
         ts: Hlc,
+        /// The owner's claim (its lowest create), which the tombstone keeps so that a later
+        /// create of another device is refused. `None` from older versions: taken as `ts`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<Hlc>,
     },
 }
 

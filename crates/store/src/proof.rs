@@ -682,6 +682,8 @@ pub(crate) struct Chain {
     pub heads: Vec<Head>,
     /// Keys of the authors proven.
     pub keys: Vec<AuthorKey>,
+    /// Author -> device, for every author known here (what owned rows are owned by).
+    pub devices: std::collections::HashMap<Uuid, Uuid>,
 }
 
 impl Chain {

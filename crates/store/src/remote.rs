@@ -127,7 +127,13 @@ impl Remote<'_> {
         let mode = Mode::Remote {
             unborn: self.unborn,
         };
-        let chain = checked.map(|c| c.chain).unwrap_or_default();
+        let mut chain = checked.map(|c| c.chain).unwrap_or_default();
+        chain.devices = self.writer.read(|r| r.devices.clone());
+        for key in &chain.keys {
+            if let Ok(device) = key.device() {
+                chain.devices.insert(key.author(), device);
+            }
+        }
         let res = engine::apply(conn, self.registry, &accepted, mode, vv, &chain).await?;
         for key in &chain.keys {
             if let Ok(device) = key.device() {
@@ -162,7 +168,8 @@ impl Remote<'_> {
         }
         let mut tx = self.writer.begin().await?;
         let n = rows.len();
-        engine::import_rows(tx.conn(), self.registry, rows).await?;
+        let devices = tx.devices();
+        engine::import_rows(tx.conn(), self.registry, rows, &devices).await?;
         tx.commit(|| Commit {
             imported: n,
             ..Commit::new(Origin::Snapshot)

@@ -159,9 +159,13 @@ pub fn validate_snapshot_row(registry: &Registry, row: &SnapshotRow) -> Result<(
             }
         }
         SnapshotRow::Owned {
-            values, seq, ts, ..
+            values,
+            seq,
+            ts,
+            claim,
+            ..
         } => {
-            if *seq == 0 || *seq > MAX_SEQ || ts.author.is_nil() {
+            if *seq == 0 || *seq > MAX_SEQ || ts.author.is_nil() || !claim_fits(*claim, *ts) {
                 return Err(Rejection::new(
                     RejectReason::Malformed,
                     "owned snapshot row with a bad seq or owner".into(),
@@ -186,8 +190,8 @@ pub fn validate_snapshot_row(registry: &Registry, row: &SnapshotRow) -> Result<(
                 }
             }
         }
-        SnapshotRow::OwnedTombstone { ts, .. } => {
-            if ts.author.is_nil() {
+        SnapshotRow::OwnedTombstone { ts, claim, .. } => {
+            if ts.author.is_nil() || !claim_fits(*claim, *ts) {
                 return Err(Rejection::new(
                     RejectReason::Malformed,
                     "tombstone without an owner".into(),
@@ -236,4 +240,11 @@ mod tests {
             .insert(MAX_SEQ + 1);
         assert!(validate_version_vector(&extra).is_err());
     }
+}
+
+/// Whether an owned snapshot row's claim (its owner's lowest create) can be: no later than
+/// the row, by the same owner. (An author is its own device for now; see
+/// `engine::owned::Owners`.)
+fn claim_fits(claim: Option<crate::clock::Hlc>, ts: crate::clock::Hlc) -> bool {
+    claim.is_none_or(|c| c <= ts && c.author == ts.author)
 }

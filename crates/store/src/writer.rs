@@ -163,6 +163,13 @@ impl<'w> WriteTx<'w> {
         self.tip
     }
 
+    /// Every author's device known here, with those this transaction proved.
+    pub(crate) fn devices(&self) -> std::collections::HashMap<Uuid, Uuid> {
+        let mut d = self.writer.read(|r| r.devices.clone());
+        d.extend(self.learned.iter().copied());
+        d
+    }
+
     /// Records that the transaction proved `author`'s key, of `device`.
     pub(crate) fn learn(&mut self, author: Uuid, device: Uuid) {
         self.learned.push((author, device));

@@ -14,7 +14,7 @@ use crate::ops::fields;
 const CAS: [&str; 4] = ["cas-a", "cas-b", "cas-c", "cas-d"];
 
 async fn some_row(s: &Store, resource: &str, rng: &mut StdRng, own: bool) -> Option<Uuid> {
-    let owner = own.then(|| s.author());
+    let owner = own.then(|| s.client());
     let rows = s.list_rows(resource, owner, None, 1000).await.ok()?;
     let r = rows.choose(rng)?;
     r["uuid"].as_str().and_then(|u| Uuid::parse_str(u).ok())

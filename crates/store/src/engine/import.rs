@@ -1,4 +1,5 @@
-//! Snapshot rows, merged register by register as if their ops arrived.
+//! Snapshot rows, merged register by register as if their ops arrived (an owned row as its
+//! owner's latest op and its claim, under the same rule as the ops).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -12,12 +13,15 @@ use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow};
 use crate::registry::Registry;
+use crate::value::Value;
 
 /// Merges snapshot rows into the store: every register is merged as if its op arrived.
+/// `devices` maps authors to their devices, for owned rows.
 pub(crate) async fn import_rows(
     conn: &mut SqliteConnection,
     registry: &Registry,
     rows: Vec<SnapshotRow>,
+    devices: &std::collections::HashMap<Uuid, Uuid>,
 ) -> Result<(), StoreError> {
     let mut shared: BTreeMap<String, Vec<SnapshotRow>> = BTreeMap::new();
     let mut owned: BTreeMap<String, Vec<Change>> = BTreeMap::new();
@@ -26,23 +30,41 @@ pub(crate) async fn import_rows(
             SnapshotRow::Shared { ref resource, .. } => {
                 shared.entry(resource.clone()).or_default().push(r)
             }
+            // An owned row or tombstone is its owner's latest op; its claim, when it is not
+            // that op, is merged as the owner's create at the claim after it (older, so it
+            // never becomes the row; at the same time as a tombstone it keeps the delete).
             SnapshotRow::Owned {
                 resource,
                 uuid,
                 ts,
                 seq,
                 values,
+                claim,
             } => {
+                let changes = owned.entry(resource.clone()).or_default();
+                let marker = claim.filter(|c| *c != ts).map(|c| (c, values.clone()));
                 let header = synthetic(ts, seq, Method::OwnedBatchCreate, &resource, None);
-                owned.entry(resource).or_default().push(Change::OwnedRows {
+                changes.push(Change::OwnedRows {
                     header,
                     rows: vec![OwnedRow { uuid, values }],
                     last: false,
                 });
+                if let Some((c, values)) = marker {
+                    changes.push(claim_marker(c, seq, &resource, uuid, values));
+                }
             }
-            SnapshotRow::OwnedTombstone { resource, uuid, ts } => {
+            SnapshotRow::OwnedTombstone {
+                resource,
+                uuid,
+                ts,
+                claim,
+            } => {
+                let nulls = vec![Value::Null; registry.get(&resource)?.columns.len()];
                 let op = synthetic(ts, 1, Method::OwnedDelete, &resource, Some(uuid));
-                owned.entry(resource).or_default().push(Change::Op(op));
+                let changes = owned.entry(resource.clone()).or_default();
+                changes.push(Change::Op(op));
+                let c = claim.unwrap_or(ts);
+                changes.push(claim_marker(c, 1, &resource, uuid, nulls));
             }
         }
     }
@@ -94,9 +116,19 @@ pub(crate) async fn import_rows(
         let refs: Vec<&Change> = changes.iter().collect();
         let mut out = EngineOutcome::default();
         let mut rejected = HashMap::new();
-        super::owned::apply(conn, def, &refs, false, &mut out, &mut rejected).await?;
+        let owners = super::owned::Owners::with(devices);
+        super::owned::apply(conn, def, &refs, &owners, false, &mut out, &mut rejected).await?;
     }
     Ok(())
+}
+
+/// The owner's create at its claim `c`, as a snapshot row implies it.
+fn claim_marker(c: Hlc, seq: u64, resource: &str, uuid: Uuid, values: Vec<Value>) -> Change {
+    Change::OwnedRows {
+        header: synthetic(c, seq, Method::OwnedBatchCreate, resource, None),
+        rows: vec![OwnedRow { uuid, values }],
+        last: false,
+    }
 }
 
 fn synthetic(ts: Hlc, seq: u64, method: Method, resource: &str, uuid: Option<Uuid>) -> Op {

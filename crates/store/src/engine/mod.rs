@@ -7,7 +7,7 @@
 //!   [`import_rows`]) and the log of what was applied;
 //! - [`shared`]: shared rows, merged per property through the rules of [`crate::merge`];
 //! - [`in_place`]: the fast path of remote batches, where SQLite applies ops by itself;
-//! - [`owned`]: owned rows, changed only by their owner;
+//! - [`owned`]: owned rows, changed only by their owner (the device of the lowest create);
 //! - [`import`]: snapshot rows, merged register by register.
 
 mod import;
@@ -109,7 +109,17 @@ pub(crate) async fn apply(
                 shared::apply(conn, def, &items, local, &mut out, how).await?
             }
             Kind::Owned => {
-                owned::apply(conn, def, &items, local, &mut out, &mut rejected_ops).await?
+                let owners = owned::Owners::with(&chain.devices);
+                owned::apply(
+                    conn,
+                    def,
+                    &items,
+                    &owners,
+                    local,
+                    &mut out,
+                    &mut rejected_ops,
+                )
+                .await?
             }
         }
     }

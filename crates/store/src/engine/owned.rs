@@ -1,4 +1,11 @@
-//! Owned rows: written only by their owner, in batches, last writer wins per row.
+//! Owned rows: one owner per row, the device whose create has the lowest timestamp, and the
+//! row is the owner's latest op (the rule is [`OwnedRegisters`]). Rows come in batches.
+//!
+//! Where a row's registers live: the owner's latest op is the row itself (a live row in the
+//! resource's table, or a tombstone in `crdt_rows` with its owner); the claim is the row's
+//! own timestamp unless `crdt_owned_claims` holds another; the other devices' latest ops are
+//! in `crdt_owned_others`. A row written once by its owner, the usual case, has nothing in
+//! either, and a load only reads them when they hold rows of the resource.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -10,36 +17,86 @@ use super::EngineOutcome;
 use super::shared::{SideTables, delete_data, delete_side, not_found};
 use crate::clock::Hlc;
 use crate::error::StoreError;
-use crate::merge::{OwnedOutcome, OwnedRowState, merge_owned};
+use crate::merge::{OwnedOutcome, OwnedRegisters, OwnedWrite};
 use crate::op::{Change, Method, OpId, OwnedRow, RejectReason, Rejection, RowEvent};
 use crate::registry::ResourceDef;
 use crate::sql::derived;
-use crate::sql::rows::parse_uuid;
+use crate::sql::rows::{decode_owned_values, encode_owned_values, parse_uuid};
 use crate::sql::{exec, in_list, owned_chunks, query, rows_per_statement, values_list};
 use crate::value::Value;
 
-// ---------------------------------------------------------------------------------------
-// Owned resources
-
-/// What is stored for an owned row: its state and, for derived data, its old `cas_id`.
-struct OwnedCurrent {
-    state: OwnedRowState,
-    cas_id: Option<String>,
+/// Who owns what an author writes: the device the author belongs to. A device writes under
+/// one author UUID for now, so that is the author itself unless a map says otherwise; every
+/// ownership decision of the engine asks [`Owners::owner_of`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Owners<'a> {
+    /// Author -> device, for the authors that are not their own device.
+    devices: Option<&'a HashMap<Uuid, Uuid>>,
 }
 
+impl<'a> Owners<'a> {
+    /// Authors mapped to their devices by `devices` (an author not in it is its own).
+    pub(crate) fn with(devices: &'a HashMap<Uuid, Uuid>) -> Owners<'a> {
+        Owners {
+            devices: Some(devices),
+        }
+    }
+
+    /// The device that owns what `author` writes.
+    pub(crate) fn owner_of(&self, author: Uuid) -> Uuid {
+        self.devices
+            .and_then(|m| m.get(&author).copied())
+            .unwrap_or(author)
+    }
+}
+
+/// Whether a side table holds any row of a resource, asked once per load.
+#[derive(Default)]
+struct Holds(Option<bool>);
+
+impl Holds {
+    async fn ask(
+        &mut self,
+        conn: &mut SqliteConnection,
+        table: &str,
+        resource: &str,
+    ) -> Result<bool, StoreError> {
+        if let Some(b) = self.0 {
+            return Ok(b);
+        }
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE resource = ?)");
+        let b = query(sql)
+            .bind(resource.to_owned())
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get::<bool, _>(0)?;
+        self.0 = Some(b);
+        Ok(b)
+    }
+}
+
+fn keys_of(chunk: &[Uuid]) -> Vec<String> {
+    chunk.iter().map(|u| u.hyphenated().to_string()).collect()
+}
+
+/// The registers of the owned rows `uuids` of `def` (rows stored nowhere are absent).
 async fn load_owned(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     uuids: &[Uuid],
-) -> Result<HashMap<Uuid, OwnedCurrent>, StoreError> {
-    let cas = derived::tracks(def);
-    let mut out = HashMap::new();
-    let mut side = SideTables::default();
+) -> Result<HashMap<Uuid, OwnedRegisters>, StoreError> {
+    let cols: String = def
+        .columns
+        .iter()
+        .map(|c| format!(", {}", c.name))
+        .collect();
+    let mut out: HashMap<Uuid, OwnedRegisters> = HashMap::new();
+    let (mut side, mut claims, mut others) =
+        (SideTables::default(), Holds::default(), Holds::default());
     for chunk in uuids.chunks(rows_per_statement(1)) {
-        let keys: Vec<String> = chunk.iter().map(|u| u.hyphenated().to_string()).collect();
+        let keys = keys_of(chunk);
         let sql = format!(
-            "SELECT uuid, owner, crdt_ts{} FROM {} WHERE uuid IN ({})",
-            if cas { ", cas_id" } else { "" },
+            "SELECT uuid, owner, crdt_ts, crdt_seq{cols} FROM {} WHERE uuid IN ({})",
             def.name,
             in_list(keys.len())
         );
@@ -51,69 +108,128 @@ async fn load_owned(
             let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
             let owner = parse_uuid(&r.try_get::<String, _>(1)?)?;
             let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
-            let cas_id = if cas {
-                r.try_get::<Option<String>, _>(3)?
-            } else {
-                None
+            let seq = r.try_get::<i64, _>(3)? as u64;
+            let mut values = Vec::with_capacity(def.columns.len());
+            for i in 0..def.columns.len() {
+                values.push(r.try_get::<Value, _>(4 + i)?);
+            }
+            let write = OwnedWrite {
+                ts,
+                seq,
+                values: Some(values),
             };
-            out.insert(
-                uuid,
-                OwnedCurrent {
-                    state: OwnedRowState {
-                        owner,
-                        ts,
-                        alive: true,
-                    },
-                    cas_id,
-                },
-            );
+            out.insert(uuid, registers_of(owner, write));
         }
         // A live owned row has no tombstone: only look for the others'.
         let missing = not_found(chunk, &keys, &out);
-        if missing.is_empty() || !side.holds(conn, &def.name).await? {
-            continue;
-        }
-        let sql = format!(
-            "SELECT uuid, owner, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid IN ({})",
-            in_list(missing.len())
-        );
-        let mut q = query(sql).bind(def.name.clone());
-        for k in missing {
-            q = q.bind(k.clone());
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-            let owner = r
-                .try_get::<Option<String>, _>(1)?
-                .map(|s| parse_uuid(&s))
-                .transpose()?
-                .unwrap_or_default();
-            let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
-            out.entry(uuid).or_insert(OwnedCurrent {
-                state: OwnedRowState {
-                    owner,
+        if !missing.is_empty() && side.holds(conn, &def.name).await? {
+            let sql = format!(
+                "SELECT uuid, owner, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid IN ({})",
+                in_list(missing.len())
+            );
+            let mut q = query(sql).bind(def.name.clone());
+            for k in missing {
+                q = q.bind(k.clone());
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+                let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+                // Tombstones of older versions may lack an owner: it is the delete's author.
+                let owner = r
+                    .try_get::<Option<String>, _>(1)?
+                    .map(|s| parse_uuid(&s))
+                    .transpose()?
+                    .unwrap_or(ts.author);
+                let write = OwnedWrite {
                     ts,
-                    alive: false,
-                },
-                cas_id: None,
-            });
+                    seq: 0,
+                    values: None,
+                };
+                out.entry(uuid)
+                    .or_insert_with(|| registers_of(owner, write));
+            }
+        }
+        if claims.ask(conn, "crdt_owned_claims", &def.name).await? {
+            let sql = format!(
+                "SELECT uuid, claim FROM crdt_owned_claims WHERE resource = ? AND uuid IN ({})",
+                in_list(keys.len())
+            );
+            let mut q = query(sql).bind(def.name.clone());
+            for k in &keys {
+                q = q.bind(k.clone());
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+                let claim = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?;
+                if let Some(regs) = out.get_mut(&uuid)
+                    && let Some((_, c)) = regs.claim.as_mut()
+                {
+                    *c = claim;
+                }
+            }
+        }
+        if others.ask(conn, "crdt_owned_others", &def.name).await? {
+            let sql = format!(
+                "SELECT uuid, device, ts, seq, alive, vals FROM crdt_owned_others \
+                 WHERE resource = ? AND uuid IN ({})",
+                in_list(keys.len())
+            );
+            let mut q = query(sql).bind(def.name.clone());
+            for k in &keys {
+                q = q.bind(k.clone());
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+                let device = parse_uuid(&r.try_get::<String, _>(1)?)?;
+                let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
+                let seq = r.try_get::<i64, _>(3)? as u64;
+                let values = if r.try_get::<i64, _>(4)? != 0 {
+                    let raw = r.try_get::<Option<Vec<u8>>, _>(5)?.unwrap_or_default();
+                    Some(decode_owned_values(&raw)?)
+                } else {
+                    None
+                };
+                out.entry(uuid)
+                    .or_default()
+                    .latest
+                    .insert(device, OwnedWrite { ts, seq, values });
+            }
         }
     }
     Ok(out)
 }
 
-/// The final decision for one owned row within a batch.
-enum OwnedFinal {
-    Row {
-        owner: Uuid,
-        ts: Hlc,
-        seq: u64,
-        values: Vec<Value>,
-    },
-    Tombstone {
-        owner: Uuid,
-        ts: Hlc,
-    },
+/// The registers of a row whose owner's latest op is `write`, claimed at its own timestamp
+/// (until the claims table says otherwise).
+fn registers_of(owner: Uuid, write: OwnedWrite) -> OwnedRegisters {
+    OwnedRegisters {
+        claim: Some((owner, write.ts)),
+        latest: BTreeMap::from([(owner, write)]),
+    }
+}
+
+/// The claim a row stores beside it: none when it is the row's own timestamp.
+fn stored_claim(regs: &OwnedRegisters) -> Option<Hlc> {
+    let (_, claim) = regs.claim?;
+    (regs.state().map(|w| w.ts) != Some(claim)).then_some(claim)
+}
+
+/// What is stored for one row: its owner and state, its claim, the other devices' ops.
+type Stored<'r> = (
+    Option<(Uuid, &'r OwnedWrite)>,
+    Option<Hlc>,
+    BTreeMap<Uuid, &'r OwnedWrite>,
+);
+
+fn stored(regs: Option<&OwnedRegisters>) -> Stored<'_> {
+    match regs {
+        None => (None, None, BTreeMap::new()),
+        Some(r) => (
+            r.owner().zip(r.state()),
+            stored_claim(r),
+            r.others().map(|(d, w)| (*d, w)).collect(),
+        ),
+    }
 }
 
 /// Merges `items`, changes of owned rows of `def` in order, and stores what moved.
@@ -121,6 +237,7 @@ pub(super) async fn apply(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     items: &[&Change],
+    owners: &Owners<'_>,
     local: bool,
     out: &mut EngineOutcome,
     rejected_ops: &mut HashMap<OpId, String>,
@@ -134,58 +251,34 @@ pub(super) async fn apply(
     }
     let uuids: Vec<Uuid> = uuids.into_iter().collect();
     let current = load_owned(conn, def, &uuids).await?;
-    let cas_idx = if derived::tracks(def) {
-        def.column_index("cas_id")
-    } else {
-        None
-    };
-    let mut finals: BTreeMap<Uuid, OwnedFinal> = BTreeMap::new();
+    let mut merged: BTreeMap<Uuid, OwnedRegisters> = BTreeMap::new();
 
-    let state_of = |u: &Uuid, finals: &BTreeMap<Uuid, OwnedFinal>| -> Option<OwnedRowState> {
-        match finals.get(u) {
-            Some(OwnedFinal::Row { owner, ts, .. }) => Some(OwnedRowState {
-                owner: *owner,
-                ts: *ts,
-                alive: true,
-            }),
-            Some(OwnedFinal::Tombstone { owner, ts }) => Some(OwnedRowState {
-                owner: *owner,
-                ts: *ts,
-                alive: false,
-            }),
-            None => current.get(u).map(|c| c.state),
-        }
+    let mut refuse = |id: OpId, uuid: Uuid, owner: Uuid, out: &mut EngineOutcome| {
+        let why = format!("row {uuid} of {} is owned by {owner}", def.name);
+        out.not_owner.get_or_insert((uuid, owner));
+        out.rejected
+            .push((id, Rejection::new(RejectReason::NotOwner, why.clone())));
+        rejected_ops.insert(id, why);
     };
 
     for c in items {
-        let op = c.op();
         match c {
             Change::OwnedRows { header, rows, last } => {
+                let device = owners.owner_of(header.author);
                 let mut written = 0usize;
                 for OwnedRow { uuid, values } in rows {
-                    match merge_owned(state_of(uuid, &finals), header.author, header.ts()) {
-                        OwnedOutcome::Apply => {
-                            finals.insert(
-                                *uuid,
-                                OwnedFinal::Row {
-                                    owner: header.author,
-                                    ts: header.ts(),
-                                    seq: header.seq,
-                                    values: values.clone(),
-                                },
-                            );
-                            written += 1;
-                        }
-                        OwnedOutcome::Ignore => {}
-                        OwnedOutcome::NotOwner(owner) => {
-                            let why = format!("row {uuid} of {} is owned by {owner}", def.name);
-                            out.not_owner.get_or_insert((*uuid, owner));
-                            out.rejected.push((
-                                header.id(),
-                                Rejection::new(RejectReason::NotOwner, why.clone()),
-                            ));
-                            rejected_ops.insert(header.id(), why);
-                        }
+                    let regs = merged
+                        .entry(*uuid)
+                        .or_insert_with(|| current.get(uuid).cloned().unwrap_or_default());
+                    let write = OwnedWrite {
+                        ts: header.ts(),
+                        seq: header.seq,
+                        values: Some(values.clone()),
+                    };
+                    match regs.merge(device, write) {
+                        OwnedOutcome::Apply => written += 1,
+                        OwnedOutcome::Ignore | OwnedOutcome::Unclaimed => {}
+                        OwnedOutcome::NotOwner(owner) => refuse(header.id(), *uuid, owner, out),
                     }
                 }
                 out.rows += written;
@@ -202,98 +295,120 @@ pub(super) async fn apply(
             }
             Change::Op(op) if op.method == Method::OwnedDelete => {
                 let Some(uuid) = op.uuid else { continue };
-                match merge_owned(state_of(&uuid, &finals), op.author, op.ts()) {
-                    OwnedOutcome::Apply => {
-                        finals.insert(
-                            uuid,
-                            OwnedFinal::Tombstone {
-                                owner: op.author,
-                                ts: op.ts(),
-                            },
-                        );
-                        out.events.push(RowEvent::of(op, !local));
-                    }
-                    OwnedOutcome::Ignore => {}
-                    OwnedOutcome::NotOwner(owner) => {
-                        let why = format!("row {uuid} of {} is owned by {owner}", def.name);
-                        out.not_owner.get_or_insert((uuid, owner));
-                        out.rejected
-                            .push((op.id(), Rejection::new(RejectReason::NotOwner, why.clone())));
-                        rejected_ops.insert(op.id(), why);
-                    }
+                let regs = merged
+                    .entry(uuid)
+                    .or_insert_with(|| current.get(&uuid).cloned().unwrap_or_default());
+                let write = OwnedWrite {
+                    ts: op.ts(),
+                    seq: 0,
+                    values: None,
+                };
+                match regs.merge(owners.owner_of(op.author), write) {
+                    OwnedOutcome::Apply => out.events.push(RowEvent::of(op, !local)),
+                    OwnedOutcome::Ignore | OwnedOutcome::Unclaimed => {}
+                    OwnedOutcome::NotOwner(owner) => refuse(op.id(), uuid, owner, out),
                 }
             }
-            Change::Op(_) => {
-                // Validation keeps other methods away from owned resources.
-                let _ = op;
-            }
+            // Validation keeps other methods away from owned resources.
+            Change::Op(_) => {}
         }
     }
+    store(conn, def, &current, &merged).await
+}
 
-    // The derived `files`: a row new here only adds to its file's count and size; a row
-    // replaced or deleted has its old and new files recounted from file_paths.
-    let mut recount: BTreeSet<String> = BTreeSet::new();
-    let mut added: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
-    if let Some(ci) = cas_idx {
-        let size_idx = def.column_index("size_bytes");
-        for (u, f) in &finals {
-            let old = current.get(u).filter(|c| c.state.alive);
-            if let Some(OwnedCurrent {
-                cas_id: Some(cas), ..
-            }) = old
-            {
-                recount.insert(cas.clone());
-            }
-            let OwnedFinal::Row { values, .. } = f else {
-                continue;
-            };
-            let Some(Value::Text(cas)) = values.get(ci) else {
-                continue;
-            };
-            if old.is_some() {
-                recount.insert(cas.clone());
-                continue;
-            }
-            let size = match size_idx.and_then(|i| values.get(i)) {
-                Some(Value::Int(n)) => Some(*n),
-                _ => None,
-            };
-            let e = added.entry(cas.clone()).or_insert((0, None));
-            e.0 += 1;
-            e.1 = match (e.1, size) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        added.retain(|cas, _| !recount.contains(cas));
-    }
-
+/// Stores the registers of `merged` that differ from `current`, and the derived `files`.
+async fn store(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    current: &HashMap<Uuid, OwnedRegisters>,
+    merged: &BTreeMap<Uuid, OwnedRegisters>,
+) -> Result<(), StoreError> {
+    let cas_idx = if derived::tracks(def) {
+        def.column_index("cas_id")
+    } else {
+        None
+    };
     let mut upserts: Vec<(Uuid, Uuid, Hlc, u64, Vec<Value>)> = Vec::new();
     let mut tombstones: Vec<(Uuid, Uuid, Hlc)> = Vec::new();
     let mut drop_rows: Vec<Uuid> = Vec::new();
     let mut drop_tombstones: Vec<Uuid> = Vec::new();
-    for (u, f) in finals {
-        let was = current.get(&u).map(|c| c.state.alive);
-        match f {
-            OwnedFinal::Row {
-                owner,
-                ts,
-                seq,
-                values,
-            } => {
-                if was == Some(false) {
-                    drop_tombstones.push(u);
+    let mut set_claims: Vec<(Uuid, Hlc)> = Vec::new();
+    let mut drop_claims: Vec<Uuid> = Vec::new();
+    let mut set_others: Vec<(Uuid, Uuid, OwnedWrite)> = Vec::new();
+    let mut drop_others: Vec<(Uuid, Uuid)> = Vec::new();
+    // The derived `files`: a row new here only adds to its file's count and size; a row
+    // replaced or deleted has its old and new files recounted from file_paths.
+    let mut recount: BTreeSet<String> = BTreeSet::new();
+    let mut added: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
+
+    for (u, after) in merged {
+        let (was, was_claim, was_others) = stored(current.get(u));
+        let (now, now_claim, now_others) = stored(Some(after));
+        if now != was {
+            let old_live = was.and_then(|(_, w)| w.values.as_ref());
+            // A row once claimed keeps its claim: only a row never created has no state.
+            if let Some((owner, w)) = now {
+                match &w.values {
+                    Some(values) => {
+                        if matches!(was, Some((_, w)) if !w.alive()) {
+                            drop_tombstones.push(*u);
+                        }
+                        upserts.push((*u, owner, w.ts, w.seq, values.clone()));
+                    }
+                    None => {
+                        if old_live.is_some() {
+                            drop_rows.push(*u);
+                        }
+                        tombstones.push((*u, owner, w.ts));
+                    }
                 }
-                upserts.push((u, owner, ts, seq, values));
             }
-            OwnedFinal::Tombstone { owner, ts } => {
-                if was == Some(true) {
-                    drop_rows.push(u);
+            if let Some(ci) = cas_idx {
+                let cas = |v: Option<&Vec<Value>>| match v.and_then(|v| v.get(ci)) {
+                    Some(Value::Text(c)) => Some(c.clone()),
+                    _ => None,
+                };
+                let new_live = now.and_then(|(_, w)| w.values.as_ref());
+                recount.extend(cas(old_live));
+                if let Some(c) = cas(new_live) {
+                    if old_live.is_some() {
+                        recount.insert(c);
+                    } else {
+                        let size = match def
+                            .column_index("size_bytes")
+                            .and_then(|i| new_live.and_then(|v| v.get(i)))
+                        {
+                            Some(Value::Int(n)) => Some(*n),
+                            _ => None,
+                        };
+                        let e = added.entry(c).or_insert((0, None));
+                        e.0 += 1;
+                        e.1 = match (e.1, size) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
                 }
-                tombstones.push((u, owner, ts));
+            }
+        }
+        if now_claim != was_claim {
+            match now_claim {
+                Some(c) => set_claims.push((*u, c)),
+                None => drop_claims.push(*u),
+            }
+        }
+        for (d, w) in &now_others {
+            if was_others.get(d) != Some(w) {
+                set_others.push((*u, *d, (*w).clone()));
+            }
+        }
+        for d in was_others.keys() {
+            if !now_others.contains_key(d) {
+                drop_others.push((*u, *d));
             }
         }
     }
+    added.retain(|cas, _| !recount.contains(cas));
 
     let ncols = def.columns.len() + 4;
     let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
@@ -348,6 +463,65 @@ pub(super) async fn apply(
         .await?;
     }
     delete_side(conn, &def.name, &drop_tombstones, &["crdt_rows"]).await?;
+    for chunk in owned_chunks(set_claims, rows_per_statement(3)) {
+        let sql = format!(
+            "INSERT INTO crdt_owned_claims (resource, uuid, claim) VALUES {} \
+             ON CONFLICT (resource, uuid) DO UPDATE SET claim = excluded.claim",
+            values_list(chunk.len(), 3)
+        );
+        let name = def.name.clone();
+        exec(conn, sql, |mut q| {
+            for (u, claim) in chunk {
+                q = q
+                    .bind(name.clone())
+                    .bind(u.hyphenated().to_string())
+                    .bind(claim.to_bytes().to_vec());
+            }
+            q
+        })
+        .await?;
+    }
+    delete_side(conn, &def.name, &drop_claims, &["crdt_owned_claims"]).await?;
+    for chunk in owned_chunks(set_others, rows_per_statement(7)) {
+        let sql = format!(
+            "INSERT INTO crdt_owned_others (resource, uuid, device, ts, seq, alive, vals) VALUES {} \
+             ON CONFLICT (resource, uuid, device) DO UPDATE SET ts = excluded.ts, \
+             seq = excluded.seq, alive = excluded.alive, vals = excluded.vals",
+            values_list(chunk.len(), 7)
+        );
+        let name = def.name.clone();
+        exec(conn, sql, |mut q| {
+            for (u, d, w) in chunk {
+                q = q
+                    .bind(name.clone())
+                    .bind(u.hyphenated().to_string())
+                    .bind(d.hyphenated().to_string())
+                    .bind(w.ts.to_bytes().to_vec())
+                    .bind(w.seq as i64)
+                    .bind(w.alive() as i64)
+                    .bind(w.values.as_deref().map(encode_owned_values));
+            }
+            q
+        })
+        .await?;
+    }
+    for chunk in owned_chunks(drop_others, rows_per_statement(2)) {
+        let sql = format!(
+            "DELETE FROM crdt_owned_others WHERE resource = ? AND (uuid, device) IN (VALUES {})",
+            values_list(chunk.len(), 2)
+        );
+        let name = def.name.clone();
+        exec(conn, sql, |mut q| {
+            q = q.bind(name);
+            for (u, d) in chunk {
+                q = q
+                    .bind(u.hyphenated().to_string())
+                    .bind(d.hyphenated().to_string());
+            }
+            q
+        })
+        .await?;
+    }
     if !recount.is_empty() {
         derived::rebuild_files(conn, &recount.into_iter().collect::<Vec<_>>()).await?;
     }

@@ -96,3 +96,78 @@ pub(crate) fn owned_row_from(
     }
     Ok(OwnedRow { uuid, values })
 }
+
+/// The values of an owned row as `crdt_owned_others` stores them: CBOR, in column order.
+pub(crate) fn encode_owned_values(values: &[Value]) -> Vec<u8> {
+    crate::wire::to_cbor(&values)
+}
+
+/// Reads back [`encode_owned_values`].
+pub(crate) fn decode_owned_values(raw: &[u8]) -> Result<Vec<Value>, StoreError> {
+    ciborium::from_reader(raw)
+        .map_err(|e| StoreError::Corrupt(format!("bad owned row values in store: {e}")))
+}
+
+/// Up to `limit` rows of the owned batch `author`#`seq` of `def` after `after`, in UUID
+/// order, that are kept in `crdt_owned_others` (the rows of a device that does not own
+/// them): a batch is sent with them, since their device may yet take them over.
+pub(crate) async fn others_of_batch(
+    conn: &mut sqlx::sqlite::SqliteConnection,
+    def: &ResourceDef,
+    author: Uuid,
+    seq: u64,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<OwnedRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT uuid, vals FROM crdt_owned_others WHERE resource = ? AND device = ? AND seq = ? \
+         AND alive = 1 AND uuid > ? ORDER BY uuid LIMIT ?",
+    )
+    .bind(def.name.clone())
+    .bind(key_of(author))
+    .bind(seq as i64)
+    .bind(after.map(key_of).unwrap_or_default())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let uuid = parse_uuid(r.try_get::<&str, _>(0)?)?;
+        let values = decode_owned_values(r.try_get::<&[u8], _>(1)?)?;
+        if values.len() == def.columns.len() {
+            out.push(OwnedRow { uuid, values });
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` rows after `after`, in UUID order, whose owner's claim (its lowest create)
+/// is the owned batch at `ts` of `def` but which a later op of the owner rewrote or deleted
+/// (`crdt_owned_claims`). A batch is sent with them so that the receiver learns the claim;
+/// their values are the row's current ones (null for a tombstone): the owner's later op,
+/// sent too, is the row.
+pub(crate) async fn claims_of_batch(
+    conn: &mut sqlx::sqlite::SqliteConnection,
+    def: &ResourceDef,
+    ts: Hlc,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<OwnedRow>, StoreError> {
+    let cols: String = def
+        .columns
+        .iter()
+        .map(|c| format!(", t.{}", c.name))
+        .collect();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT c.uuid{cols} FROM crdt_owned_claims c LEFT JOIN {} t ON t.uuid = c.uuid \
+         WHERE c.resource = ? AND c.claim = ? AND c.uuid > ? ORDER BY c.uuid LIMIT ?",
+        def.name
+    )))
+    .bind(def.name.clone())
+    .bind(ts.to_bytes().to_vec())
+    .bind(after.map(key_of).unwrap_or_default())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|r| owned_row_from(r, def, 1)).collect()
+}
