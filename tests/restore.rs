@@ -49,14 +49,6 @@ async fn write_tags(c: &Cluster, i: usize, prefix: &str, n: usize) -> Vec<String
     names
 }
 
-/// Creates one file_path (an owned row) named `name` on node `i`; it must be acknowledged.
-async fn write_file_path(c: &Cluster, i: usize, name: &str) -> String {
-    let row = json!([{"materialized_path": "/photos/", "name": name, "size_bytes": 1}]);
-    let (s, b) = c.post(i, "/v1/owned/file_paths", row).await;
-    assert_eq!(s, 201, "node {i}: file_path {name} not acknowledged: {b}");
-    name.to_owned()
-}
-
 /// Prints what each node holds (the figures a failing run reports are in its panic).
 async fn show(c: &Cluster, when: &str, nodes: &[(&str, usize)]) {
     for &(label, i) in nodes {

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use crate::clock::Hlc;
 use crate::error::StoreError;
 use crate::merge::SharedRow;
-use crate::op::{Change, Method, Op, OpsCursor, OpsPage, SnapshotRow, VersionVector};
+use crate::op::{Change, Method, Op, SnapshotRow, VersionVector};
+use crate::page::{OpsCursor, OpsPage};
 use crate::proof::{Hash, Proof, op_hash};
 use crate::registry::{Kind, ResourceDef};
 use crate::sql::oplog;
@@ -563,13 +564,6 @@ async fn read_owned_rows(
     for r in &rows {
         let row = owned_row_from(r, def, 4)?;
         let ts = Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?;
-        let owner = parse_uuid(&r.try_get::<String, _>(1)?)?;
-        if owner != ts.author {
-            return Err(StoreError::Corrupt(format!(
-                "owned row {} has owner {owner} but ts author {}",
-                row.uuid, ts.author
-            )));
-        }
         out.push(SnapshotRow::Owned {
             resource: def.name.clone(),
             uuid: row.uuid,

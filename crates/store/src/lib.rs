@@ -41,6 +41,7 @@ mod export;
 mod local;
 pub mod merge;
 pub mod op;
+pub mod page;
 pub mod proof;
 mod read;
 pub mod registry;
@@ -61,9 +62,10 @@ pub use error::StoreError;
 pub use export::{Digest, MAX_PAGE, SnapshotPosition};
 pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
-    ApplyReport, AuthorVersion, Change, Method, Op, OpId, OpsCursor, OpsPage, OwnedRow,
-    RejectReason, Rejection, RowEvent, SnapshotRow, VersionVector,
+    ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
+    RowEvent, SnapshotRow, VersionVector,
 };
+pub use page::{OpsCursor, OpsPage};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef};
 pub use sql::clients::ClientInfo;

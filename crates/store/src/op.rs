@@ -294,27 +294,6 @@ impl VersionVector {
     }
 }
 
-/// Where the next page of [`crate::Store::ops_since`] starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpsCursor {
-    /// The author being sent, and the last seq fully sent.
-    pub position: Option<(Uuid, u64)>,
-    /// Inside an `OwnedBatchCreate` (at `position.1 + 1`'s successor): the last row sent.
-    pub row_after: Option<(u64, Uuid)>,
-}
-
-/// A page of ops.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OpsPage {
-    /// The changes, in (author, seq, row) order.
-    pub changes: Vec<Change>,
-    /// Proofs of authorship: one per run of consecutive ops of one author.
-    #[serde(default)]
-    pub proofs: Vec<crate::proof::Proof>,
-    /// Where to continue, or `None` when everything was sent.
-    pub next: Option<OpsCursor>,
-}
-
 /// One record of a state snapshot: a row with its merge state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SnapshotRow {
