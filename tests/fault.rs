@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use murmur::store::{Change, Store, StoreOptions};
+use murmur::store::{Change, Origin, Store, StoreOptions};
 use murmur_testkit::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -60,7 +60,7 @@ async fn run(seed: u64, n: usize, rounds: u64) {
         nodes.push(TestNode::new(&secret).await);
     }
     heal(&nodes).await;
-    let mut acked: Vec<Change> = Vec::new();
+    let mut acked: Vec<(Vec<Change>, Vec<murmur::store::proof::Proof>)> = Vec::new();
     let mut log = Vec::new();
     for round in 0..rounds {
         // A fault.
@@ -135,8 +135,10 @@ async fn run(seed: u64, n: usize, rounds: u64) {
                 continue;
             };
             // Published by the node's commit feed, as every commit is.
-            let changes = random_write(node.store(), &mut rng).await;
-            acked.extend(changes);
+            let signed = random_write_signed(node.store(), &mut rng).await;
+            if !signed.0.is_empty() {
+                acked.push(signed);
+            }
         }
         // Let sync run into the next fault: wait for a few changes to be applied on some
         // running node, with a random deadline, so faults land while sync is under way.
@@ -165,7 +167,9 @@ async fn run(seed: u64, n: usize, rounds: u64) {
     }
     heal(&nodes).await;
 
-    // The reference: every acknowledged write, in timestamp order, on a fresh store.
+    // The reference: every acknowledged write, with its proofs (which also tell the
+    // reference each author's device, the owner of its owned rows), on a fresh store. The
+    // merges do not depend on the order.
     let dir = tempfile::tempdir().expect("temp dir");
     let reference = Store::open(StoreOptions::new(
         dir.path().join("ref.db"),
@@ -173,10 +177,11 @@ async fn run(seed: u64, n: usize, rounds: u64) {
     ))
     .await
     .expect("reference store");
-    let mut ordered = acked.clone();
-    ordered.sort_by_key(|c| c.op().ts());
-    for c in ordered {
-        reference.apply(vec![c]).await.expect("reference apply");
+    for (changes, proofs) in acked.clone() {
+        reference
+            .apply_signed(changes, proofs, Origin::CatchUp)
+            .await
+            .expect("reference apply");
     }
     let want = reference.digest().await.expect("digest");
     let started = Instant::now();

@@ -393,10 +393,9 @@ async fn hostile_requests_are_refused_or_clamped() {
     // Absurd seqs in the version vector and the cursor: an empty page, no panic.
     let mut have = VersionVector::default();
     have.authors.entry(me).or_default().contiguous = u64::MAX;
-    have.authors
-        .entry(a.node().client_uuid())
-        .or_default()
-        .contiguous = u64::MAX;
+    for author in n.node().store().version_vector().authors.keys() {
+        have.authors.entry(*author).or_default().contiguous = u64::MAX;
+    }
     let cursor = OpsCursor {
         position: Some((me, u64::MAX)),
         row_after: Some((u64::MAX, Uuid::max())),

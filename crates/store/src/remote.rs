@@ -178,6 +178,40 @@ impl Remote<'_> {
         Ok(n)
     }
 
+    /// Learns the authors a snapshot's proofs prove (their keys, so their devices), before
+    /// its rows are imported: an owned row belongs to its author's device. Moves no version
+    /// vector. Returns the proofs refused, with why.
+    pub(crate) async fn learn_authors(
+        &self,
+        proofs: &[Proof],
+    ) -> Result<Vec<(Uuid, Rejection)>, StoreError> {
+        let mut refused = Vec::new();
+        let mut chain = Chain::default();
+        let mut tx = self.writer.begin().await?;
+        for p in proofs {
+            match p.verify(std::iter::empty()) {
+                Ok(v) if p.len == 0 => {
+                    chain.keys.push(p.key);
+                    tx.learn(v.author, v.device);
+                }
+                Ok(v) => refused.push((
+                    v.author,
+                    Rejection::new(
+                        RejectReason::Malformed,
+                        "a snapshot's proof must cover no ops".into(),
+                    ),
+                )),
+                Err(e) => refused.push((
+                    p.key.author(),
+                    Rejection::new(RejectReason::BadProof, format!("snapshot proof: {e}")),
+                )),
+            }
+        }
+        oplog::store_proven(tx.conn(), &chain).await?;
+        tx.commit_quietly().await?;
+        Ok(refused)
+    }
+
     /// Ends a snapshot import. The snapshot's rows hold the effect of every op its proofs
     /// cover: each proof (of an empty run) shows that its author's log reached
     /// `first - 1`, signed by the author. Only a verified proof moves this replica's version

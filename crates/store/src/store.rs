@@ -441,6 +441,18 @@ impl Store {
             .await
     }
 
+    /// Starts a snapshot import: learns the authors its proofs (from the peer's
+    /// [`Store::snapshot_proofs`]) prove, so that its owned rows go to their authors'
+    /// devices. Moves no version vector ([`Store::finish_snapshot`] does). Returns the
+    /// proofs refused, by author, with why.
+    pub async fn begin_snapshot(
+        &self,
+        proofs: Vec<Proof>,
+    ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
+        self.detached(move |s| async move { s.remote().learn_authors(&proofs).await })
+            .await
+    }
+
     /// Ends a snapshot import: for each of `proofs` (from [`Store::snapshot_proofs`] of the
     /// peer) that verifies, this replica now holds the author's ops up to the proven seq.
     /// Returns the proofs refused, by author, with why.

@@ -5,9 +5,10 @@
 //! the failing seed. Replay one with `MURMUR_SEED=<seed> cargo test -p murmur-store --test
 //! convergence replay`.
 
+use murmur_store::Origin;
 use murmur_store::{Change, Store};
-use murmur_testkit::random_write;
 use murmur_testkit::store::*;
+use murmur_testkit::{random_write, random_write_signed};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -178,13 +179,18 @@ async fn snapshot_then_later_ops_equals_every_op() {
     let mut rng = StdRng::seed_from_u64(7);
     for _ in 0..80 {
         let s = if rng.random_bool(0.5) { &a } else { &b };
-        let ch = random_write(s, &mut rng).await;
+        let (ch, proofs) = random_write_signed(s, &mut rng).await;
         let other = if std::ptr::eq(s, &a) { &b } else { &a };
-        other.apply(ch).await.unwrap();
+        other
+            .apply_signed(ch, proofs, Origin::Gossip)
+            .await
+            .unwrap();
     }
     // New replica: snapshot of a, in small pages.
     let (c, _dc) = store(3).await;
     let covers = a.version_vector();
+    let proofs = a.snapshot_proofs().await.unwrap();
+    assert!(c.begin_snapshot(proofs.clone()).await.unwrap().is_empty());
     let mut pos = None;
     loop {
         let (rows, next) = a.snapshot_page(pos.as_ref(), 7).await.unwrap();
@@ -195,23 +201,39 @@ async fn snapshot_then_later_ops_equals_every_op() {
         }
     }
     let _ = covers;
-    c.finish_snapshot(a.snapshot_proofs().await.unwrap())
-        .await
-        .unwrap();
+    assert!(c.finish_snapshot(proofs).await.unwrap().is_empty());
     assert_eq!(c.digest().await.unwrap(), a.digest().await.unwrap());
     // Later ops on a and b reach c through ops_since.
-    let mut later = Vec::new();
+    let (mut later, mut proofs) = (Vec::new(), Vec::new());
     for _ in 0..40 {
         let s = if rng.random_bool(0.5) { &a } else { &b };
-        later.extend(random_write(s, &mut rng).await);
+        let (ch, p) = random_write_signed(s, &mut rng).await;
+        later.extend(ch);
+        proofs.extend(p);
     }
-    a.apply(later.clone()).await.unwrap();
-    b.apply(later).await.unwrap();
+    for s in [&a, &b] {
+        let report = s
+            .apply_signed(later.clone(), proofs.clone(), Origin::Gossip)
+            .await
+            .unwrap();
+        // Each store refuses its own author's ops (it wrote them): nothing else.
+        assert!(
+            report
+                .rejected
+                .iter()
+                .all(|(_, r)| r.reason == murmur_store::RejectReason::OwnAuthor),
+            "{report:?}"
+        );
+    }
     let mut cursor = murmur_store::OpsCursor::default();
     let have = c.version_vector();
     loop {
         let page = a.ops_since(&have, &cursor, 5).await.unwrap();
-        c.apply(page.changes).await.unwrap();
+        let report = c
+            .apply_signed(page.changes, page.proofs, Origin::CatchUp)
+            .await
+            .unwrap();
+        assert!(report.rejected.is_empty(), "{report:?}");
         match page.next {
             Some(n) => cursor = n,
             None => break,

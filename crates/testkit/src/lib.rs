@@ -39,4 +39,4 @@ pub use node::{
 pub use ops::{changes, fields, tag};
 pub use store::device_key;
 pub use wait::eventually;
-pub use workload::random_write;
+pub use workload::{random_write, random_write_signed};

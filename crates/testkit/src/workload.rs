@@ -2,6 +2,7 @@
 //! default library (creates, updates, deletes, relations, owned batches and deletes), built
 //! on the rows the store holds so that writes land on rows other replicas made.
 
+use murmur_store::proof::Proof;
 use murmur_store::{Change, Store};
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -23,6 +24,11 @@ async fn some_row(s: &Store, resource: &str, rng: &mut StdRng, own: bool) -> Opt
 /// One random local write on `s`; returns the changes it committed (none when it found
 /// nothing to act on, or the store refused it, e.g. a relation that exists already).
 pub async fn random_write(s: &Store, rng: &mut StdRng) -> Vec<Change> {
+    random_write_signed(s, rng).await.0
+}
+
+/// [`random_write`] with the proofs of its ops, as a peer receives them.
+pub async fn random_write_signed(s: &Store, rng: &mut StdRng) -> (Vec<Change>, Vec<Proof>) {
     let shared = ["tags", "albums", "comments", "jobs"];
     let res = match rng.random_range(0..10) {
         0 | 1 => {
@@ -42,7 +48,7 @@ pub async fn random_write(s: &Store, rng: &mut StdRng) -> Vec<Change> {
         2..=4 => {
             let r = shared.choose(rng).copied().unwrap_or("tags");
             let Some(u) = some_row(s, r, rng, false).await else {
-                return vec![];
+                return Default::default();
             };
             let f = match r {
                 "tags" => json!({"color": format!("c{}", rng.random_range(0..1000))}),
@@ -57,21 +63,21 @@ pub async fn random_write(s: &Store, rng: &mut StdRng) -> Vec<Change> {
         5 => {
             let r = shared.choose(rng).copied().unwrap_or("tags");
             let Some(u) = some_row(s, r, rng, false).await else {
-                return vec![];
+                return Default::default();
             };
             s.delete_shared(r, u).await
         }
         6 => {
             // A relation; the same (tag, file) on two replicas makes one row.
             let Some(t) = some_row(s, "tags", rng, false).await else {
-                return vec![];
+                return Default::default();
             };
             let f = json!({"tag_uuid": t.to_string(), "cas_id": CAS.choose(rng).copied().unwrap_or_default()});
             match rng.random_bool(0.7) {
                 true => s.create_shared("tags_on_files", None, fields(f)).await,
                 false => match some_row(s, "tags_on_files", rng, false).await {
                     Some(u) => s.delete_shared("tags_on_files", u).await,
-                    None => return vec![],
+                    None => return Default::default(),
                 },
             }
         }
@@ -91,14 +97,14 @@ pub async fn random_write(s: &Store, rng: &mut StdRng) -> Vec<Change> {
         }
         _ => {
             let Some(u) = some_row(s, "file_paths", rng, true).await else {
-                return vec![];
+                return Default::default();
             };
             s.delete_owned("file_paths", u).await
         }
     };
     match res {
-        Ok(out) => out.into_changes(),
+        Ok(out) => out.into_signed(),
         // e.g. a create of a relation that exists: a refused local write changes nothing.
-        Err(_) => vec![],
+        Err(_) => Default::default(),
     }
 }

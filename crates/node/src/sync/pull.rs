@@ -206,6 +206,10 @@ impl Puller {
             if first {
                 covers = c;
                 proofs = p;
+                for (author, why) in self.store.begin_snapshot(proofs.clone()).await? {
+                    self.metrics.reject(why.label());
+                    warn!(peer = %self.peer, %author, "a snapshot's author was refused: {why}");
+                }
                 total = total_rows.unwrap_or(0);
                 first = false;
             }
@@ -229,11 +233,8 @@ impl Puller {
             }
         }
         covers.ok_or(PullError::Unexpected)?;
-        let refused = self.store.finish_snapshot(proofs).await?;
-        for (author, why) in &refused {
-            self.metrics.reject(why.label());
-            warn!(peer = %self.peer, %author, "a snapshot's claim was refused: {why}");
-        }
+        // Refusals were counted when the snapshot began.
+        self.store.finish_snapshot(proofs).await?;
         self.metrics.snapshots_imported.inc();
         info!(rows = done, "snapshot imported");
         summary.items += done;
