@@ -146,7 +146,9 @@ pub(crate) async fn append(
     chain: &Chain,
 ) -> Result<(), StoreError> {
     log.sort_by_key(|(op, _)| (op.author, op.seq));
-    let mut rows: Vec<(String, u64, u64, Vec<u8>, Option<Hash>)> = Vec::new();
+    // (author, first seq, last seq, blob, chain hash before the first)
+    type ChunkRow = (String, u64, u64, Vec<u8>, Option<Hash>);
+    let mut rows: Vec<ChunkRow> = Vec::new();
     let mut start = 0;
     while start < log.len() {
         let first = log[start].0;
