@@ -1,10 +1,12 @@
-//! Responses, as a pulling node consumes them: an ops page is validated and applied, a
-//! snapshot page validated and imported (with its version vector checked and recorded).
+//! Responses, as a pulling node consumes them: an ops page is validated and applied with its
+//! proofs (whatever no valid proof covers is refused), a snapshot page validated and imported
+//! (its proofs checked before the rows and when it ends).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use murmur_node::protocol::Response;
 use murmur_store::validate::{validate_change, validate_snapshot_row};
+use murmur_store::Origin;
 use murmur_store::wire::from_cbor;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,21 +23,28 @@ fuzz_target!(|data: &[u8]| {
                 let n = page.changes.len();
                 let report = fx
                     .rt
-                    .block_on(store.apply(page.changes))
+                    .block_on(store.apply_signed(page.changes, page.proofs, Origin::CatchUp))
                     .expect("applying a page only fails on a store error");
                 assert!(report.applied + report.duplicates <= n + report.needs_rows.len());
             }
-            Response::Snapshot { rows, covers, .. } => {
+            Response::Snapshot { rows, proofs, .. } => {
+                fx.rt
+                    .block_on(store.begin_snapshot(proofs.clone()))
+                    .expect("checking a snapshot's proofs only fails on a store error");
                 for r in &rows {
                     let _ = validate_snapshot_row(store.registry(), r);
                 }
                 if let Err(e) = fx.rt.block_on(store.import_snapshot_page(rows)) {
                     assert!(e.is_bad_input(), "store failure importing a page: {e}");
                 }
-                if let Some(vv) = covers
-                    && let Err(e) = fx.rt.block_on(store.finish_snapshot(&vv))
-                {
-                    assert!(e.is_bad_input(), "store failure finishing a snapshot: {e}");
+                let vv = store.version_vector();
+                let refused = fx
+                    .rt
+                    .block_on(store.finish_snapshot(proofs.clone()))
+                    .expect("finishing a snapshot only fails on a store error");
+                // Only a proof that holds moves the version vector.
+                if refused.len() == proofs.len() {
+                    assert_eq!(store.version_vector(), vv, "refused proofs moved the vector");
                 }
                 fx.rt
                     .block_on(store.digest())

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use arbitrary::{Result, Unstructured};
+use libp2p_identity::ed25519;
 use murmur_store::validate::MAX_SEQ;
 use murmur_store::{
     Change, ColumnType, Durability, Method, Op, OwnedRow, Store, StoreOptions, Value,
@@ -16,8 +17,14 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
-/// The store's own client.
+/// An author ops claim that no key signs (the store's own author is a new one per open).
 pub const ME: Uuid = Uuid::from_u128(0x1111);
+
+/// The fuzz store's device key (fixed, so runs are repeatable).
+pub fn device_key() -> ed25519::Keypair {
+    let secret = ed25519::SecretKey::try_from_bytes([0x6d; 32]).expect("32 bytes");
+    ed25519::Keypair::from(secret)
+}
 /// Other clients that ops claim as authors.
 pub const AUTHORS: [Uuid; 3] = [
     Uuid::from_u128(0x2222),
@@ -44,7 +51,7 @@ impl Fixture {
             .build()
             .expect("runtime");
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut o = StoreOptions::new(dir.path().join("fuzz.db"), ME);
+        let mut o = StoreOptions::new(dir.path().join("fuzz.db"), device_key());
         o.durability = Durability::Normal;
         o.max_drift = Duration::from_millis(100);
         let store = rt.block_on(Store::open(o)).expect("open store");
