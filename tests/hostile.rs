@@ -364,7 +364,7 @@ async fn hostile_requests_are_refused_or_clamped() {
             limit,
         })
     };
-    // Page sizes are clamped: 0 gives one item, u32::MAX gives PAGE_SIZE.
+    // Page sizes are clamped: 0 gives one item, u32::MAX about PAGE_SIZE.
     let page = |w: Wire| match w.decode::<Response>() {
         Some(Response::Ops { page, .. }) => page,
         other => panic!("expected a page of ops, got {other:?}"),
@@ -388,7 +388,13 @@ async fn hostile_requests_are_refused_or_clamped() {
         .await
         .expect("answer"),
     );
-    assert_eq!(items(&big), PAGE_SIZE);
+    // An owned batch's rows come in whole groups: a page stops before a group that would
+    // not fit.
+    let got = items(&big);
+    assert!(
+        got <= PAGE_SIZE && got > PAGE_SIZE - murmur::store::proof::GROUP_ROWS,
+        "{got} items"
+    );
     assert!(big.next.is_some());
     // Absurd seqs in the version vector and the cursor: an empty page, no panic.
     let mut have = VersionVector::default();
@@ -736,4 +742,90 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
     // Only the forger's own signed delete is in the log (refused by the merge rule, logged
     // so that no replica sees a gap); the state is the honest peer's.
     honest_write_still_syncs(&n, &a, &[], "hostile catch-up").await;
+}
+
+/// The pages of an owned batch's rows are checked against its header, whoever serves
+/// them: a member that answers the node's pulls with the real owner's batch with a row
+/// added, a value changed, a row dropped, or rows of another batch mixed in, is refused
+/// each time (`bad_proof`), and nothing of its page is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_owned_batch_pages_are_checked_against_their_header() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let batch: Vec<serde_json::Value> = (0..300)
+        .map(|i| json!({"materialized_path": format!("/b/{i}"), "name": format!("b{i}"), "size_bytes": i}))
+        .collect();
+    let (status, _) = a.post("/v1/owned/file_paths", json!(batch)).await;
+    assert_eq!(status, 201);
+    let (status, _) = a
+        .post(
+            "/v1/owned/file_paths",
+            json!([{"materialized_path": "/other", "name": "other", "size_bytes": 1}]),
+        )
+        .await;
+    assert_eq!(status, 201);
+    converged(&[&n, &a], WAIT).await;
+    let store = a.node().store();
+    let a_author = store.author();
+    let a_vv = store.version_vector();
+    let a_seq = a_vv.contiguous(&a_author);
+    // The owner's pages from its first batch on (the big one, then the other).
+    let mut from = a_vv.clone();
+    from.authors.entry(a_author).or_default().contiguous = a_seq - 2;
+    from.authors.get_mut(&a_author).expect("a").extra.clear();
+    let page = store
+        .ops_since(&from, &OpsCursor::default(), 1000)
+        .await
+        .expect("ops_since");
+    assert_eq!(page.changes.len(), 2, "the two batches");
+    fn rows(p: &mut OpsPage, i: usize) -> &mut Vec<murmur::store::OwnedRow> {
+        match &mut p.changes[i] {
+            Change::OwnedRows { rows, .. } => rows,
+            Change::Op(_) => panic!("a page of rows"),
+        }
+    }
+    let other = rows(&mut page.clone(), 1)[0].clone();
+    let mut cases: Vec<(&str, OpsPage)> = Vec::new();
+    let mut p = page.clone();
+    let mut extra = rows(&mut p, 0)[0].clone();
+    extra.uuid = Uuid::now_v7();
+    rows(&mut p, 0).push(extra);
+    cases.push(("a row added", p));
+    let mut p = page.clone();
+    rows(&mut p, 0)[3].values[1] = Value::Text("forged".into());
+    cases.push(("a value changed", p));
+    let mut p = page.clone();
+    rows(&mut p, 0).remove(40);
+    cases.push(("a row dropped", p));
+    let mut p = page.clone();
+    rows(&mut p, 0).push(other);
+    rows(&mut p, 0).sort_by_key(|r| r.uuid);
+    cases.push(("a row of another batch mixed in", p));
+    let digest = n.node().store().digest().await.expect("digest");
+    for (what, page) in cases {
+        let before = n.rejected("bad_proof");
+        let forged_page = Wire::of(&Response::Ops {
+            page,
+            server: a_vv.contiguous_map(),
+        });
+        let h = Hostile::connect(
+            &secret,
+            &n,
+            |_| {},
+            Arc::new(move |_| Some(forged_page.clone())),
+        )
+        .await;
+        eventually(WAIT, &format!("{what}: refused as bad_proof"), || async {
+            n.rejected("bad_proof") > before
+        })
+        .await;
+        h.stop().await;
+        assert_eq!(
+            n.node().store().digest().await.expect("digest"),
+            digest,
+            "{what}: nothing of the page applied"
+        );
+    }
+    honest_write_still_syncs(&n, &a, &[], "hostile owned pages").await;
 }

@@ -37,6 +37,7 @@ pub async fn bench_apply(n: usize, rounds: usize) -> Res<(Vec<Row>, J)> {
         value,
         fields,
         count: None,
+        groups: Vec::new(),
     };
     // The rows exist first (not timed), here and in each baseline's table.
     let mut seq = 0u64;

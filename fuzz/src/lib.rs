@@ -256,6 +256,16 @@ pub fn op(u: &mut Unstructured, now: u64, index: u64) -> Result<Op> {
         } else {
             None
         },
+        groups: {
+            let mut groups = Vec::new();
+            for _ in 0..u.int_in_range(0..=3)? {
+                groups.push(murmur_store::op::RowGroup {
+                    rows: u.int_in_range(0..=300)?,
+                    hash: murmur_store::hash::Hash(u.arbitrary()?),
+                });
+            }
+            groups
+        },
     })
 }
 
@@ -289,6 +299,7 @@ pub fn change(u: &mut Unstructured, now: u64, index: u64) -> Result<Change> {
             header: op,
             rows,
             last: u.arbitrary()?,
+            first_group: u.int_in_range(0..=3)?,
         })
     } else {
         Ok(Change::Op(op))

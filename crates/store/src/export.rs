@@ -12,15 +12,15 @@ use uuid::Uuid;
 use crate::clock::Hlc;
 use crate::error::StoreError;
 use crate::merge::SharedRow;
-use crate::op::{Change, Method, Op, SnapshotRow, VersionVector};
+use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow, VersionVector};
 use crate::page::{OpsCursor, OpsPage};
 use crate::proof::{Hash, Proof, op_hash};
 use crate::registry::{Kind, ResourceDef};
-use crate::sql::oplog;
 use crate::sql::rows::{
-    claims_of_batch, column_list, live_row_from, others_of_batch, owned_row_from, parse_uuid,
-    side_head_from, side_prop_from,
+    column_list, count_others_of_batch, key_of, live_row_from, others_of_batch, owned_row_from,
+    parse_uuid, side_head_from, side_prop_from,
 };
+use crate::sql::{batches, oplog};
 use crate::store::Store;
 
 /// The largest page a caller may ask for (ops plus rows).
@@ -159,8 +159,12 @@ impl Store {
         Ok(page)
     }
 
-    /// Appends rows of an owned batch to `page`. Returns whether the batch ended, and the
-    /// last row UUID sent.
+    /// Appends rows of an owned batch to `page`: whole groups of its header's
+    /// [`Op::groups`], as many as `budget` holds and at least one (so a page may exceed it
+    /// by less than one group), each row with the values the batch wrote. A batch whose
+    /// header has no groups (written before rows were committed to) is cut by `budget`
+    /// alone; a receiver that checks proofs refuses its rows. Returns whether the batch
+    /// ended, and the last row UUID sent.
     async fn expand_batch(
         &self,
         conn: &mut SqliteConnection,
@@ -170,47 +174,40 @@ impl Store {
         page: &mut OpsPage,
     ) -> Result<(bool, Option<Uuid>), StoreError> {
         let def = self.registry().get(&op.resource)?;
-        let cols = column_list(def);
-        let want = (*budget).max(1);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND substr(crdt_ts, 9) = ? \
-             AND uuid > ? ORDER BY uuid LIMIT ?",
-            def.name
-        )))
-        .bind(
-            self.device_of(&op.author)
-                .unwrap_or(op.author)
-                .hyphenated()
-                .to_string(),
-        )
-        .bind(op.seq as i64)
-        .bind(op.author.as_bytes().to_vec())
-        .bind(
-            start
-                .map(|u| u.hyphenated().to_string())
-                .unwrap_or_default(),
-        )
-        .bind(want as i64 + 1)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.push(owned_row_from(r, def, 1)?);
-        }
-        // Rows of the batch its author does not own go too (the author may yet take them
-        // over), and the rows it claimed that a later op of the owner rewrote (their
-        // claim); a row is in one place only.
-        out.extend(others_of_batch(conn, def, op.author, op.seq, start, want + 1).await?);
-        out.extend(claims_of_batch(conn, def, op.ts(), start, want + 1).await?);
-        out.sort_by_key(|r| r.uuid);
-        let done = out.len() <= want;
-        out.truncate(want);
-        let last_uuid = out.last().map(|r| r.uuid);
-        *budget = budget.saturating_sub(out.len().max(1));
+        let device = self.device_of(&op.author).unwrap_or(op.author);
+        let (rows, first_group, done) = if op.groups.is_empty() {
+            let want = (*budget).max(1);
+            let mut rows = batch_rows(conn, def, op, device, start, want + 1).await?;
+            let done = rows.len() <= want;
+            rows.truncate(want);
+            (rows, 0, done)
+        } else {
+            // The group the cursor ends: the rows of the batch up to it, counted.
+            let before = match start {
+                Some(u) => count_batch_rows(conn, def, op, device, u).await?,
+                None => 0,
+            };
+            let groups = &op.groups;
+            let (mut first, mut at) = (0, 0u64);
+            while first < groups.len() && at < before {
+                at += u64::from(groups[first].rows);
+                first += 1;
+            }
+            let (mut end, mut n) = (first, 0usize);
+            while end < groups.len() && (end == first || n + groups[end].rows as usize <= *budget) {
+                n += groups[end].rows as usize;
+                end += 1;
+            }
+            let rows = batch_rows(conn, def, op, device, start, n).await?;
+            (rows, first as u32, end == groups.len())
+        };
+        let last_uuid = rows.last().map(|r| r.uuid);
+        *budget = budget.saturating_sub(rows.len().max(1));
         page.changes.push(Change::OwnedRows {
             header: op.clone(),
-            rows: out,
+            rows,
             last: done,
+            first_group,
         });
         Ok((done, last_uuid))
     }
@@ -317,6 +314,70 @@ impl Store {
             rows,
         })
     }
+}
+
+/// Up to `limit` rows of the owned batch `op` of `def` after `after`, in UUID order, with
+/// the values the batch wrote: the rows that still hold them (as the row of their owner
+/// `device`, or as the kept op of a device that does not own them), and the rows whose
+/// values were kept when a later op replaced them. A row is in one place only.
+async fn batch_rows(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    op: &Op,
+    device: Uuid,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<OwnedRow>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let cols = column_list(def);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND substr(crdt_ts, 9) = ? \
+         AND uuid > ? ORDER BY uuid LIMIT ?",
+        def.name
+    )))
+    .bind(key_of(device))
+    .bind(op.seq as i64)
+    .bind(op.author.as_bytes().to_vec())
+    .bind(after.map(key_of).unwrap_or_default())
+    .bind(limit.min(i64::MAX as usize) as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(owned_row_from(r, def, 1)?);
+    }
+    out.extend(others_of_batch(conn, def, device, op.author, op.seq, after, limit).await?);
+    out.extend(batches::originals_of_batch(conn, def, op.author, op.seq, after, limit).await?);
+    out.sort_by_key(|r| r.uuid);
+    out.dedup_by_key(|r| r.uuid);
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// How many rows of the owned batch `op` of `def` [`batch_rows`] holds at or before `upto`.
+async fn count_batch_rows(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    op: &Op,
+    device: Uuid,
+    upto: Uuid,
+) -> Result<u64, StoreError> {
+    let own: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {} WHERE owner = ? AND crdt_seq = ? AND substr(crdt_ts, 9) = ? \
+         AND uuid <= ?",
+        def.name
+    )))
+    .bind(key_of(device))
+    .bind(op.seq as i64)
+    .bind(op.author.as_bytes().to_vec())
+    .bind(key_of(upto))
+    .fetch_one(&mut *conn)
+    .await?;
+    let others = count_others_of_batch(conn, def, device, op.author, op.seq, upto).await?;
+    let kept = batches::count_originals(conn, def, op.author, op.seq, upto).await?;
+    Ok(own.max(0) as u64 + others + kept)
 }
 
 /// The proofs of a page's changes: one per run of consecutive ops of one author. A run this

@@ -14,7 +14,7 @@
 //!   the client UUID as id), drift checks, an injectable physical clock; [`op`]:
 //!   operations, version vectors, sync pages, snapshot rows; `rowclock`: the byte layout
 //!   of a shared row's register timestamps; [`merge`]: the merge rules as pure functions;
-//!   [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding; [`commit`]:
+//!   [`hash`]: the blake3 hash type; [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding; [`commit`]:
 //!   what the commit feed carries.
 //! - `sql`: statements built from the registry and the tables below the engine: rows and
 //!   their registers, the op log in chunks, the derived `files`, the stored version
@@ -38,6 +38,7 @@ pub mod commit;
 mod engine;
 pub mod error;
 mod export;
+pub mod hash;
 mod local;
 pub mod merge;
 pub mod op;

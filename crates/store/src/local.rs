@@ -13,7 +13,7 @@ use crate::commit::{Commit, Origin};
 use crate::engine::{self, Mode};
 use crate::error::StoreError;
 use crate::op::{Change, Method, Op, OwnedRow, RowEvent};
-use crate::proof::{Chain, HEAD_EVERY, Hash, Head, Proof, Signer, chain_next, op_hash};
+use crate::proof::{Chain, HEAD_EVERY, Hash, Head, Proof, Signer, chain_next, op_hash, row_groups};
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::sql::rows::parse_uuid;
 use crate::sql::{in_list, query, rows_per_statement};
@@ -29,7 +29,8 @@ pub struct WriteOutcome {
     pub ops: Vec<Op>,
     /// The row-level changes, for subscribers.
     pub events: Vec<RowEvent>,
-    /// The rows of an `OwnedBatchCreate` (its header is `ops[0]`); empty for other writes.
+    /// The rows of an `OwnedBatchCreate` (its header is `ops[0]`), in UUID order; empty for
+    /// other writes.
     pub owned_rows: Vec<OwnedRow>,
     /// The proofs of `ops`: one per signed head, in order.
     pub proofs: Vec<Proof>,
@@ -64,6 +65,7 @@ impl WriteOutcome {
                     header: ops.remove(0),
                     rows: self.owned_rows,
                     last: true,
+                    first_group: 0,
                 }]
             }
             _ => ops.into_iter().map(Change::Op).collect(),
@@ -521,6 +523,7 @@ impl Local<'_> {
             value,
             fields,
             count: None,
+            groups: Vec::new(),
         }
     }
 
@@ -574,17 +577,30 @@ impl Local<'_> {
                 "an owned batch needs at least one row".into(),
             ));
         }
+        // The header commits to the rows in UUID order, each UUID once.
+        let mut sorted: Vec<Uuid> = owned.iter().map(|r| r.uuid).collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(StoreError::Invalid(format!(
+                "row {} appears twice in one batch of `{}`",
+                w[0], def.name
+            )));
+        }
         Ok((def, owned))
     }
 
-    /// Writes owned rows checked by [`Local::owned_rows`] with ONE `OwnedBatchCreate` op.
+    /// Writes owned rows checked by [`Local::owned_rows`] (each UUID once) with ONE
+    /// `OwnedBatchCreate` op, whose groups commit to the rows.
     pub(crate) async fn write_owned(
         &self,
         def: ResourceDef,
-        rows: Vec<OwnedRow>,
+        mut rows: Vec<OwnedRow>,
     ) -> Result<WriteOutcome, StoreError> {
-        let mut tx = self.writer.begin().await?;
         let uuids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
+        // Hashing needs no lock.
+        rows.sort_by_key(|r| r.uuid);
+        let groups = row_groups(&rows);
+        let mut tx = self.writer.begin().await?;
         let mut op = self.new_op(
             tx.vv().contiguous(&self.client) + 1,
             Method::OwnedBatchCreate,
@@ -595,10 +611,12 @@ impl Local<'_> {
             BTreeMap::new(),
         );
         op.count = Some(rows.len() as u64);
+        op.groups = groups;
         let change = Change::OwnedRows {
             header: op.clone(),
             rows,
             last: true,
+            first_group: 0,
         };
         let (chain, proofs) = self.sign(&mut tx, std::iter::once(&op));
         let (conn, vv) = tx.parts();

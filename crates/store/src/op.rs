@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::clock::Hlc;
+use crate::hash::Hash;
 use crate::value::Value;
 
 /// The kind of change an operation makes (the seed's `OperationMethod`).
@@ -77,6 +78,21 @@ pub struct Op {
     /// For `OwnedBatchCreate`: how many rows the batch wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// For `OwnedBatchCreate`: what its rows are, so that the header, which the author's
+    /// chain proves, proves them too. The rows in UUID order are cut into groups; each
+    /// entry is one group's row count and hash ([`crate::proof::group_hash`]). Empty for
+    /// other ops (and for batches written before rows were committed to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<RowGroup>,
+}
+
+/// One group of an owned batch's rows, as its header commits to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowGroup {
+    /// How many rows the group has (at least one).
+    pub rows: u32,
+    /// The hash of the group's rows ([`crate::proof::group_hash`]).
+    pub hash: Hash,
 }
 
 impl Op {
@@ -126,8 +142,10 @@ pub struct OwnedRow {
 pub enum Change {
     /// A whole op (never an `OwnedBatchCreate`, whose rows come as `OwnedRows`).
     Op(Op),
-    /// Rows of an owned batch. The batch's op counts as applied once the page with `last`
-    /// set has been applied.
+    /// Rows of an owned batch: whole groups of the header's [`Op::groups`], from
+    /// `first_group` on, each row with the values the batch wrote (a receiver checks them
+    /// against the groups' hashes before it applies any). The batch's op counts as applied
+    /// once the page with `last` set has been applied.
     OwnedRows {
         /// The `OwnedBatchCreate` op.
         header: Op,
@@ -135,6 +153,10 @@ pub enum Change {
         rows: Vec<OwnedRow>,
         /// Whether this page ends the batch.
         last: bool,
+        /// The index of the header's group the first row is in (rows of a batch whose
+        /// header has no groups: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        first_group: u32,
     },
 }
 
@@ -162,6 +184,10 @@ impl Change {
             Change::OwnedRows { rows, .. } => rows.len().max(1),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a replica holds of one author's log.

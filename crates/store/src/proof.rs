@@ -14,6 +14,11 @@
 //!   attributed to another author, would need a blake3 preimage or an ed25519 forgery. A
 //!   proof with an empty run proves that the author's log reached `first - 1` with chain
 //!   hash `prev` (what a snapshot's version vector is checked with).
+//! - An owned batch's rows travel apart from its header, in pages, so the header commits to
+//!   them: [`Op::groups`] cuts the rows, in UUID order, into groups ([`row_groups`]), each a
+//!   row count and the [`group_hash`] of its rows' [`row_leaf`]s, and [`op_hash`] covers the
+//!   groups. A page of rows holds whole groups, and [`check_rows`] checks them against the
+//!   (proven) header: no relay can add, drop, alter or mix in rows.
 //! - Authors are *incarnations*: every time a store opens it writes under a new author,
 //!   `author_uuid(device key, nonce)` with a fresh random nonce, so a data dir restored
 //!   from a backup, or copied to a second machine, never reuses a seq that another copy
@@ -28,7 +33,8 @@ use libp2p_identity::ed25519;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::op::{Method, Op};
+pub use crate::hash::Hash;
+use crate::op::{Method, Op, OwnedRow, RowGroup};
 
 /// The author signs a head at least this often inside one large write.
 pub const HEAD_EVERY: u64 = 256;
@@ -39,34 +45,6 @@ const DEVICE_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_636c696
 const AUTHOR_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_617574686f72);
 /// Domain separation of the signed message.
 const HEAD_CONTEXT: &[u8] = b"murmur/head/v1";
-
-/// A blake3 hash (an op's, or a chain's).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Hash(pub [u8; 32]);
-
-impl Hash {
-    /// The chain hash before an author's first op.
-    pub const ZERO: Hash = Hash([0; 32]);
-}
-
-impl fmt::Debug for Hash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", hex::encode(&self.0[..8]))
-    }
-}
-
-impl Serialize for Hash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::Bytes::new(&self.0).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Hash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
-        let b = serde_bytes::ByteArray::<32>::deserialize(d)?;
-        Ok(Hash(b.into_array()))
-    }
-}
 
 /// An ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -265,7 +243,141 @@ pub fn op_hash(op: &Op) -> Hash {
         Some(c) => h.update(&[1]).update(&c.to_be_bytes()),
         None => h.update(&[0]),
     };
+    // Only when there are groups, so that ops without them keep the hashes they were
+    // signed with.
+    if !op.groups.is_empty() {
+        h.update(b"groups");
+        h.update(&(op.groups.len() as u64).to_be_bytes());
+        for g in &op.groups {
+            h.update(&g.rows.to_be_bytes());
+            h.update(&g.hash.0);
+        }
+    }
     Hash(*h.finalize().as_bytes())
+}
+
+/// The most rows of one group of an owned batch.
+pub const GROUP_ROWS: usize = 256;
+/// About the most bytes of rows one group holds (a group is never cut, so a page of rows
+/// may exceed its budget by less than one group); a single larger row is a group alone.
+pub const GROUP_BYTES: usize = 1 << 20;
+
+/// The leaf hash of one row of an owned batch: its UUID and its values in column order.
+pub fn row_leaf(row: &OwnedRow) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"murmur/row/v1");
+    h.update(row.uuid.as_bytes());
+    h.update(&(row.values.len() as u64).to_be_bytes());
+    for v in &row.values {
+        v.hash_into(&mut h);
+    }
+    Hash(*h.finalize().as_bytes())
+}
+
+/// The hash of a group of rows: their leaves, in UUID order.
+pub fn group_hash(leaves: impl ExactSizeIterator<Item = Hash>) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"murmur/rows/v1");
+    h.update(&(leaves.len() as u64).to_be_bytes());
+    for l in leaves {
+        h.update(&l.0);
+    }
+    Hash(*h.finalize().as_bytes())
+}
+
+/// Cuts a batch's rows (sorted by UUID, each UUID once) into groups of at most
+/// [`GROUP_ROWS`] rows and about [`GROUP_BYTES`] bytes: what its header commits to.
+pub fn row_groups(rows: &[OwnedRow]) -> Vec<RowGroup> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while end < rows.len() && end - start < GROUP_ROWS {
+            let size = row_size(&rows[end]);
+            if end > start && bytes + size > GROUP_BYTES {
+                break;
+            }
+            bytes += size;
+            end += 1;
+        }
+        out.push(RowGroup {
+            rows: (end - start) as u32,
+            hash: group_hash(rows[start..end].iter().map(row_leaf)),
+        });
+        start = end;
+    }
+    out
+}
+
+/// About how many bytes a row takes encoded (the author's cut needs only be its own).
+fn row_size(row: &OwnedRow) -> usize {
+    use crate::value::Value;
+    18 + row
+        .values
+        .iter()
+        .map(|v| match v {
+            Value::Text(t) => 9 + t.len(),
+            _ => 9,
+        })
+        .sum::<usize>()
+}
+
+/// Checks a page of an owned batch's rows against what its header commits to: the rows,
+/// in strictly increasing UUID order, fill whole groups of `header.groups` from
+/// `first_group` on, each matching its hash, and a page that ends the batch (`last`) ends
+/// at its last group. Returns how many groups the page holds. A header with no groups
+/// commits to no rows: only an empty page of it passes.
+pub fn check_rows(
+    header: &Op,
+    first_group: u32,
+    rows: &[OwnedRow],
+    last: bool,
+) -> Result<usize, ProofError> {
+    let bad = |why: String| Err(ProofError::Rows(why));
+    let id = header.id();
+    if rows.windows(2).any(|w| w[0].uuid >= w[1].uuid) {
+        return bad(format!("rows of batch {id} out of UUID order"));
+    }
+    let groups = &header.groups;
+    let first = first_group as usize;
+    if groups.is_empty() {
+        if rows.is_empty() && first == 0 && header.count.unwrap_or(0) == 0 {
+            return Ok(0);
+        }
+        return bad(format!("batch {id} commits to no rows"));
+    }
+    if first > groups.len() {
+        return bad(format!(
+            "rows of batch {id} from group {first} of {}",
+            groups.len()
+        ));
+    }
+    let mut at = 0;
+    let mut g = first;
+    while at < rows.len() {
+        let Some(group) = groups.get(g) else {
+            return bad(format!("more rows than batch {id} has"));
+        };
+        let n = group.rows as usize;
+        let Some(part) = rows.get(at..at + n) else {
+            return bad(format!("group {g} of batch {id} cut short"));
+        };
+        if group_hash(part.iter().map(row_leaf)) != group.hash {
+            return bad(format!(
+                "the rows of group {g} of batch {id} are not the author's"
+            ));
+        }
+        at += n;
+        g += 1;
+    }
+    if last && g != groups.len() {
+        return bad(format!(
+            "a last page of batch {id} ends at group {g} of {}",
+            groups.len()
+        ));
+    }
+    Ok(g - first)
 }
 
 fn method_code(m: Method) -> u8 {
@@ -316,6 +428,9 @@ pub enum ProofError {
     /// The run is not what the proof covers (wrong author, a gap, a seq out of range).
     #[error("{0}")]
     Shape(String),
+    /// Rows of an owned batch that are not the ones its header commits to.
+    #[error("{0}")]
+    Rows(String),
 }
 
 /// What a verified proof establishes.
@@ -453,6 +568,7 @@ mod tests {
             value: None,
             fields: BTreeMap::from([("name".into(), Value::Text(name.into()))]),
             count: None,
+            groups: Vec::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! duplicates skipped, drift checked, then merged), snapshot pages and the end of a
 //! snapshot, and the pruning of the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
@@ -13,9 +13,9 @@ use crate::error::StoreError;
 use crate::op::{
     ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotRow, VersionVector,
 };
-use crate::proof::{Chain, Proof, check_batch};
+use crate::proof::{Chain, Proof, ProofError, check_batch, check_rows};
 use crate::registry::Registry;
-use crate::sql::{oplog, versions};
+use crate::sql::{batches, oplog, versions};
 use crate::validate::{validate_change, validate_snapshot_row};
 use crate::writer::Writer;
 
@@ -47,15 +47,30 @@ impl Remote<'_> {
         origin: Origin,
     ) -> Result<ApplyReport, StoreError> {
         let mut report = ApplyReport::default();
-        // Proofs first, outside the write lock: signatures and hashes need no database.
+        // Proofs first, outside the write lock: signatures and hashes need no database. An
+        // owned batch's rows must be the ones its (proven) header commits to.
         let checked = proofs.map(|p| check_batch(batch.iter().map(Change::op), p));
+        let rows_checked: Vec<Option<Result<usize, ProofError>>> = batch
+            .iter()
+            .map(|c| match c {
+                Change::OwnedRows {
+                    header,
+                    rows,
+                    last,
+                    first_group,
+                } if proofs.is_some() => Some(check_rows(header, *first_group, rows, *last)),
+                _ => None,
+            })
+            .collect();
+        // Per batch not complete here, the next group a page may start at.
+        let mut progress: HashMap<(Uuid, u64), u32> = HashMap::new();
         let mut tx = self.writer.begin().await?;
         // The version vector and the batch's complete ops so far: a second copy of an op
         // is a duplicate. An author's ops mostly come in order, which only moves its
         // contiguous seq.
         let mut seen = tx.vv().clone();
         let mut candidates = Vec::with_capacity(batch.len());
-        for change in batch {
+        for (change, rows_checked) in batch.into_iter().zip(rows_checked) {
             let op = change.op();
             let id = op.id();
             if op.author == self.own_author {
@@ -81,6 +96,13 @@ impl Remote<'_> {
                 report.rejected.push((id, rejection));
                 continue;
             }
+            if let Some(Err(e)) = &rows_checked {
+                report.rejected.push((
+                    id,
+                    Rejection::new(RejectReason::BadProof, format!("op {id}: {e}")),
+                ));
+                continue;
+            }
             if let Err(rejection) = validate_change(self.registry, &change) {
                 report.rejected.push((id, rejection));
                 continue;
@@ -95,6 +117,36 @@ impl Remote<'_> {
             {
                 report.needs_rows.push(op.clone());
                 continue;
+            }
+            // A page of rows may repeat groups, never skip one: the batch counts as applied
+            // with its last page, so every group before it must have been applied.
+            if let (
+                Some(Ok(spanned)),
+                Change::OwnedRows {
+                    first_group, last, ..
+                },
+            ) = (&rows_checked, &change)
+            {
+                let key = (id.author, id.seq);
+                let next = match progress.get(&key) {
+                    Some(n) => *n,
+                    None => batches::progress(tx.conn(), id.author, id.seq).await?,
+                };
+                if *first_group > next {
+                    report.rejected.push((
+                        id,
+                        Rejection::new(
+                            RejectReason::BadProof,
+                            format!(
+                                "op {id}: a page of rows from group {first_group}, \
+                                 but only the groups before {next} are applied here"
+                            ),
+                        ),
+                    ));
+                    continue;
+                }
+                let reached = (*first_group).saturating_add(*spanned as u32).max(next);
+                progress.insert(key, if *last { u32::MAX } else { reached });
             }
             candidates.push(change);
         }
@@ -122,6 +174,14 @@ impl Remote<'_> {
             drop(tx);
             self.writer.report(|| report.commit(origin)).await;
             return Ok(report);
+        }
+        for change in &accepted {
+            if let Change::OwnedRows { header, .. } = change
+                && let Some(next) = progress.get(&(header.author, header.seq))
+            {
+                let next = (*next != u32::MAX).then_some(*next);
+                batches::set_progress(tx.conn(), header.author, header.seq, next).await?;
+            }
         }
         let (conn, vv) = tx.parts();
         let mode = Mode::Remote {
@@ -280,6 +340,7 @@ impl Remote<'_> {
         versions::persist_vv(conn, vv, moved.iter().map(|(a, _, _)| *a)).await?;
         for (author, seq, prev) in &moved {
             versions::record_pruned_chain(conn, *author, *seq, prev).await?;
+            batches::prune(conn, *author, *seq).await?;
         }
         oplog::store_proven(conn, &chain).await?;
         let (_, horizon) = tx.horizon_mut();

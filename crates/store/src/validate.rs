@@ -82,10 +82,22 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), Rejection> {
     if !kind_ok {
         return malformed(&format!("method does not apply to resource `{}`", def.name));
     }
+    if op.method != Method::OwnedBatchCreate && !op.groups.is_empty() {
+        return malformed("only a batch has groups of rows");
+    }
     match op.method {
         Method::OwnedBatchCreate => {
             if op.uuid.is_some() || op.property.is_some() || op.value.is_some() {
                 return malformed("a batch names no row, property or value");
+            }
+            if !op.groups.is_empty() {
+                let total = op
+                    .groups
+                    .iter()
+                    .try_fold(0u64, |n, g| (g.rows > 0).then(|| n + u64::from(g.rows)));
+                if total != op.count {
+                    return malformed("the batch's groups do not add up to its row count");
+                }
             }
         }
         Method::SharedDelete | Method::OwnedDelete => {

@@ -134,6 +134,7 @@ async fn non_owner_op_on_owned_row_is_rejected() {
     forged.method = murmur_store::Method::OwnedDelete;
     forged.uuid = Some(uuid);
     forged.count = None;
+    forged.groups.clear();
     let report = a.apply(vec![Change::Op(forged)]).await.unwrap();
     assert_eq!(report.rejected.len(), 1);
     assert_eq!(report.rejected[0].1.reason, RejectReason::NotOwner);

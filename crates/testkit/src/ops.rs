@@ -36,6 +36,7 @@ pub fn op(author: Uuid, seq: u64, time: u64, resource: &str, method: Method) -> 
         value: None,
         fields: Default::default(),
         count: None,
+        groups: Vec::new(),
     }
 }
 

@@ -148,6 +148,7 @@ mod tests {
             value: None,
             fields: BTreeMap::new(),
             count: None,
+            groups: Vec::new(),
         }
     }
 

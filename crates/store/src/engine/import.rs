@@ -48,6 +48,7 @@ pub(crate) async fn import_rows(
                     header,
                     rows: vec![OwnedRow { uuid, values }],
                     last: false,
+                    first_group: 0,
                 });
                 if let Some((c, values)) = marker {
                     changes.push(claim_marker(c, seq, &resource, uuid, values));
@@ -117,7 +118,16 @@ pub(crate) async fn import_rows(
         let mut out = EngineOutcome::default();
         let mut rejected = HashMap::new();
         let owners = super::owned::Owners::with(devices);
-        super::owned::apply(conn, def, &refs, &owners, false, &mut out, &mut rejected).await?;
+        super::owned::apply(
+            conn,
+            def,
+            &refs,
+            &owners,
+            super::owned::Source::Snapshot,
+            &mut out,
+            &mut rejected,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -128,6 +138,7 @@ fn claim_marker(c: Hlc, seq: u64, resource: &str, uuid: Uuid, values: Vec<Value>
         header: synthetic(c, seq, Method::OwnedBatchCreate, resource, None),
         rows: vec![OwnedRow { uuid, values }],
         last: false,
+        first_group: 0,
     }
 }
 
@@ -143,5 +154,6 @@ fn synthetic(ts: Hlc, seq: u64, method: Method, resource: &str, uuid: Option<Uui
         value: None,
         fields: BTreeMap::new(),
         count: None,
+        groups: Vec::new(),
     }
 }

@@ -110,12 +110,17 @@ pub(crate) async fn apply(
             }
             Kind::Owned => {
                 let owners = owned::Owners::with(&chain.devices);
+                let source = if local {
+                    owned::Source::Local
+                } else {
+                    owned::Source::Peer
+                };
                 owned::apply(
                     conn,
                     def,
                     &items,
                     &owners,
-                    local,
+                    source,
                     &mut out,
                     &mut rejected_ops,
                 )

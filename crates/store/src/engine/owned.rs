@@ -6,6 +6,13 @@
 //! own timestamp unless `crdt_owned_claims` holds another; the other devices' latest ops are
 //! in `crdt_owned_others`. A row written once by its owner, the usual case, has nothing in
 //! either, and a load only reads them when they hold rows of the resource.
+//!
+//! A batch's header commits to the values it wrote to each row ([`crate::proof::check_rows`]),
+//! so whoever sends the batch on must send them: a row of a batch that no longer holds the
+//! batch's write here (a later op of its device replaced it, or arrived first) keeps those
+//! values in `crdt_owned_originals` (see [`crate::sql::batches`]). A write is held while it is
+//! some device's latest op on the row (the row itself, or one of the others); once replaced
+//! it never comes back, so a write is kept there exactly when it was seen and is not held.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -20,6 +27,7 @@ use crate::error::StoreError;
 use crate::merge::{OwnedOutcome, OwnedRegisters, OwnedWrite};
 use crate::op::{Change, Method, OpId, OwnedRow, RejectReason, Rejection, RowEvent};
 use crate::registry::ResourceDef;
+use crate::sql::batches::{self, Original};
 use crate::sql::derived;
 use crate::sql::rows::{decode_owned_values, encode_owned_values, parse_uuid};
 use crate::sql::{exec, in_list, owned_chunks, query, rows_per_statement, values_list};
@@ -232,16 +240,29 @@ fn stored(regs: Option<&OwnedRegisters>) -> Stored<'_> {
     }
 }
 
+/// Where the changes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// This node's writes.
+    Local,
+    /// Peers' ops (an owned batch's rows checked against its header when proven).
+    Peer,
+    /// Snapshot rows rewritten as changes: state, not the batches' own rows, so they are
+    /// not kept as a batch's values when they do not hold.
+    Snapshot,
+}
+
 /// Merges `items`, changes of owned rows of `def` in order, and stores what moved.
 pub(super) async fn apply(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     items: &[&Change],
     owners: &Owners<'_>,
-    local: bool,
+    source: Source,
     out: &mut EngineOutcome,
     rejected_ops: &mut HashMap<OpId, String>,
 ) -> Result<(), StoreError> {
+    let local = source == Source::Local;
     let mut uuids: BTreeSet<Uuid> = BTreeSet::new();
     for c in items {
         match c {
@@ -252,6 +273,8 @@ pub(super) async fn apply(
     let uuids: Vec<Uuid> = uuids.into_iter().collect();
     let current = load_owned(conn, def, &uuids).await?;
     let mut merged: BTreeMap<Uuid, OwnedRegisters> = BTreeMap::new();
+    // The batches' writes seen here, to keep those that do not hold (see the module docs).
+    let mut arrived: Vec<(Uuid, Uuid, u64, &Vec<Value>)> = Vec::new();
 
     let mut refuse = |id: OpId, uuid: Uuid, owner: Uuid, out: &mut EngineOutcome| {
         let why = format!("row {uuid} of {} is owned by {owner}", def.name);
@@ -263,10 +286,15 @@ pub(super) async fn apply(
 
     for c in items {
         match c {
-            Change::OwnedRows { header, rows, last } => {
+            Change::OwnedRows {
+                header, rows, last, ..
+            } => {
                 let device = owners.owner_of(header.author);
                 let mut written = 0usize;
                 for OwnedRow { uuid, values } in rows {
+                    if source != Source::Snapshot {
+                        arrived.push((*uuid, header.author, header.seq, values));
+                    }
                     let regs = merged
                         .entry(*uuid)
                         .or_insert_with(|| current.get(uuid).cloned().unwrap_or_default());
@@ -313,7 +341,46 @@ pub(super) async fn apply(
             Change::Op(_) => {}
         }
     }
+    let originals = not_held(&current, &merged, arrived);
+    batches::keep_originals(conn, &def.name, originals).await?;
     store(conn, def, &current, &merged).await
+}
+
+/// The batches' writes seen (stored before, or `arrived` now) that no device's latest op
+/// on their row is after the merge: what `crdt_owned_originals` keeps.
+fn not_held(
+    current: &HashMap<Uuid, OwnedRegisters>,
+    merged: &BTreeMap<Uuid, OwnedRegisters>,
+    arrived: Vec<(Uuid, Uuid, u64, &Vec<Value>)>,
+) -> Vec<Original> {
+    let held = |u: &Uuid, author: Uuid, seq: u64| {
+        merged.get(u).is_some_and(|r| {
+            r.latest
+                .values()
+                .any(|w| w.seq == seq && w.ts.author == author && w.alive())
+        })
+    };
+    let mut out: BTreeMap<(Uuid, u64, Uuid), Vec<Value>> = BTreeMap::new();
+    for (u, regs) in current {
+        for w in regs.latest.values() {
+            if let Some(values) = &w.values
+                && w.seq > 0
+                && !held(u, w.ts.author, w.seq)
+            {
+                out.entry((w.ts.author, w.seq, *u))
+                    .or_insert_with(|| values.clone());
+            }
+        }
+    }
+    for (u, author, seq, values) in arrived {
+        if !held(&u, author, seq) {
+            out.entry((author, seq, u))
+                .or_insert_with(|| values.clone());
+        }
+    }
+    out.into_iter()
+        .map(|((author, seq, u), values)| (author, seq, u, values))
+        .collect()
 }
 
 /// Stores the registers of `merged` that differ from `current`, and the derived `files`.

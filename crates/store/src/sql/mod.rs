@@ -5,11 +5,14 @@
 //! - [`rows`]: keys, shared rows' registers (data row and clock, or the side tables), owned
 //!   rows' values, as SQLite stores them.
 //! - [`oplog`]: the op log, in chunks of consecutive ops of one author.
+//! - [`batches`]: what sending owned batches on needs: the values rows of a batch wrote
+//!   where they no longer hold them, and how far a batch's pages have come.
 //! - [`derived`]: the `files` table derived from `file_paths`.
 //! - [`versions`]: the stored version vector and log horizon.
 //! - [`clients`]: the client pool and node-local settings.
 //! - [`schema`]: the checks of the registry against the tables.
 
+pub(crate) mod batches;
 pub(crate) mod clients;
 pub(crate) mod derived;
 pub(crate) mod oplog;

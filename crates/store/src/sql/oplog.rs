@@ -5,10 +5,12 @@
 //! blob. Appending a batch of 500 ops is one row, not 500 (BENCHMARKS.md has what that
 //! saves).
 //!
-//! Blob format, version 1: the byte `0x01`, then a CBOR array with one entry per op, in seq
+//! Blob format, version 2: the byte `0x02`, then a CBOR array with one entry per op, in seq
 //! order. An entry is a CBOR array `[time, method, resource, uuid, property, value, fields,
-//! count, rejected]` (the author and seq come from the row). `rejected` names the merge rule
-//! that refused the op, if one did: such ops are kept so that no replica sees a gap.
+//! count, rejected, groups]` (the author and seq come from the row). `rejected` names the
+//! merge rule that refused the op, if one did: such ops are kept so that no replica sees a
+//! gap. `groups` are an owned batch's row groups ([`Op::groups`]). Version 1 (`0x01`) is
+//! the same without `groups`, and is still read.
 //!
 //! `prev` is the author's chain hash before `first_seq` ([`crate::proof`]); `op_heads` holds
 //! the signed heads that prove the ops, and is kept and pruned with them.
@@ -24,7 +26,7 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::op::{Method, Op};
+use crate::op::{Method, Op, RowGroup};
 use crate::proof::{AuthorKey, Chain, Hash, Head, Signature, chain_next, op_hash};
 use crate::sql::rows::parse_uuid;
 use crate::sql::{query, rows_per_statement, values_list};
@@ -35,6 +37,7 @@ use crate::value::Value;
 pub(crate) const CHUNK_OPS: usize = 1_000;
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
 
 /// One op as written into a chunk (borrowed, to encode without cloning).
 #[derive(Serialize)]
@@ -48,11 +51,27 @@ struct EntryRef<'a>(
     &'a BTreeMap<String, Value>,
     Option<u64>,
     Option<&'a str>,
+    &'a [RowGroup],
 );
 
-/// One op as read from a chunk.
+/// One op as read from a chunk of version 2.
 #[derive(Deserialize)]
 struct Entry(
+    u64,
+    Method,
+    String,
+    Option<Uuid>,
+    Option<String>,
+    Option<Value>,
+    BTreeMap<String, Value>,
+    Option<u64>,
+    Option<String>,
+    Vec<RowGroup>,
+);
+
+/// One op as read from a chunk of version 1.
+#[derive(Deserialize)]
+struct EntryV1(
     u64,
     Method,
     String,
@@ -82,11 +101,12 @@ fn encode(ops: &[(&Op, Option<String>)]) -> Result<Vec<u8>, StoreError> {
                 &op.fields,
                 op.count,
                 rejected.as_deref(),
+                &op.groups,
             )
         })
         .collect();
     let mut buf = Vec::with_capacity(64 + 96 * ops.len());
-    buf.push(FORMAT_V1);
+    buf.push(FORMAT_V2);
     ciborium::into_writer(&entries, &mut buf)
         .map_err(|e| StoreError::Invalid(format!("encoding an op log chunk: {e}")))?;
     Ok(buf)
@@ -104,11 +124,19 @@ pub(crate) fn decode(
     let Some((&version, body)) = blob.split_first() else {
         return Err(corrupt("empty".into()));
     };
-    if version != FORMAT_V1 {
-        return Err(corrupt(format!("unknown format {version}")));
-    }
-    let entries: Vec<Entry> =
-        ciborium::from_reader(body).map_err(|e| corrupt(format!("CBOR: {e}")))?;
+    let entries: Vec<Entry> = match version {
+        FORMAT_V2 => ciborium::from_reader(body).map_err(|e| corrupt(format!("CBOR: {e}")))?,
+        FORMAT_V1 => {
+            let v1: Vec<EntryV1> =
+                ciborium::from_reader(body).map_err(|e| corrupt(format!("CBOR: {e}")))?;
+            v1.into_iter()
+                .map(|EntryV1(t, m, r, u, p, v, f, c, x)| {
+                    Entry(t, m, r, u, p, v, f, c, x, Vec::new())
+                })
+                .collect()
+        }
+        _ => return Err(corrupt(format!("unknown format {version}"))),
+    };
     let span = last.checked_sub(first).and_then(|d| d.checked_add(1));
     if span != Some(entries.len() as u64) {
         return Err(corrupt(format!("{} entries", entries.len())));
@@ -117,7 +145,18 @@ pub(crate) fn decode(
         .into_iter()
         .zip(first..)
         .map(|(e, seq)| {
-            let Entry(time, method, resource, uuid, property, value, fields, count, rejected) = e;
+            let Entry(
+                time,
+                method,
+                resource,
+                uuid,
+                property,
+                value,
+                fields,
+                count,
+                rejected,
+                groups,
+            ) = e;
             let op = Op {
                 author,
                 seq,
@@ -129,6 +168,7 @@ pub(crate) fn decode(
                 value,
                 fields,
                 count,
+                groups,
             };
             (op, rejected)
         })
@@ -448,7 +488,8 @@ pub(crate) async fn chunks_after(
     Ok(out)
 }
 
-/// Removes the chunks of `author` wholly at or below `through` and returns how many logged
+/// Removes the chunks of `author` wholly at or below `through` (and what sending its owned
+/// batches there on needed, [`crate::sql::batches`]) and returns how many logged
 /// ops lie in `(pruned, through]` (a chunk that straddles `through` stays, but its ops at
 /// or below it no longer count as pending).
 pub(crate) async fn prune(
@@ -484,6 +525,8 @@ pub(crate) async fn prune(
         .bind(through as i64)
         .execute(&mut *conn)
         .await?;
+    // The values kept to send those batches on go with them.
+    crate::sql::batches::prune(conn, author, through).await?;
     Ok(removed.max(0) as u64)
 }
 
@@ -565,6 +608,7 @@ mod tests {
             value: None,
             fields: BTreeMap::from([("name".to_owned(), Value::Text("a".into()))]),
             count: None,
+            groups: Vec::new(),
         };
         let update = Op {
             seq: 6,
@@ -581,6 +625,10 @@ mod tests {
             uuid: None,
             fields: BTreeMap::new(),
             count: Some(2),
+            groups: vec![RowGroup {
+                rows: 2,
+                hash: Hash([7; 32]),
+            }],
             ..base.clone()
         };
         vec![base, update, batch]
@@ -603,6 +651,32 @@ mod tests {
     }
 
     #[test]
+    fn chunks_of_version_1_still_decode() {
+        let mut ops = ops();
+        ops[2].groups.clear();
+        let entries: Vec<_> = ops
+            .iter()
+            .map(|op| {
+                (
+                    op.time,
+                    op.method,
+                    &op.resource,
+                    op.uuid,
+                    op.property.as_deref(),
+                    op.value.as_ref(),
+                    &op.fields,
+                    op.count,
+                    None::<&str>,
+                )
+            })
+            .collect();
+        let mut blob = vec![FORMAT_V1];
+        ciborium::into_writer(&entries, &mut blob).unwrap();
+        let back = decode(ops[0].author, 5, 7, &blob).unwrap();
+        assert_eq!(back.into_iter().map(|(op, _)| op).collect::<Vec<_>>(), ops);
+    }
+
+    #[test]
     fn corrupt_chunks_are_errors_not_panics() {
         let ops = ops();
         let entries: Vec<(&Op, Option<String>)> = ops.iter().map(|op| (op, None)).collect();
@@ -618,8 +692,9 @@ mod tests {
         assert!(decode(author, 0, u64::MAX, &blob).is_err());
         // An unknown format, and CBOR that is not a list of entries.
         let mut other = blob.clone();
-        other[0] = 2;
+        other[0] = 3;
         assert!(decode(author, 5, 7, &other).is_err());
+        assert!(decode(author, 5, 7, &[FORMAT_V2, 0x01]).is_err());
         assert!(decode(author, 5, 7, &[FORMAT_V1, 0x01]).is_err());
         assert!(decode(author, 5, 7, &[FORMAT_V1, 0x83, 0x01, 0x02, 0x03]).is_err());
     }

@@ -109,11 +109,13 @@ pub(crate) fn decode_owned_values(raw: &[u8]) -> Result<Vec<Value>, StoreError> 
 }
 
 /// Up to `limit` rows of the owned batch `author`#`seq` of `def` after `after`, in UUID
-/// order, that are kept in `crdt_owned_others` (the rows of a device that does not own
-/// them): a batch is sent with them, since their device may yet take them over.
+/// order, that are kept in `crdt_owned_others` as the latest op of `device` (the author's
+/// device), which does not own them: a batch is sent with them, since their device may yet
+/// take them over.
 pub(crate) async fn others_of_batch(
     conn: &mut sqlx::sqlite::SqliteConnection,
     def: &ResourceDef,
+    device: Uuid,
     author: Uuid,
     seq: u64,
     after: Option<Uuid>,
@@ -121,13 +123,14 @@ pub(crate) async fn others_of_batch(
 ) -> Result<Vec<OwnedRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT uuid, vals FROM crdt_owned_others WHERE resource = ? AND device = ? AND seq = ? \
-         AND alive = 1 AND uuid > ? ORDER BY uuid LIMIT ?",
+         AND alive = 1 AND substr(ts, 9) = ? AND uuid > ? ORDER BY uuid LIMIT ?",
     )
     .bind(def.name.clone())
-    .bind(key_of(author))
+    .bind(key_of(device))
     .bind(seq as i64)
+    .bind(author.as_bytes().to_vec())
     .bind(after.map(key_of).unwrap_or_default())
-    .bind(limit as i64)
+    .bind(limit.min(i64::MAX as usize) as i64)
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -141,33 +144,25 @@ pub(crate) async fn others_of_batch(
     Ok(out)
 }
 
-/// Up to `limit` rows after `after`, in UUID order, whose owner's claim (its lowest create)
-/// is the owned batch at `ts` of `def` but which a later op of the owner rewrote or deleted
-/// (`crdt_owned_claims`). A batch is sent with them so that the receiver learns the claim;
-/// their values are the row's current ones (null for a tombstone): the owner's later op,
-/// sent too, is the row.
-pub(crate) async fn claims_of_batch(
+/// How many rows [`others_of_batch`] holds at or before `upto`.
+pub(crate) async fn count_others_of_batch(
     conn: &mut sqlx::sqlite::SqliteConnection,
     def: &ResourceDef,
-    ts: Hlc,
-    after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<OwnedRow>, StoreError> {
-    let cols: String = def
-        .columns
-        .iter()
-        .map(|c| format!(", t.{}", c.name))
-        .collect();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT c.uuid{cols} FROM crdt_owned_claims c LEFT JOIN {} t ON t.uuid = c.uuid \
-         WHERE c.resource = ? AND c.claim = ? AND c.uuid > ? ORDER BY c.uuid LIMIT ?",
-        def.name
-    )))
+    device: Uuid,
+    author: Uuid,
+    seq: u64,
+    upto: Uuid,
+) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM crdt_owned_others WHERE resource = ? AND device = ? AND seq = ? \
+         AND alive = 1 AND substr(ts, 9) = ? AND uuid <= ?",
+    )
     .bind(def.name.clone())
-    .bind(ts.to_bytes().to_vec())
-    .bind(after.map(key_of).unwrap_or_default())
-    .bind(limit as i64)
-    .fetch_all(&mut *conn)
+    .bind(key_of(device))
+    .bind(seq as i64)
+    .bind(author.as_bytes().to_vec())
+    .bind(key_of(upto))
+    .fetch_one(&mut *conn)
     .await?;
-    rows.iter().map(|r| owned_row_from(r, def, 1)).collect()
+    Ok(n.max(0) as u64)
 }
