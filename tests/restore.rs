@@ -173,9 +173,9 @@ async fn a_cloned_data_dir_run_beside_its_original_loses_no_write() {
     c.procs[N1].stop().await;
     let clone = c.dir.path().join("n1b");
     copy_data_dir(&c.procs[N1].data, &clone);
-    // Both copies dial n2, as mDNS would have them find it. Were n2 the only dialer, n1
-    // could stay unreached: n2 stops redialing n1's address once any connection of n1's
-    // peer id is up, and n1b's is one.
+    // Both copies dial n2, as mDNS would have them find it. Each run has a peer id of its
+    // own, so n2 takes them for two peers (were it the device key's, n2 would take n1b's
+    // connection for a second one of n1's and send it nothing).
     let n2_port = c.procs[N2].p2p;
     c.procs[N1].peers = vec![n2_port];
     c.restart(N1).await;
