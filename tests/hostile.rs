@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use murmur::node::device::DeviceBinding;
 use murmur::node::protocol::{Gossip, PAGE_SIZE, Request, Response};
 use murmur::node::sync::SERVE_CAP;
 use murmur::p2p;
@@ -158,6 +159,7 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
         refused_gossip(&secret, &n, "malformed", |s| {
             let me = s.author();
             gossip(&Gossip::Versions {
+                device: any_binding(),
                 contiguous: (0..3u128)
                     .map(|i| (Uuid::from_u128(i + 1), u64::MAX))
                     .chain([(me, u64::MAX)])
@@ -171,6 +173,7 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
     authors.push(
         refused_gossip(&secret, &n, "oversized", |_| {
             gossip(&Gossip::Versions {
+                device: any_binding(),
                 contiguous: (0..5000u128).map(|i| (Uuid::from_u128(i + 1), 1)).collect(),
                 horizon: Default::default(),
                 sent_at_ms: 0,
@@ -182,6 +185,62 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
     // None of the fake authors of the refused announcements reached the client pool.
     let clients = n.node().store().clients().await.expect("clients");
     assert!(clients.iter().all(|c| c.client_uuid != Uuid::from_u128(1)));
+}
+
+/// A peer id names one run of a device, and an announcement says which device with a
+/// binding signed by the device key. One that claims the honest peer's device, signed by
+/// another key (the hostile peer's own), is refused, counted, penalised, and binds nothing:
+/// no client of the pool takes the hostile peer id, the honest device keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_claiming_another_device_is_refused() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let (n, a) = pair(&secret).await;
+    let victim = a.node().client_uuid();
+    let h = Hostile::plain(&secret, &n).await;
+    let hostile_peer = h.net.local_peer_id();
+    // Signed over the hostile peer id, by a key that is not the device it names.
+    let other_key = p2p::Keypair::generate_ed25519()
+        .try_into_ed25519()
+        .expect("an ed25519 key");
+    let mut device = DeviceBinding::sign(&other_key, &hostile_peer);
+    device.device = a.node().store().author_key().public;
+    let msg = Gossip::Versions {
+        device,
+        contiguous: BTreeMap::from([(a.node().store().author(), 1)]),
+        horizon: BTreeMap::new(),
+        sent_at_ms: 1,
+    };
+    let before = n.rejected("bad_binding");
+    let net_before = n.node().net_stats().gossip_rejected;
+    let outcome = h.net.publish(gossip(&msg)).await.expect("publish");
+    assert_eq!(outcome, p2p::PublishOutcome::Published);
+    eventually(WAIT, "the binding counted as bad_binding", || async {
+        n.rejected("bad_binding") > before
+    })
+    .await;
+    eventually(WAIT, "the announcement reported Reject", || async {
+        n.node().net_stats().gossip_rejected > net_before
+    })
+    .await;
+    let clients = n.node().store().clients().await.expect("clients");
+    let hostile_id = hostile_peer.to_string();
+    assert!(
+        clients
+            .iter()
+            .all(|c| c.peer_id.as_deref() != Some(hostile_id.as_str())),
+        "the hostile peer id was bound to a client: {clients:?}"
+    );
+    let honest = clients
+        .iter()
+        .find(|c| c.client_uuid == victim)
+        .expect("the honest device is in the pool");
+    assert_eq!(
+        honest.peer_id.as_deref(),
+        Some(a.node().peer_id().to_string().as_str())
+    );
+    honest_write_still_syncs(&n, &a, &[h.author], "a claimed device").await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,10 @@
 //! restored or run beside the original, and every write any node acknowledged must end on
 //! every node, with one digest.
 //!
-//! `n1` is the node whose data dir is copied, `n2` its peer (it dials `n1`). Every wait
-//! polls with the testkit's deadline; a failure names, per node, its digest, version vector
-//! and the rows it lacks.
-//!
-//! Not here yet: a data dir cloned to a second machine and run beside the original. The
-//! clone writes under its own author now, but it shares the device key, so the peer id: a
-//! third node takes its connection for a second connection of the original and sends it
-//! nothing (branch h3-restore has the test, which fails for that reason).
+//! `n1` is the node whose data dir is copied, `n2` its peer (it dials `n1`), `n1b` a clone
+//! of `n1` (the same device key, so the same device; each run writes under an author of its
+//! own and has a peer id of its own). Every wait polls with the testkit's deadline; a failure names, per node, its digest, version vector and the rows
+//! it lacks.
 
 use murmur_testkit::datadir::{copy_data_dir, restore_data_dir};
 use murmur_testkit::holding::Want;
@@ -47,6 +43,14 @@ async fn write_tags(c: &Cluster, i: usize, prefix: &str, n: usize) -> Vec<String
         names.push(name);
     }
     names
+}
+
+/// Creates one file_path (an owned row) named `name` on node `i`; it must be acknowledged.
+async fn write_file_path(c: &Cluster, i: usize, name: &str) -> String {
+    let row = json!([{"materialized_path": "/photos/", "name": name, "size_bytes": 1}]);
+    let (s, b) = c.post(i, "/v1/owned/file_paths", row).await;
+    assert_eq!(s, 201, "node {i}: file_path {name} not acknowledged: {b}");
+    name.to_owned()
 }
 
 /// Prints what each node holds (the figures a failing run reports are in its panic).
@@ -157,4 +161,38 @@ async fn a_backup_restored_while_the_peers_are_offline_loses_no_write() {
     c.restart(N2).await;
     show(&c, "n2 back", &both).await;
     c.converge_holding(&both, &want).await;
+}
+
+/// A second machine set up from n1's data dir (n1b: the same device key, so the same
+/// device) runs beside n1; both reach n2, and can reach each other only through
+/// it. Each of n1 and n1b writes tags and one owned row; all three must hold all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_data_dir_run_beside_its_original_loses_no_write() {
+    let (mut c, mut want) = two_in_sync().await;
+
+    c.procs[N1].stop().await;
+    let clone = c.dir.path().join("n1b");
+    copy_data_dir(&c.procs[N1].data, &clone);
+    // Both copies dial n2, as mDNS would have them find it. Each run has a peer id of its
+    // own, so n2 takes them for two peers (were it the device key's, n2 would take n1b's
+    // connection for a second one of n1's and send it nothing).
+    let n2_port = c.procs[N2].p2p;
+    c.procs[N1].peers = vec![n2_port];
+    c.restart(N1).await;
+    let n1b = c.add_node(clone, vec![n2_port]).await;
+    let all = [("n1", N1), ("n2", N2), ("n1b", n1b)];
+    show(&c, "clone started", &all).await;
+
+    want.tags
+        .extend(write_tags(&c, N1, "n1-after-clone", 5).await);
+    want.tags
+        .extend(write_tags(&c, n1b, "n1b-after-clone", 5).await);
+    want.tags
+        .extend(write_tags(&c, N2, "n2-after-clone", 1).await);
+    want.file_paths
+        .insert(write_file_path(&c, N1, "n1-file").await);
+    want.file_paths
+        .insert(write_file_path(&c, n1b, "n1b-file").await);
+    show(&c, "after the writes", &all).await;
+    c.converge_holding(&all, &want).await;
 }

@@ -194,12 +194,13 @@ fn status_text(st: &Status) -> String {
                 vec![
                     w.kind.as_str().to_owned(),
                     cut(&w.peer_id, 16),
+                    cut(&text(w.client_uuid.map(|c| c.to_string()).as_deref()), 8),
                     format!("{}/{total}", w.done),
                     format!("{:.0}%", w.done as f64 * 100.0 / total as f64),
                 ]
             })
             .collect();
-        out += &table(&["WORK", "PEER", "DONE", ""], &rows);
+        out += &table(&["WORK", "PEER", "CLIENT", "DONE", ""], &rows);
     }
     let rows = peer_rows(st);
     if !rows.is_empty() {
@@ -300,7 +301,7 @@ mod tests {
                 "last_synchronized": null,
                 "stale": true,
             }],
-            "progress": [{"peer_id": "12D3KooWthemthemthem", "kind": "snapshot", "done": 1, "total": 4}],
+            "progress": [{"client_uuid": "00000000-0000-0000-0000-000000000002", "peer_id": "12D3KooWthemthemthem", "kind": "snapshot", "done": 1, "total": 4}],
             "version_vector": {},
         }))
         .unwrap();
@@ -312,8 +313,8 @@ listening   /ip4/127.0.0.1/tcp/1, /ip4/10.0.0.1/tcp/1
 op log      3 pending operations
 peers       1 connected, 2 known
 
-WORK      PEER               DONE
-snapshot  12D3KooWthemthem…  1/4   25%
+WORK      PEER               CLIENT     DONE
+snapshot  12D3KooWthemthem…  00000000…  1/4   25%
 
 CLIENT     PEER               CONNECTED  FOUND BY  ADDRESS               LAST SEEN                 LAST SYNCED
 00000000…  12D3KooWthemthem…  yes        mdns      /ip4/127.0.0.1/tcp/2  2026-01-02T03:04:05.678Z  -

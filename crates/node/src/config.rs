@@ -71,7 +71,8 @@ pub struct RunArgs {
     /// Address of the local HTTP API.
     #[arg(long, env = "MURMUR_API", default_value = "127.0.0.1:7700")]
     pub api: SocketAddr,
-    /// A peer to dial, as a multiaddr, with or without /p2p/<peer id> (repeatable).
+    /// A peer to dial, as a multiaddr (repeatable). A trailing /p2p/<peer id> is ignored:
+    /// peer ids change on every start.
     #[arg(long, env = "MURMUR_PEER", value_delimiter = ',')]
     pub peer: Vec<Multiaddr>,
     /// Do not discover peers by mDNS.
@@ -139,7 +140,7 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// API address (port 0 picks one; see `Node::api_addr`).
     pub api: SocketAddr,
-    /// Explicit peers.
+    /// Explicit peers (a trailing `/p2p/<id>` is dropped: peer ids change on every start).
     pub peers: Vec<Multiaddr>,
     /// mDNS discovery.
     pub mdns: bool,

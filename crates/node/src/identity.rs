@@ -1,25 +1,17 @@
-//! The node's files in its data dir: the client identity (libp2p keypair, from which the
-//! client UUID derives) and the library secret.
+//! The node's files in its data dir: the device key (`identity.key`, an ed25519 keypair)
+//! and the library secret.
 //!
-//! The client UUID is a UUIDv5 of the peer id. Any node can therefore check that a gossip
-//! message's ops were written by the peer that signed it.
+//! The device key names the device: its client UUID is
+//! [`murmur_store::proof::device_uuid`] of the key, and the key signs the device's ops. It
+//! is not the node's libp2p identity: the swarm gets a new transport key on every start,
+//! which the device key binds to the device ([`crate::device`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use uuid::Uuid;
 
 use crate::files::{self, create_private_dir, narrow, read_private, write_private};
-
-/// Namespace of client UUIDs derived from peer ids.
-const CLIENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_636c69656e74);
-
-/// The client UUID of a peer.
-pub fn client_uuid(peer: &PeerId) -> Uuid {
-    Uuid::new_v5(&CLIENT_NAMESPACE, &peer.to_bytes())
-}
 
 /// A library's 32-byte secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,7 +68,7 @@ impl LibrarySecret {
 pub struct DataDir {
     /// The directory.
     pub path: PathBuf,
-    /// The node's keypair.
+    /// The device key (names the device and signs its ops; not the transport identity).
     pub keypair: Keypair,
     /// The library secret.
     pub secret: LibrarySecret,

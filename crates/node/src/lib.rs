@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! - [`config`]: the command line and [`Config`].
-//! - [`identity`]: the data dir: keypair (client UUID derives from it) and library secret;
-//!   [`files`]: owner-only files (0700/0600); [`token`]: the API token.
+//! - [`identity`]: the data dir: the device key (the client UUID derives from it) and the
+//!   library secret; [`files`]: owner-only files (0700/0600); [`token`]: the API token.
+//! - [`device`]: which device a peer is (a peer id names one run; the device key binds it).
 //! - [`protocol`]: gossip and request-response messages, and the network handle's type.
 //! - [`sync`]: the sync loop (gossip in, catch-up, snapshots, pruning): the actor, gossip
 //!   checks, the request server, the puller and the peer table.
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feed;
@@ -38,7 +40,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use murmur_store::proof::device_uuid;
 use murmur_store::{RowEvent, Store, StoreOptions};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -47,8 +52,9 @@ use uuid::Uuid;
 
 pub use config::Config;
 
+use crate::device::DeviceBinding;
 use crate::feed::Feed;
-use crate::identity::{Join, LibrarySecret, client_uuid, open_data_dir_joining};
+use crate::identity::{Join, LibrarySecret, open_data_dir_joining};
 use crate::metrics::Metrics;
 use crate::sync::{PeerTable, SyncLoop, SyncOptions};
 use crate::token::{ApiToken, TOKEN_FILE};
@@ -99,8 +105,6 @@ impl Node {
         if new_token {
             info!(token_file = %token_file.display(), "created the API token; programs send it as `Authorization: Bearer <token>`");
         }
-        let peer_id = dir.keypair.public().to_peer_id();
-        let client = client_uuid(&peer_id);
         let library_id = dir.secret.library_id();
         if dir.created_library {
             info!(
@@ -114,6 +118,12 @@ impl Node {
             .clone()
             .try_into_ed25519()
             .context("the device identity must be an ed25519 key")?;
+        let client = device_uuid(&device_key.public());
+        // The transport identity names this run, not the data dir (see `device`): a copy of
+        // the data dir running elsewhere is another peer. The device key binds it.
+        let transport = Keypair::generate_ed25519();
+        let peer_id = transport.public().to_peer_id();
+        let binding = DeviceBinding::sign(&device_key, &peer_id);
         let mut opts = StoreOptions::new(dir.database(), device_key);
         opts.max_drift = config.max_drift;
         opts.clock = config.clock.clone();
@@ -129,13 +139,10 @@ impl Node {
         // Taken before anything can write: every commit from now on is in the feed.
         let commits = store.commits();
 
-        let mut net_config = murmur_p2p::Config::new(
-            dir.keypair.clone(),
-            dir.secret.0,
-            format!("murmur/{library_id}/ops"),
-        );
+        let mut net_config =
+            murmur_p2p::Config::new(transport, dir.secret.0, format!("murmur/{library_id}/ops"));
         net_config.listen = config.listen.clone();
-        net_config.peers = config.peers.clone();
+        net_config.peers = config.peers.iter().map(without_peer_id).collect();
         net_config.mdns = config.mdns;
         let (net, net_events) =
             murmur_p2p::spawn::<protocol::Request, protocol::Response>(net_config)
@@ -163,6 +170,7 @@ impl Node {
             net_events,
             metrics.clone(),
             peers.clone(),
+            binding,
             SyncOptions {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
@@ -245,7 +253,7 @@ impl Node {
         self.store.client()
     }
 
-    /// The peer id.
+    /// The peer id of this run (a new one on every start).
     pub fn peer_id(&self) -> PeerId {
         self.net.local_peer_id()
     }
@@ -326,6 +334,19 @@ impl Node {
         self.store.close().await;
         info!("murmur node stopped");
     }
+}
+
+/// A configured peer's address without a trailing `/p2p/<peer id>`: peer ids change on
+/// every start, so the id an address was written with names a run that may be gone, and
+/// dialing it would fail with "wrong peer id" forever. The peer is whoever answers there
+/// (the library secret keeps strangers out).
+fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if let Some(Protocol::P2p(id)) = addr.iter().last() {
+        addr.pop();
+        info!(%addr, %id, "configured peer: the /p2p/<id> part is ignored (peer ids change on every start)");
+    }
+    addr
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly.

@@ -10,6 +10,8 @@ use murmur_store::{Op, OpsCursor, OpsPage, SnapshotPosition, SnapshotRow, Versio
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::device::DeviceBinding;
+
 /// The network handle's type for murmur's messages.
 pub type Net = Handle<Request, Response>;
 /// The network's events.
@@ -35,9 +37,12 @@ pub enum Gossip {
         /// Their proofs.
         proofs: Vec<Proof>,
     },
-    /// The sender's version vector (per author, contiguous seq), sent periodically: a
-    /// heartbeat for the client pool, the input of pruning, and a way to notice lost gossip.
+    /// The sender's version vector (per author, contiguous seq), sent periodically and when
+    /// a peer subscribes: a heartbeat for the client pool, the input of pruning, a way to
+    /// notice lost gossip, and how peers learn which device the sender is.
     Versions {
+        /// The sender's device, bound to the peer id that signed the message.
+        device: DeviceBinding,
         /// Per author, the highest contiguous seq the sender holds.
         contiguous: BTreeMap<Uuid, u64>,
         /// Per author, the highest seq pruned from the sender's log.

@@ -17,15 +17,16 @@ use crate::sync::{PeerTable, PullKind};
 /// the keys in the JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    /// This node's client UUID.
+    /// This node's client UUID (its device).
     pub client_uuid: Uuid,
     /// The library's public id.
     pub library_id: String,
     /// The addresses the swarm listens on.
     pub listen_addrs: Vec<String>,
-    /// This node's peer id.
+    /// This node's peer id (of this run: a new one on every start).
     pub peer_id: String,
-    /// Every other client of the library's client pool, connected or not.
+    /// Every other client of the library's client pool, connected or not (a connected peer
+    /// shows once its device is known, from its first announcement).
     pub peers: Vec<PeerStatus>,
     /// Ops in the log.
     pub pending_operations: u64,
@@ -40,7 +41,7 @@ pub struct Status {
 pub struct PeerStatus {
     /// The connection's remote address, when connected.
     pub address: Option<String>,
-    /// Its client UUID.
+    /// Its client UUID (the device).
     pub client_uuid: Uuid,
     /// Whether it is connected now.
     pub connected: bool,
@@ -50,7 +51,8 @@ pub struct PeerStatus {
     pub last_seen: Option<DateTime<Utc>>,
     /// When a catch-up with it last completed.
     pub last_synchronized: Option<DateTime<Utc>>,
-    /// Its peer id, once known.
+    /// Its peer id, once known: its connection's when connected, else the last one seen. A
+    /// peer id names one run of the device.
     pub peer_id: Option<String>,
     /// Whether it has not been seen for longer than the stale bound.
     pub stale: bool,
@@ -59,6 +61,9 @@ pub struct PeerStatus {
 /// A running pull, as `/v1/status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressStatus {
+    /// The client UUID of the peer, once its device is known.
+    #[serde(default)]
+    pub client_uuid: Option<Uuid>,
     /// Items (ops, owned rows or snapshot rows) done.
     pub done: u64,
     /// "catch-up" or "snapshot".
@@ -98,6 +103,7 @@ impl StatusSource {
             .iter()
             .filter_map(|p| {
                 p.progress.map(|w| ProgressStatus {
+                    client_uuid: p.client_uuid,
                     done: w.done,
                     kind: w.kind,
                     peer_id: p.peer_id.to_string(),
@@ -111,7 +117,9 @@ impl StatusSource {
             if c.is_self {
                 continue;
             }
-            let conn = connected.iter().find(|p| p.client_uuid == c.client_uuid);
+            let conn = connected
+                .iter()
+                .find(|p| p.client_uuid == Some(c.client_uuid));
             peers.push(PeerStatus {
                 address: conn.map(|p| p.address.to_string()),
                 client_uuid: c.client_uuid,
@@ -120,7 +128,7 @@ impl StatusSource {
                 stale: c.is_stale(now, self.stale_after),
                 last_seen: c.last_seen,
                 last_synchronized: c.last_synchronized,
-                peer_id: c.peer_id,
+                peer_id: conn.map(|p| p.peer_id.to_string()).or(c.peer_id),
             });
         }
         Ok(Status {
@@ -162,6 +170,7 @@ mod tests {
             }],
             pending_operations: 3,
             progress: vec![ProgressStatus {
+                client_uuid: Some(Uuid::from_u128(2)),
                 done: 1,
                 kind: PullKind::CatchUp,
                 peer_id: "them".into(),
@@ -186,7 +195,7 @@ mod tests {
                 "last_synchronized": Option::<DateTime<Utc>>::None,
                 "stale": false,
             }],
-            "progress": [{"peer_id": "them", "kind": "catch-up", "done": 1, "total": 2}],
+            "progress": [{"client_uuid": Uuid::from_u128(2), "peer_id": "them", "kind": "catch-up", "done": 1, "total": 2}],
             "version_vector": {Uuid::from_u128(2).to_string(): 7},
         });
         assert_eq!(text, old.to_string());

@@ -83,7 +83,12 @@ where
     peers: HashMap<PeerId, Connected>,
     /// Dials we started, and why.
     dial_origin: HashMap<ConnectionId, Discovery>,
+    /// Peers mDNS has records of (forgotten when their last record expires).
     mdns_peers: HashSet<PeerId>,
+    /// Peer ids mDNS still has records of whose address answered with another peer id:
+    /// peer ids change on every start, so these are runs that stopped. Not redialed; they
+    /// leave with their records.
+    superseded: HashSet<PeerId>,
     last_mdns_redial: Instant,
     listen_addrs: Vec<Multiaddr>,
 }
@@ -122,6 +127,7 @@ where
             peers: HashMap::new(),
             dial_origin: HashMap::new(),
             mdns_peers: HashSet::new(),
+            superseded: HashSet::new(),
             last_mdns_redial: Instant::now(),
             listen_addrs: Vec::new(),
         }
@@ -337,7 +343,7 @@ where
         };
         let due: Vec<PeerId> = mdns
             .discovered_nodes()
-            .filter(|p| local < **p)
+            .filter(|p| local < **p && !self.superseded.contains(*p))
             .copied()
             .collect::<HashSet<_>>()
             .into_iter()
@@ -551,7 +557,16 @@ where
         peer_id: Option<PeerId>,
         error: DialError,
     ) {
-        self.dial_origin.remove(&connection);
+        let origin = self.dial_origin.remove(&connection);
+        if let (DialError::WrongPeerId { obtained, .. }, Some(Discovery::Mdns), Some(old)) =
+            (&error, origin, peer_id)
+        {
+            // A stale mDNS record of a run that stopped: whoever answers there now is found
+            // by its own record.
+            debug!(%old, %obtained, "an mDNS record names a stopped run: not dialed again");
+            self.superseded.insert(old);
+            return;
+        }
         let is_self = matches!(error, DialError::LocalPeerId { .. });
         let explicit = self
             .redialer
@@ -746,6 +761,7 @@ where
                 for (peer, addrs) in by_peer {
                     debug!(%peer, ?addrs, "mdns discovered");
                     self.mdns_peers.insert(peer);
+                    self.superseded.remove(&peer);
                     for addr in &addrs {
                         self.swarm.add_peer_address(peer, addr.clone());
                     }
@@ -766,8 +782,18 @@ where
                 }
             }
             mdns::Event::Expired(gone) => {
+                let mut peers = HashSet::new();
                 for (peer, addr) in gone {
                     debug!(%peer, %addr, "mdns record expired");
+                    peers.insert(peer);
+                }
+                let Some(mdns) = self.swarm.behaviour().mdns.as_ref() else {
+                    return;
+                };
+                let still: HashSet<PeerId> = mdns.discovered_nodes().copied().collect();
+                for peer in peers.difference(&still) {
+                    self.mdns_peers.remove(peer);
+                    self.superseded.remove(peer);
                 }
             }
         }

@@ -72,7 +72,7 @@ impl<'de> Deserialize<'de> for Signature {
 /// Who an author is: a device's public key and the nonce of one incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AuthorKey {
-    /// The device's ed25519 public key (its libp2p identity).
+    /// The device's ed25519 public key (`identity.key`; not the node's transport key).
     pub public: Hash,
     /// The incarnation.
     pub nonce: u128,
@@ -97,8 +97,9 @@ impl AuthorKey {
     }
 }
 
-/// The device UUID of a public key: a UUIDv5 of its libp2p peer id (what the node calls the
-/// client UUID).
+/// The device UUID of a public key: a UUIDv5 of the key's libp2p peer id (what the node
+/// calls the client UUID). The node's own peer id is another key's (one per run), bound to
+/// the device by a signature of this key (`murmur_node::device`).
 pub fn device_uuid(public: &ed25519::PublicKey) -> Uuid {
     let peer = libp2p_identity::PublicKey::from(public.clone()).to_peer_id();
     Uuid::new_v5(&DEVICE_NAMESPACE, &peer.to_bytes())

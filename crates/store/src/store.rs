@@ -55,9 +55,10 @@ pub enum Durability {
 pub struct StoreOptions {
     /// The SQLite file; created with its directory's permissions if missing.
     pub path: PathBuf,
-    /// The device's key (its libp2p identity): it signs this store's ops, and the client
-    /// UUID of the pool is its [`crate::proof::device_uuid`]. Each open writes under a new
-    /// author (an incarnation of the device, see [`crate::proof`]).
+    /// The device's key (`identity.key`; not the node's transport key): it signs this
+    /// store's ops, and the client UUID of the pool is its [`crate::proof::device_uuid`].
+    /// Each open writes under a new author (an incarnation of the device, see
+    /// [`crate::proof`]).
     pub device: ed25519::Keypair,
     /// Remote timestamps further ahead than this are refused for now (default 100 ms).
     pub max_drift: Duration,

@@ -229,6 +229,13 @@ pub fn validate_version_vector(vv: &VersionVector) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Whether an owned snapshot row's claim (its owner's lowest create) can be: no later than
+/// the row. (Its author may be another incarnation of the owner's device, which only the
+/// engine knows.)
+fn claim_fits(claim: Option<crate::clock::Hlc>, ts: crate::clock::Hlc) -> bool {
+    claim.is_none_or(|c| c <= ts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,11 +259,4 @@ mod tests {
             .insert(MAX_SEQ + 1);
         assert!(validate_version_vector(&extra).is_err());
     }
-}
-
-/// Whether an owned snapshot row's claim (its owner's lowest create) can be: no later than
-/// the row. (Its author may be another incarnation of the owner's device, which only the
-/// engine knows.)
-fn claim_fits(claim: Option<crate::clock::Hlc>, ts: crate::clock::Hlc) -> bool {
-    claim.is_none_or(|c| c <= ts)
 }

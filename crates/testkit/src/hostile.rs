@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use libp2p_identity::ed25519;
+use murmur_node::device::DeviceBinding;
 use murmur_node::identity::LibrarySecret;
 use murmur_node::protocol::Gossip;
 use murmur_p2p::{self as p2p, Event, Keypair};
@@ -182,6 +184,12 @@ pub async fn ask(h: &Hostile, n: &TestNode, request: Wire) -> Result<Wire, p2p::
 /// A gossip message as a node publishes it.
 pub fn gossip(msg: &Gossip) -> Vec<u8> {
     murmur_store::wire::to_cbor(msg)
+}
+
+/// A device binding for announcements refused before it is looked at: a fresh key's, for a
+/// random peer id (it binds no one).
+pub fn any_binding() -> DeviceBinding {
+    DeviceBinding::sign(&ed25519::Keypair::generate(), &p2p::PeerId::random())
 }
 
 /// A gossip message of `ops` (consecutive, of `s`'s author) with their proof.

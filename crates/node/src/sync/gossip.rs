@@ -9,6 +9,7 @@ use murmur_store::wire::from_cbor;
 use murmur_store::{OpId, Registry, Rejection, StoreError};
 use uuid::Uuid;
 
+use crate::device::BindingError;
 use crate::protocol::{GOSSIP_OPS_CAP, Gossip};
 
 /// Largest gossip message accepted.
@@ -59,11 +60,15 @@ pub enum GossipRejection {
     /// malformed).
     #[error(transparent)]
     Invalid(#[from] Rejection),
+    /// A version announcement whose device binding is not its device key's signature over
+    /// the sender's peer id (see [`crate::device`]).
+    #[error("version announcement: {0}")]
+    Binding(#[from] BindingError),
 }
 
 impl GossipRejection {
-    /// The metric label: "decode", "oversized", "forged_author", "malformed", or the
-    /// store's [`murmur_store::RejectReason::label`].
+    /// The metric label: "decode", "oversized", "unproven", "bad_proof", "malformed",
+    /// "bad_binding", or the store's [`murmur_store::RejectReason::label`].
     pub fn label(&self) -> &'static str {
         match self {
             GossipRejection::Decode(_) => "decode",
@@ -74,6 +79,7 @@ impl GossipRejection {
             GossipRejection::Unproven { why: Some(_), .. } => "bad_proof",
             GossipRejection::SeqOutOfRange { .. } => "malformed",
             GossipRejection::Invalid(r) => r.label(),
+            GossipRejection::Binding(_) => "bad_binding",
         }
     }
 }
@@ -128,6 +134,7 @@ pub fn check_gossip_message(registry: &Registry, data: &[u8]) -> Result<Gossip, 
 mod tests {
     use std::collections::BTreeMap;
 
+    use libp2p::PeerId;
     use libp2p::identity::ed25519;
     use murmur_store::RejectReason;
     use murmur_store::proof::{Hash, Signer};
@@ -135,6 +142,7 @@ mod tests {
     use murmur_store::{Method, Op};
 
     use super::*;
+    use crate::device::DeviceBinding;
 
     fn op(author: Uuid, seq: u64) -> Op {
         Op {
@@ -226,6 +234,7 @@ mod tests {
     #[test]
     fn version_announcements_are_bounded() {
         let versions = |n: u128, seq: u64| Gossip::Versions {
+            device: DeviceBinding::sign(&ed25519::Keypair::generate(), &PeerId::random()),
             contiguous: (0..n).map(|i| (Uuid::from_u128(i + 1), seq)).collect(),
             horizon: BTreeMap::new(),
             sent_at_ms: 0,

@@ -8,8 +8,11 @@
 //!   announces ops this node lacks, starts a pull from that peer.
 //! - A pull (catch-up) asks the peer for the ops this node lacks, page by page, third
 //!   parties' ops included; a node behind the peer's horizon first takes a snapshot.
-//! - Every node announces its version vector periodically: it is the heartbeat of the
-//!   client pool, the input of pruning, and what makes lost gossip visible.
+//! - Every node announces its version vector periodically, and when a peer subscribes: it
+//!   is the heartbeat of the client pool, the input of pruning, and what makes lost gossip
+//!   visible. It carries the sender's device binding ([`crate::device`]): a peer id names
+//!   one run of a device, and the client pool's bookkeeping for a peer waits until its
+//!   binding has been verified (pulls from it need no client and do not wait).
 //!
 //! One actor ([`SyncLoop`]) owns the schedule: a `biased` `select!` whose arms each call
 //! one `handle_*` method. Pulls and served requests run in tasks of their own, bounded by
@@ -49,7 +52,7 @@ use self::pull::Puller;
 pub use self::pull::{PULLS_CAP, PullError, PullSummary, RESPONSE_DECODE_CAP};
 use self::serve::Server;
 pub use self::serve::{RequestRejection, SERVE_CAP, serve_request};
-use crate::identity::client_uuid;
+use crate::device::DeviceBinding;
 use crate::metrics::Metrics;
 use crate::protocol::{Gossip, Request, Response};
 pub use crate::protocol::{Net, NetEvent};
@@ -91,16 +94,19 @@ pub struct SyncLoop {
     server: Server,
     /// Announced contiguous seqs per author, highest seen from any peer (for sync lag).
     announced: BTreeMap<Uuid, u64>,
+    /// This node's device binding, sent in every announcement.
+    device: DeviceBinding,
 }
 
 impl SyncLoop {
-    /// Builds the loop.
+    /// Builds the loop; `device` binds this run's peer id to the store's device key.
     pub fn new(
         store: Store,
         net: Net,
         events: mpsc::Receiver<NetEvent>,
         metrics: Arc<Metrics>,
         peers: PeerTable,
+        device: DeviceBinding,
         options: SyncOptions,
     ) -> SyncLoop {
         SyncLoop {
@@ -113,6 +119,7 @@ impl SyncLoop {
             peers,
             pulls: JoinSet::new(),
             announced: BTreeMap::new(),
+            device,
         }
     }
 
@@ -187,8 +194,12 @@ impl SyncLoop {
                 request,
                 responder,
             } => self.on_request(peer_id, request, responder).await,
-            // A peer that just subscribed may have missed what was published a moment ago.
-            Event::Subscribed { peer_id } => self.start_pull(peer_id),
+            // A peer that just subscribed may have missed what was published a moment ago,
+            // and learns which device this node is from an announcement.
+            Event::Subscribed { peer_id } => {
+                self.start_pull(peer_id);
+                self.announce().await;
+            }
             Event::ConnectionFailed {
                 peer_id,
                 address,
@@ -236,12 +247,22 @@ impl SyncLoop {
                     .await;
                 pending.push((propagation_source, ops, proofs));
             }
-            Ok(Gossip::Versions { contiguous, .. }) => {
-                self.net
-                    .report_validation(message_id, propagation_source, Acceptance::Accept)
-                    .await;
-                self.on_versions(source, contiguous).await;
-            }
+            Ok(Gossip::Versions {
+                contiguous, device, ..
+            }) => match self.check_binding(&source, &device) {
+                Ok(client) => {
+                    self.net
+                        .report_validation(message_id, propagation_source, Acceptance::Accept)
+                        .await;
+                    self.on_versions(source, client, contiguous).await;
+                }
+                Err(reason) => {
+                    debug!(%source, "gossip rejected: {reason}");
+                    self.net
+                        .report_validation(message_id, propagation_source, Acceptance::Reject)
+                        .await;
+                }
+            },
             Err(reason) => {
                 debug!(%source, "gossip rejected: {reason}");
                 self.net
@@ -255,6 +276,20 @@ impl SyncLoop {
     /// refusal under its label.
     fn check_gossip(&self, data: &[u8]) -> Result<Gossip, GossipRejection> {
         check_gossip_message(self.store.registry(), data)
+            .inspect_err(|rejection| self.metrics.reject(rejection.label()))
+    }
+
+    /// Checks an announcement's device binding against `source`, the peer id that signed
+    /// the message (gossipsub verified that signature), and counts a refusal. Returns the
+    /// sender's client UUID.
+    fn check_binding(
+        &self,
+        source: &PeerId,
+        device: &DeviceBinding,
+    ) -> Result<Uuid, GossipRejection> {
+        device
+            .verify(source)
+            .map_err(GossipRejection::from)
             .inspect_err(|rejection| self.metrics.reject(rejection.label()))
     }
 
@@ -306,19 +341,12 @@ impl SyncLoop {
         }
     }
 
+    /// A peer connected: its pull starts; its client is known from its first announcement.
     async fn on_connected(&mut self, peer_id: PeerId, address: Multiaddr, discovery: Discovery) {
-        let client = client_uuid(&peer_id);
         let how = discovery.to_string();
-        info!(%peer_id, %client, %address, discovery = how.as_str(), "peer connected");
+        info!(%peer_id, %address, discovery = how.as_str(), "peer connected");
         let n = self.peers.connect(peer_id, address, discovery);
         self.metrics.peers_connected.set(n as i64);
-        if let Err(e) = self
-            .store
-            .touch_client(client, Some(&peer_id.to_string()))
-            .await
-        {
-            warn!("client pool: {e}");
-        }
         self.start_pull(peer_id);
     }
 
@@ -328,8 +356,14 @@ impl SyncLoop {
         info!(%peer_id, "peer disconnected");
     }
 
-    async fn on_versions(&mut self, source: PeerId, contiguous: BTreeMap<Uuid, u64>) {
-        let client = client_uuid(&source);
+    /// A verified announcement of `source`, a run of the device `client`.
+    async fn on_versions(&mut self, source: PeerId, client: Uuid, contiguous: BTreeMap<Uuid, u64>) {
+        // The pull that ran on connecting could not mark the client synchronized: its
+        // device was not known yet. Pull again (little or nothing) to do it.
+        let newly_known = self.peers.set_client(&source, client);
+        if newly_known {
+            info!(peer_id = %source, %client, "peer's device known");
+        }
         if let Err(e) = self
             .store
             .touch_client(client, Some(&source.to_string()))
@@ -350,7 +384,7 @@ impl SyncLoop {
             }
         }
         self.update_lag();
-        if behind {
+        if behind || newly_known {
             // Nothing happens if the peer is not connected.
             self.start_pull(source);
         }
@@ -372,21 +406,27 @@ impl SyncLoop {
 
     /// Announces the version vector, and refreshes the lag and log gauges.
     async fn handle_announce(&mut self) {
-        let vv = self.store.version_vector();
-        let msg = Gossip::Versions {
-            contiguous: vv.contiguous_map(),
-            horizon: self.store.horizon(),
-            sent_at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
-        };
-        if let Err(e) = self.net.publish(to_cbor(&msg)).await {
-            debug!("announce failed: {e}");
-        }
+        self.announce().await;
         self.update_lag();
         match self.store.pending_operations().await {
             Ok(n) => {
                 self.metrics.pending_operations.set(n as i64);
             }
             Err(e) => warn!("cannot count the log: {e}"),
+        }
+    }
+
+    /// Publishes the version vector with this node's device binding.
+    async fn announce(&self) {
+        let vv = self.store.version_vector();
+        let msg = Gossip::Versions {
+            device: self.device,
+            contiguous: vv.contiguous_map(),
+            horizon: self.store.horizon(),
+            sent_at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+        };
+        if let Err(e) = self.net.publish(to_cbor(&msg)).await {
+            debug!("announce failed: {e}");
         }
     }
 
@@ -409,14 +449,13 @@ impl SyncLoop {
     /// and a slot is free; otherwise the peer table remembers it (see [`PullState`]).
     fn start_pull(&mut self, peer: PeerId) {
         let slot_free = self.pulls.len() < PULLS_CAP;
-        let Some(client) = self.peers.request_pull(&peer, slot_free) else {
+        if !self.peers.request_pull(&peer, slot_free) {
             return;
-        };
+        }
         let puller = Puller {
             store: self.store.clone(),
             net: self.net.clone(),
             peer,
-            client,
             metrics: self.metrics.clone(),
             peers: self.peers.clone(),
         };

@@ -1,5 +1,5 @@
-//! The node's table of connected peers: for each, its client UUID, the address and discovery
-//! of its connection, where its pull stands ([`PullState`]) and the progress of a running
+//! The node's table of connected peers: for each, its client UUID (once its device is
+//! known, see [`crate::device`]), the address and discovery of its connection, where its pull stands ([`PullState`]) and the progress of a running
 //! pull. It is the only copy: the sync actor changes it, pull tasks report their progress
 //! into it, and `/v1/status` reads a [`PeerView`] of each peer from it.
 //!
@@ -15,8 +15,6 @@ use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::Discovery;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::identity::client_uuid;
 
 /// Where a peer's pull stands. Pulls are started by the sync actor, at most one per peer and
 /// [`PULLS_CAP`](super::PULLS_CAP) at once; a pull asked for meanwhile is remembered, not
@@ -104,8 +102,9 @@ pub struct PullProgress {
 /// One connected peer.
 #[derive(Debug)]
 struct Peer {
-    /// Its client UUID (derived from its peer id).
-    client: Uuid,
+    /// Its client UUID: the device its verified binding names, once one arrived. A peer id
+    /// names one run of a device, so two connected peers may share a client.
+    client: Option<Uuid>,
     /// The remote address of its connection.
     address: Multiaddr,
     /// How it was found.
@@ -121,8 +120,8 @@ struct Peer {
 pub struct PeerView {
     /// Peer id.
     pub peer_id: PeerId,
-    /// Its client UUID.
-    pub client_uuid: Uuid,
+    /// Its client UUID, once its device is known.
+    pub client_uuid: Option<Uuid>,
     /// Address of the connection.
     pub address: Multiaddr,
     /// How it was found.
@@ -157,7 +156,7 @@ impl PeerTable {
             }
             Entry::Vacant(e) => {
                 e.insert(Peer {
-                    client: client_uuid(&peer),
+                    client: None,
                     address,
                     discovery,
                     pull: PullState::Idle,
@@ -175,13 +174,28 @@ impl PeerTable {
         peers.len()
     }
 
-    /// Asks for a pull from `peer` (see [`PullState::request`]). Returns its client UUID
-    /// when the caller must start the pull now; `None` when it is not connected, or the
-    /// pull is remembered for later.
-    pub(crate) fn request_pull(&self, peer: &PeerId, slot_free: bool) -> Option<Uuid> {
+    /// Records the device of `peer` (from a verified binding). Returns whether the peer is
+    /// connected and its device was not known before.
+    pub(crate) fn set_client(&self, peer: &PeerId, client: Uuid) -> bool {
+        match self.lock().get_mut(peer) {
+            Some(p) => p.client.replace(client).is_none(),
+            None => false,
+        }
+    }
+
+    /// The client UUID of `peer`, if it is connected and its device is known.
+    pub(crate) fn client(&self, peer: &PeerId) -> Option<Uuid> {
+        self.lock().get(peer).and_then(|p| p.client)
+    }
+
+    /// Asks for a pull from `peer` (see [`PullState::request`]). Returns whether the caller
+    /// must start the pull now: false when it is not connected, or the pull is remembered
+    /// for later.
+    pub(crate) fn request_pull(&self, peer: &PeerId, slot_free: bool) -> bool {
         let mut peers = self.lock();
-        let p = peers.get_mut(peer)?;
-        p.pull.request(slot_free).then_some(p.client)
+        peers
+            .get_mut(peer)
+            .is_some_and(|p| p.pull.request(slot_free))
     }
 
     /// The pull from `peer` ended (see [`PullState::finish`]).
@@ -286,11 +300,11 @@ mod tests {
         let t = PeerTable::default();
         let (a, b) = (PeerId::random(), PeerId::random());
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
-        assert_eq!(t.request_pull(&a, true), None, "not connected");
+        assert!(!t.request_pull(&a, true), "not connected");
         assert_eq!(t.connect(a, addr.clone(), Discovery::Mdns), 1);
         assert_eq!(t.connect(b, addr.clone(), Discovery::Inbound), 2);
-        assert_eq!(t.request_pull(&a, true), Some(client_uuid(&a)));
-        assert_eq!(t.request_pull(&b, false), None);
+        assert!(t.request_pull(&a, true));
+        assert!(!t.request_pull(&b, false));
         assert_eq!(t.waiting(), vec![b]);
 
         // A second connection event updates the address and keeps the schedule.
@@ -314,11 +328,23 @@ mod tests {
         assert_eq!(t.pull_state(&a), Some(PullState::Idle));
         // The slot a's pull had is b's now.
         assert_eq!(t.waiting(), vec![b]);
-        assert_eq!(t.request_pull(&b, true), Some(client_uuid(&b)));
+        assert!(t.request_pull(&b, true));
         assert!(t.waiting().is_empty());
         assert!(t.snapshot().iter().all(|p| p.progress.is_none()));
 
+        // A peer's device is unknown until its binding arrives; a peer not connected gets
+        // none, and a disconnected peer's is forgotten.
+        let device = Uuid::from_u128(7);
+        assert_eq!(t.client(&a), None);
+        assert!(t.set_client(&a, device), "newly known");
+        assert!(!t.set_client(&a, device), "known already");
+        assert_eq!(t.client(&a), Some(device));
+        let view = t.snapshot().into_iter().find(|p| p.peer_id == a).unwrap();
+        assert_eq!(view.client_uuid, Some(device));
+        assert!(!t.set_client(&PeerId::random(), device), "not connected");
+
         assert_eq!(t.disconnect(&a), 1);
+        assert_eq!(t.client(&a), None);
         t.set_progress(&a, progress);
         assert_eq!(t.pull_state(&a), None);
         assert_eq!(t.snapshot().len(), 1);

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use murmur_store::{OpsCursor, Origin, Store, StoreError, VersionVector};
 use tracing::{info, warn};
-use uuid::Uuid;
 
 use super::peers::{PeerTable, PullKind, PullProgress};
 use crate::metrics::Metrics;
@@ -55,20 +54,22 @@ pub(super) struct Puller {
     pub(super) store: Store,
     pub(super) net: Net,
     pub(super) peer: PeerId,
-    pub(super) client: Uuid,
     pub(super) metrics: Arc<Metrics>,
     /// Where the progress is shown.
     pub(super) peers: PeerTable,
 }
 
 impl Puller {
-    /// Pulls, then clears the progress and, on success, marks the peer's client synchronized.
+    /// Pulls, then clears the progress and, on success, marks the peer's client synchronized
+    /// if its device is known by then (the sync loop pulls again when it learns it).
     pub(super) async fn run(self) -> Result<PullSummary, PullError> {
         let res = self.pull().await;
         self.peers.clear_progress(&self.peer);
         if res.is_ok() {
             self.metrics.catchups.inc();
-            if let Err(e) = self.store.mark_synchronized(self.client).await {
+            if let Some(client) = self.peers.client(&self.peer)
+                && let Err(e) = self.store.mark_synchronized(client).await
+            {
                 warn!("client pool: {e}");
             }
         }

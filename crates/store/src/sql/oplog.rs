@@ -175,6 +175,9 @@ pub(crate) fn decode(
         .collect())
 }
 
+/// One chunk as inserted: author, first and last seq, the encoded ops, the chain before.
+type ChunkRow = (String, u64, u64, Vec<u8>, Option<Hash>);
+
 /// Appends ops to the log: sorted by (author, seq), cut into runs of consecutive seqs of
 /// at most [`CHUNK_OPS`], one row each. Every op must be new to the log. `contiguous` (one
 /// entry per author) is stored into `version_vector` by the same statement: one round trip
@@ -186,8 +189,6 @@ pub(crate) async fn append(
     chain: &Chain,
 ) -> Result<(), StoreError> {
     log.sort_by_key(|(op, _)| (op.author, op.seq));
-    // (author, first seq, last seq, blob, chain hash before the first)
-    type ChunkRow = (String, u64, u64, Vec<u8>, Option<Hash>);
     let mut rows: Vec<ChunkRow> = Vec::new();
     let mut start = 0;
     while start < log.len() {
