@@ -23,6 +23,13 @@ use crate::store::Store;
 /// The largest page a caller may ask for (ops plus rows).
 pub const MAX_PAGE: usize = 20_000;
 
+/// The most bytes of one page of ops or of a snapshot, by the items' `wire_size` estimates
+/// (upper bounds of their CBOR). Half the 16 MiB response frame: the other half is room
+/// for the rest of a response (the server's version vector) and for the one item a page
+/// always holds whatever its size (a row is at most [`crate::value::MAX_ROW_BYTES`]), so
+/// every page fits in one frame and no request is refused for its answer's size.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Where a snapshot export continues: resource, phase (0 rows, 1 owned tombstones) and the
 /// last UUID sent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -46,7 +53,8 @@ pub struct Digest {
 
 impl Store {
     /// A page of the ops a peer with version vector `theirs` lacks, including other
-    /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows).
+    /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows)
+    /// and [`MAX_PAGE_BYTES`] (but at least one item, whatever its size).
     /// An `OwnedBatchCreate` is expanded into its rows, page by page, read from the owned
     /// table. Start with `OpsCursor::default()` and pass `next` back until it is `None`.
     pub async fn ops_since(
@@ -60,6 +68,7 @@ impl Store {
         let mut conn = self.pool().acquire().await?;
         let mut page = OpsPage::default();
         let mut budget = limit;
+        let mut bytes_left = MAX_PAGE_BYTES;
         let start_author = cursor.position.map(|(a, _)| a);
         for (author, have) in mine.authors.range(start_author.unwrap_or(Uuid::nil())..) {
             let their = theirs.authors.get(author).cloned().unwrap_or_default();
@@ -83,7 +92,7 @@ impl Store {
                     return Ok(page);
                 }
                 let upto = after.saturating_add(budget as u64);
-                let ops = oplog::chunks_after(&mut conn, *author, after, upto).await?;
+                let ops = oplog::chunks_after(&mut conn, *author, after, upto, bytes_left).await?;
                 if ops.is_empty() {
                     break;
                 }
@@ -99,7 +108,13 @@ impl Store {
                             _ => None,
                         };
                         let (done, last_uuid) = self
-                            .expand_batch(&mut conn, &op, start, &mut budget, &mut page)
+                            .expand_batch(
+                                &mut conn,
+                                &op,
+                                start,
+                                (&mut budget, &mut bytes_left),
+                                &mut page,
+                            )
                             .await?;
                         if !done {
                             page.next = Some(OpsCursor {
@@ -111,7 +126,17 @@ impl Store {
                             return Ok(page);
                         }
                     } else {
-                        page.changes.push(Change::Op(op));
+                        let change = Change::Op(op);
+                        let size = change.wire_size();
+                        if size > bytes_left && !page.changes.is_empty() {
+                            page.next = Some(OpsCursor {
+                                position: Some((*author, after)),
+                                row_after: None,
+                            });
+                            return Ok(page);
+                        }
+                        bytes_left = bytes_left.saturating_sub(size);
+                        page.changes.push(change);
                         budget -= 1;
                     }
                     after = seq;
@@ -124,36 +149,76 @@ impl Store {
         Ok(page)
     }
 
-    /// Appends rows of an owned batch to `page`. Returns whether the batch ended, and the
-    /// last row UUID sent.
+    /// Appends rows of an owned batch to `page`, within the items and bytes left in
+    /// `budget`. Returns whether the batch ended, and the last row UUID sent. The rows'
+    /// sizes are read first (SQLite measures them without loading them), so no more rows
+    /// than the page takes are ever read.
     async fn expand_batch(
         &self,
         conn: &mut SqliteConnection,
         op: &Op,
         start: Option<Uuid>,
-        budget: &mut usize,
+        budget: (&mut usize, &mut usize),
         page: &mut OpsPage,
     ) -> Result<(bool, Option<Uuid>), StoreError> {
+        let (items, bytes_left) = budget;
         let def = self.registry().get(&op.resource)?;
         let cols = column_list(def);
-        let want = (*budget).max(1);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND uuid > ? ORDER BY uuid LIMIT ?",
-            def.name
-        )))
-        .bind(op.author.hyphenated().to_string())
-        .bind(op.seq as i64)
-        .bind(start.map(|u| u.hyphenated().to_string()).unwrap_or_default())
-        .bind(want as i64 + 1)
-        .fetch_all(&mut *conn)
-        .await?;
-        let done = rows.len() <= want;
-        let mut out = Vec::with_capacity(rows.len().min(want));
-        for r in rows.iter().take(want) {
-            out.push(owned_row_from(r, def, 1)?);
+        let want = (*items).max(1);
+        let owner = op.author.hyphenated().to_string();
+        let start_s = start
+            .map(|u| u.hyphenated().to_string())
+            .unwrap_or_default();
+        let sizes = sizes_from(
+            &sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT uuid, {} FROM {} WHERE owner = ? AND crdt_seq = ? AND uuid > ? ORDER BY uuid LIMIT ?",
+                size_sql(def, OWNED_ROW_FIXED),
+                def.name
+            )))
+            .bind(&owner)
+            .bind(op.seq as i64)
+            .bind(&start_s)
+            .bind(want as i64 + 1)
+            .fetch_all(&mut *conn)
+            .await?,
+        )?;
+        let header = Change::OwnedRows {
+            header: op.clone(),
+            rows: Vec::new(),
+            last: true,
         }
+        .wire_size();
+        let room = bytes_left.saturating_sub(header);
+        let n = fit(
+            sizes.iter().take(want).map(|(_, s)| *s),
+            room,
+            page.changes.is_empty(),
+        );
+        if n == 0 && !sizes.is_empty() {
+            // Not one more row fits in this page: the batch continues on the next one.
+            return Ok((false, None));
+        }
+        let done = n == sizes.len();
+        let mut out = Vec::with_capacity(n);
+        if let Some((last, _)) = sizes.get(n.wrapping_sub(1)) {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT uuid{cols} FROM {} WHERE owner = ? AND crdt_seq = ? AND uuid > ? AND uuid <= ? ORDER BY uuid",
+                def.name
+            )))
+            .bind(owner)
+            .bind(op.seq as i64)
+            .bind(start_s)
+            .bind(last.hyphenated().to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+            for r in &rows {
+                out.push(owned_row_from(r, def, 1)?);
+            }
+        }
+        let used: usize = sizes.iter().take(n).map(|(_, s)| *s).sum();
+        *bytes_left = bytes_left.saturating_sub(header + used);
         let last_uuid = out.last().map(|r| r.uuid);
-        *budget = budget.saturating_sub(out.len().max(1));
+        *items = items.saturating_sub(out.len().max(1));
         page.changes.push(Change::OwnedRows {
             header: op.clone(),
             rows: out,
@@ -166,7 +231,7 @@ impl Store {
     // Snapshots
 
     /// A page of the state snapshot after `position` (None: from the start), at most
-    /// `limit` rows. A snapshot is exact for the version vector read before its first page
+    /// `limit` rows and [`MAX_PAGE_BYTES`] (but at least one row, whatever its size). A snapshot is exact for the version vector read before its first page
     /// (pages may also hold later changes, which merge harmlessly).
     pub async fn snapshot_page(
         &self,
@@ -200,20 +265,26 @@ impl Store {
             },
         };
         let mut out = Vec::new();
+        let mut bytes_left = MAX_PAGE_BYTES;
         loop {
             let def = reg.get(&pos.resource)?;
-            let want = limit - out.len();
-            let got = match (def.kind, pos.phase) {
-                (Kind::Shared, _) => read_shared_rows(conn, def, pos.after, want).await?,
-                (Kind::Owned, 0) => read_owned_rows(conn, def, pos.after, want).await?,
-                (Kind::Owned, _) => read_owned_tombstones(conn, def, pos.after, want).await?,
+            let budget = Budget {
+                rows: limit - out.len(),
+                bytes: bytes_left,
+                force_one: out.is_empty(),
             };
-            let n = got.len();
+            let (got, full) = match (def.kind, pos.phase) {
+                (Kind::Shared, _) => read_shared_rows(conn, def, pos.after, budget).await?,
+                (Kind::Owned, 0) => read_owned_rows(conn, def, pos.after, budget).await?,
+                (Kind::Owned, _) => read_owned_tombstones(conn, def, pos.after, budget).await?,
+            };
             if let Some(last) = got.last() {
                 pos.after = Some(snapshot_uuid(last));
             }
+            let used: usize = got.iter().map(SnapshotRow::wire_size).sum();
+            bytes_left = bytes_left.saturating_sub(used);
             out.extend(got);
-            if n == want {
+            if full {
                 return Ok((out, Some(pos)));
             }
             // This resource (or phase) is done: move on.
@@ -264,6 +335,59 @@ impl Store {
             rows,
         })
     }
+}
+
+/// What one read of snapshot rows may take: rows, bytes, and whether it must return a
+/// row even if it alone is over the bytes (the page is empty so far).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    rows: usize,
+    bytes: usize,
+    force_one: bool,
+}
+
+/// How many leading items of `sizes` fit in `room` bytes; at least one if `force_one`.
+fn fit(sizes: impl Iterator<Item = usize>, room: usize, force_one: bool) -> usize {
+    let mut used = 0usize;
+    let mut n = 0;
+    for s in sizes {
+        if used.saturating_add(s) > room && !(force_one && n == 0) {
+            break;
+        }
+        used = used.saturating_add(s);
+        n += 1;
+    }
+    n
+}
+
+/// The fixed part of [`OwnedRow::wire_size`](crate::OwnedRow::wire_size) plus room for its
+/// columns' headers.
+const OWNED_ROW_FIXED: usize = 72;
+
+/// A SQL expression for an upper bound of the wire size of a row of `def`: `fixed`, plus
+/// per column its name, a register's timestamp and a value's header, plus the value's
+/// bytes, which SQLite measures without reading them (`octet_length`). It is at least
+/// what `wire_size` estimates for the row read from those columns.
+fn size_sql(def: &ResourceDef, fixed: usize) -> String {
+    let per_column: usize = def.columns.iter().map(|c| 96 + c.name.len()).sum();
+    let mut sql = format!("({} + {per_column}", fixed + 16 + def.name.len());
+    for c in &def.columns {
+        sql.push_str(&format!(" + COALESCE(octet_length({}), 0)", c.name));
+    }
+    sql.push(')');
+    sql
+}
+
+/// The `(uuid, size)` pairs of rows read by a query of the two.
+fn sizes_from(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<(Uuid, usize)>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                parse_uuid(&r.try_get::<String, _>(0)?)?,
+                r.try_get::<i64, _>(1)?.max(0) as usize,
+            ))
+        })
+        .collect()
 }
 
 fn snapshot_uuid(r: &SnapshotRow) -> Uuid {
@@ -325,24 +449,71 @@ fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
     }
 }
 
-/// Up to `limit` shared rows after `after` in UUID order: live rows from the data table
-/// (registers from their clocks) merged with dead ones from the side tables.
+/// The fixed part of [`SnapshotRow::wire_size`] plus room for the row's headers.
+const SNAPSHOT_ROW_FIXED: usize = 200;
+
+/// How many of the rows measured in `sizes` (in UUID order) the read takes within
+/// `budget`, the last one's UUID, and whether the read is full (a limit stopped it).
+fn cut(sizes: &[(Uuid, usize)], budget: Budget) -> (usize, Option<Uuid>, bool) {
+    let n = fit(
+        sizes.iter().take(budget.rows).map(|(_, s)| *s),
+        budget.bytes,
+        budget.force_one,
+    );
+    let full = n == budget.rows || n < sizes.len();
+    (n, n.checked_sub(1).map(|i| sizes[i].0), full)
+}
+
+/// Shared rows after `after` in UUID order, within `budget`: live rows from the data table
+/// (registers from their clocks) merged with dead ones from the side tables. Their sizes
+/// are read first, then only the rows the page takes. Returns whether the read is full.
 async fn read_shared_rows(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<SnapshotRow>, StoreError> {
+    budget: Budget,
+) -> Result<(Vec<SnapshotRow>, bool), StoreError> {
+    let limit = budget.rows;
     let after = after
         .map(|u| u.hyphenated().to_string())
         .unwrap_or_default();
-    let live = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT uuid, crdt_clock{} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
-        column_list(def),
+    let live_sizes = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid, {} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+        size_sql(def, SNAPSHOT_ROW_FIXED),
         def.name
     )))
     .bind(after.clone())
     .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let side_fixed = SNAPSHOT_ROW_FIXED + 16 + def.name.len();
+    let side_sizes = sqlx::query(
+        "SELECT r.uuid, ? + COALESCE((SELECT SUM(96 + octet_length(p.property) + COALESCE(octet_length(p.value), 0)) \
+         FROM crdt_props p WHERE p.resource = r.resource AND p.uuid = r.uuid), 0) \
+         FROM crdt_rows r WHERE r.resource = ? AND r.uuid > ? ORDER BY r.uuid LIMIT ?",
+    )
+    .bind(side_fixed as i64)
+    .bind(def.name.clone())
+    .bind(after.clone())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    // A row is in one place only (the side entry wins for rows not yet moved at open).
+    let mut sizes: BTreeMap<Uuid, usize> = sizes_from(&live_sizes)?.into_iter().collect();
+    sizes.extend(sizes_from(&side_sizes)?);
+    let sizes: Vec<(Uuid, usize)> = sizes.into_iter().take(limit).collect();
+    let (n, last, full) = cut(&sizes, budget);
+    let Some(last) = last else {
+        return Ok((Vec::new(), full));
+    };
+    let last = last.hyphenated().to_string();
+    let live = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid, crdt_clock{} FROM {} WHERE uuid > ? AND uuid <= ? ORDER BY uuid",
+        column_list(def),
+        def.name
+    )))
+    .bind(after.clone())
+    .bind(last.clone())
     .fetch_all(&mut *conn)
     .await?;
     let mut rows: BTreeMap<Uuid, SharedRow> = BTreeMap::new();
@@ -352,11 +523,11 @@ async fn read_shared_rows(
         }
     }
     let heads = sqlx::query(
-        "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? ORDER BY uuid LIMIT ?",
+        "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? AND uuid <= ? ORDER BY uuid",
     )
     .bind(def.name.clone())
     .bind(after)
-    .bind(limit as i64)
+    .bind(last)
     .fetch_all(&mut *conn)
     .await?;
     let side: Result<BTreeMap<Uuid, SharedRow>, StoreError> =
@@ -377,11 +548,10 @@ async fn read_shared_rows(
             }
         }
     }
-    // A row is in one place only (the side entry wins for rows not yet moved at open).
     rows.extend(side);
-    Ok(rows
+    let out = rows
         .into_iter()
-        .take(limit)
+        .take(n)
         .map(|(uuid, row)| SnapshotRow::Shared {
             resource: def.name.clone(),
             uuid,
@@ -394,26 +564,43 @@ async fn read_shared_rows(
                 .map(|(name, (ts, v))| (name, ts, v))
                 .collect(),
         })
-        .collect())
+        .collect();
+    Ok((out, full))
 }
 
+/// Owned rows after `after` in UUID order, within `budget` (sizes first, as
+/// [`read_shared_rows`]). Returns whether the read is full.
 async fn read_owned_rows(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<SnapshotRow>, StoreError> {
+    budget: Budget,
+) -> Result<(Vec<SnapshotRow>, bool), StoreError> {
+    let after = after
+        .map(|u| u.hyphenated().to_string())
+        .unwrap_or_default();
+    let sizes = sizes_from(
+        &sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT uuid, {} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+            size_sql(def, SNAPSHOT_ROW_FIXED),
+            def.name
+        )))
+        .bind(after.clone())
+        .bind(budget.rows as i64)
+        .fetch_all(&mut *conn)
+        .await?,
+    )?;
+    let (_, last, full) = cut(&sizes, budget);
+    let Some(last) = last else {
+        return Ok((Vec::new(), full));
+    };
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT uuid, owner, crdt_ts, crdt_seq{} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+        "SELECT uuid, owner, crdt_ts, crdt_seq{} FROM {} WHERE uuid > ? AND uuid <= ? ORDER BY uuid",
         column_list(def),
         def.name
     )))
-    .bind(
-        after
-            .map(|u| u.hyphenated().to_string())
-            .unwrap_or_default(),
-    )
-    .bind(limit as i64)
+    .bind(after)
+    .bind(last.hyphenated().to_string())
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -435,15 +622,27 @@ async fn read_owned_rows(
             values: row.values,
         });
     }
-    Ok(out)
+    Ok((out, full))
 }
 
+/// Tombstones of owned rows after `after`, within `budget` (each is of one small size).
+/// Returns whether the read is full.
 async fn read_owned_tombstones(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<SnapshotRow>, StoreError> {
+    budget: Budget,
+) -> Result<(Vec<SnapshotRow>, bool), StoreError> {
+    let each = SnapshotRow::OwnedTombstone {
+        resource: def.name.clone(),
+        uuid: Uuid::nil(),
+        ts: Hlc::ZERO,
+    }
+    .wire_size();
+    let mut limit = budget.rows.min(budget.bytes / each);
+    if budget.force_one {
+        limit = limit.max(1);
+    }
     let rows = sqlx::query("SELECT uuid, ts FROM crdt_rows WHERE resource = ? AND alive = 0 AND uuid > ? ORDER BY uuid LIMIT ?")
         .bind(def.name.clone())
         .bind(after.map(|u| u.hyphenated().to_string()).unwrap_or_default())
@@ -458,5 +657,6 @@ async fn read_owned_tombstones(
             ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
         });
     }
-    Ok(out)
+    let full = out.len() == limit;
+    Ok((out, full))
 }

@@ -32,7 +32,7 @@ use crate::commit::{Commit, Origin};
 use crate::engine;
 use crate::error::StoreError;
 use crate::local::{BatchEntry, Local, WriteOutcome, unwrap_single};
-use crate::op::{ApplyReport, Change, SnapshotRow, VersionVector};
+use crate::op::{ApplyReport, Change, SnapshotImport, SnapshotRow, VersionVector};
 use crate::registry::Registry;
 use crate::remote::Remote;
 use crate::sql::{clients, oplog, schema, versions};
@@ -373,13 +373,19 @@ impl Store {
     }
 
     /// Merges a page of snapshot rows into this store, register by register, in one
-    /// transaction. Importing into a non-empty store is safe: newer registers win.
-    pub async fn import_snapshot_page(&self, rows: Vec<SnapshotRow>) -> Result<usize, StoreError> {
+    /// transaction. Importing into a non-empty store is safe: newer registers win. A row
+    /// with a register more than `max_drift` ahead is set aside, not imported: the result
+    /// counts it and names the authors whose ops the snapshot must then not claim to cover.
+    pub async fn import_snapshot_page(
+        &self,
+        rows: Vec<SnapshotRow>,
+    ) -> Result<SnapshotImport, StoreError> {
         self.detached(move |s| async move { s.remote().import_snapshot_page(rows).await })
             .await
     }
 
-    /// Ends a snapshot import: this replica now holds every op `vv` covers.
+    /// Ends a snapshot import: this replica now holds every op `vv` covers. Leave out of
+    /// `vv` the authors of rows a page set aside ([`SnapshotImport::uncovered`]).
     pub async fn finish_snapshot(&self, vv: &VersionVector) -> Result<(), StoreError> {
         let vv = vv.clone();
         self.detached(move |s| async move { s.remote().finish_snapshot(&vv).await })
