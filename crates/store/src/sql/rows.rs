@@ -141,6 +141,37 @@ pub(crate) async fn others_of_batch(
     Ok(out)
 }
 
+/// The UUIDs and value bytes (the stored CBOR's length, measured by SQLite without loading
+/// it) of the rows [`others_of_batch`] reads, with the same arguments.
+pub(crate) async fn others_of_batch_sizes(
+    conn: &mut sqlx::sqlite::SqliteConnection,
+    def: &ResourceDef,
+    author: Uuid,
+    seq: u64,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<(Uuid, usize)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT uuid, length(vals) FROM crdt_owned_others WHERE resource = ? AND device = ? \
+         AND seq = ? AND alive = 1 AND uuid > ? ORDER BY uuid LIMIT ?",
+    )
+    .bind(def.name.clone())
+    .bind(key_of(author))
+    .bind(seq as i64)
+    .bind(after.map(key_of).unwrap_or_default())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                parse_uuid(r.try_get::<&str, _>(0)?)?,
+                r.try_get::<Option<i64>, _>(1)?.unwrap_or(0).max(0) as usize,
+            ))
+        })
+        .collect()
+}
+
 /// Up to `limit` rows after `after`, in UUID order, whose owner's claim (its lowest create)
 /// is the owned batch at `ts` of `def` but which a later op of the owner rewrote or deleted
 /// (`crdt_owned_claims`). A batch is sent with them so that the receiver learns the claim;
