@@ -411,7 +411,7 @@ impl Proof {
         }
         let Some(head) = self
             .head_seq()
-            .filter(|&h| h >= 1 && h <= crate::validate::MAX_SEQ)
+            .filter(|h| (1..=crate::validate::MAX_SEQ).contains(h))
         else {
             return Err(ProofError::Shape(format!(
                 "a run from seq {} of {n} ops and {} more is out of range",

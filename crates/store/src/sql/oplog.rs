@@ -135,6 +135,10 @@ pub(crate) fn decode(
         .collect())
 }
 
+/// A chunk as `append` writes it: author, first and last seq, the encoded ops, the chain
+/// hash before it.
+type ChunkRow = (String, u64, u64, Vec<u8>, Option<Hash>);
+
 /// Appends ops to the log: sorted by (author, seq), cut into runs of consecutive seqs of
 /// at most [`CHUNK_OPS`], one row each. Every op must be new to the log. `contiguous` (one
 /// entry per author) is stored into `version_vector` by the same statement: one round trip
@@ -146,7 +150,7 @@ pub(crate) async fn append(
     chain: &Chain,
 ) -> Result<(), StoreError> {
     log.sort_by_key(|(op, _)| (op.author, op.seq));
-    let mut rows: Vec<(String, u64, u64, Vec<u8>, Option<Hash>)> = Vec::new();
+    let mut rows: Vec<ChunkRow> = Vec::new();
     let mut start = 0;
     while start < log.len() {
         let first = log[start].0;
