@@ -291,8 +291,9 @@ impl Store {
             available.saturating_sub(header),
             page.changes.is_empty(),
         );
-        if n == 0 && !sizes.is_empty() {
-            // Not one more row fits in this page: the batch continues on the next one.
+        if !page.changes.is_empty() && (header > available || (n == 0 && !sizes.is_empty())) {
+            // Not the header, or not one more row, fits in this page: the batch continues
+            // on the next one.
             return Ok((false, None));
         }
         let done = n == sizes.len();
