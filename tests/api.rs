@@ -103,3 +103,37 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         "keep"
     );
 }
+
+/// A value or a row above `MAX_ROW_BYTES` gets 413 naming the limit, and is not written;
+/// one at the limit is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_above_the_maximum_gets_413_naming_the_limit() {
+    init_tracing();
+    let (_sd, secret) = secret_file();
+    let n = TestNode::new(&secret).await;
+    let max = murmur::store::MAX_ROW_BYTES;
+    let (status, body) = n
+        .post(
+            "/v1/shared/comments",
+            serde_json::json!({"content": "x".repeat(max)}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(error_of(&body).contains(&max.to_string()), "{body}");
+    assert!(error_of(&body).contains("MAX_ROW_BYTES"), "{body}");
+    let (status, body) = n
+        .post(
+            "/v1/owned/file_paths",
+            serde_json::json!([{"name": "y".repeat(max)}]),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(n.node().store().count_rows("comments").await.unwrap(), 0);
+    let (status, body) = n
+        .post(
+            "/v1/shared/comments",
+            serde_json::json!({"content": "x".repeat(max - 9)}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -89,8 +89,10 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .unwrap_or(2);
     println!("crash test: seed {seed}, {rounds} rounds (replay with MURMUR_CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    // Short staleness and pruning so that the snapshot path is reachable in a test.
-    let mut c = Cluster::start_with(BIN, 2, |_| {
+    // Short staleness and pruning so that the snapshot path is reachable in a test. A
+    // third node stays up with A: an op is pruned only once another device holds it, and
+    // B becomes stale only while A is in contact with some peer.
+    let mut c = Cluster::start_with(BIN, 3, |_| {
         [
             "--stale-after",
             "3s",
@@ -103,7 +105,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .to_vec()
     })
     .await;
-    poll("connected", || async { c.connected(A).await == 1 }).await;
+    poll("connected", || async { c.connected(A).await == 2 }).await;
     let mut acked_on_b: Vec<String> = Vec::new();
 
     for round in 0..rounds {

@@ -70,6 +70,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownResource(_) | StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
             StoreError::NotOwner { .. } => StatusCode::FORBIDDEN,
+            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::BatchEntry { source, .. } => {
                 return ApiError::new(ApiError::from_ref(source), e.to_string());
             }
@@ -93,6 +94,7 @@ impl ApiError {
             StoreError::UnknownResource(_) | StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
             StoreError::NotOwner { .. } => StatusCode::FORBIDDEN,
+            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             e if e.is_bad_input() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }

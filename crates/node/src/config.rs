@@ -118,8 +118,9 @@ pub struct RunArgs {
     /// Refuse remote timestamps further ahead of this clock, in milliseconds.
     #[arg(long, env = "MURMUR_MAX_DRIFT_MS", default_value_t = 100)]
     pub max_drift_ms: u64,
-    /// A client unseen for longer than this no longer holds ops back from pruning (e.g.
-    /// 30s, 10m, 7d).
+    /// A client unheard of for this long, counted while this node is in contact with
+    /// other peers, no longer holds ops back from pruning (e.g. 30s, 10m, 7d). An op is
+    /// never pruned before another client holds it.
     #[arg(long, env = "MURMUR_STALE_AFTER", default_value = "7d", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
     /// How often the node prunes its op log (advanced).

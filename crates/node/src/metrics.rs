@@ -47,6 +47,8 @@ pub struct Metrics {
     pub snapshots_imported: Counter,
     /// Ops removed from the log by pruning.
     pub ops_pruned: Counter,
+    /// Pruning rounds run (whether or not they removed anything).
+    pub prune_runs: Counter,
     /// Ops in the log.
     pub pending_operations: Gauge,
     /// Connected peers.
@@ -78,6 +80,7 @@ impl Metrics {
             catchups: Counter::default(),
             snapshots_imported: Counter::default(),
             ops_pruned: Counter::default(),
+            prune_runs: Counter::default(),
             pending_operations: Gauge::default(),
             peers_connected: Gauge::default(),
             sync_lag_ops: Gauge::default(),
@@ -134,6 +137,7 @@ impl Metrics {
             "State snapshots imported",
             m.snapshots_imported.clone(),
         );
+        registry.register("prune_runs", "Pruning rounds run", m.prune_runs.clone());
         registry.register(
             "ops_pruned",
             "Ops removed from the log",

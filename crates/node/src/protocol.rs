@@ -21,8 +21,17 @@ pub type NetEvent = Event<Request, Response>;
 pub const GOSSIP_OPS_CAP: usize = 512;
 /// Largest gossip payload the node publishes (below the swarm's limit).
 pub const GOSSIP_BYTES_CAP: usize = 256 * 1024;
-/// Page size of a catch-up (ops plus owned rows) and of a snapshot.
+/// Page size of a catch-up (ops plus owned rows) and of a snapshot, in items. Pages are
+/// also cut at [`murmur_store::MAX_PAGE_BYTES`] by the store.
 pub const PAGE_SIZE: usize = 5_000;
+
+// A page of at most MAX_PAGE_BYTES, or a single item over it (a row of up to MAX_ROW_BYTES,
+// or a shared row that concurrent writes to its columns made a few times larger), plus the
+// rest of a response, fits in the response frame, so no page is ever refused for its size.
+const _: () = assert!(
+    murmur_store::MAX_PAGE_BYTES + 2 * murmur_store::MAX_ROW_BYTES
+        <= murmur_p2p::config::DEFAULT_MAX_RESPONSE_BYTES
+);
 /// The most `extra` seqs per author a request carries.
 pub const VV_EXTRA_CAP: usize = 256;
 

@@ -242,6 +242,21 @@ impl Clock {
         })
     }
 
+    /// Whether a remote timestamp is within `max_drift` of the physical clock, without
+    /// folding it into the clock (gossip is checked this way before it is forwarded).
+    pub fn check(&self, ts: Hlc) -> Result<(), DriftError> {
+        let now = (self.physical)().0;
+        let bound = now.saturating_add(NTP64::from(self.max_drift).0);
+        if ts.time <= bound {
+            return Ok(());
+        }
+        Err(DriftError {
+            ts,
+            ahead_ms: NTP64(ts.time - now).to_duration().as_millis() as u64,
+            max_ms: self.max_drift.as_millis() as u64,
+        })
+    }
+
     /// The author of this clock's timestamps.
     pub fn author(&self) -> Uuid {
         self.author
@@ -290,7 +305,9 @@ mod tests {
         };
         let err = me.observe(ahead).unwrap_err();
         assert!(err.ahead_ms >= 900, "{err}");
+        assert_eq!(me.check(ahead).unwrap_err().ts, ahead);
         manual.advance(Duration::from_millis(1000));
+        me.check(ahead).unwrap();
         me.observe(ahead).unwrap();
         assert!(me.now() > ahead);
         manual.release();

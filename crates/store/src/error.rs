@@ -70,6 +70,18 @@ pub enum StoreError {
     /// A request that cannot be carried out as asked (empty update, bad page size, ...).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A row larger than [`crate::value::MAX_ROW_BYTES`].
+    #[error(
+        "a row of `{resource}` would take {size} bytes, above the limit of {limit} bytes per row (MAX_ROW_BYTES): store large data in files and keep a reference in the row"
+    )]
+    TooLarge {
+        /// Resource.
+        resource: String,
+        /// The row's size by [`crate::Value::wire_size`].
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// One entry of a batch failed; nothing of the batch was written.
     #[error("entry {index} of the batch: {source}")]
     BatchEntry {

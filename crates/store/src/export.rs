@@ -14,7 +14,7 @@ use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow, VersionVector};
 use crate::page::{OpsCursor, OpsPage};
-use crate::proof::{Hash, Proof, op_hash};
+use crate::proof::{Hash, Proof, TAIL_CAP, op_hash};
 use crate::registry::{Kind, ResourceDef};
 use crate::sql::rows::{
     column_list, count_others_of_batch, key_of, live_row_from, others_of_batch, owned_row_from,
@@ -25,6 +25,13 @@ use crate::store::Store;
 
 /// The largest page a caller may ask for (ops plus rows).
 pub const MAX_PAGE: usize = 20_000;
+
+/// The most bytes of one page of ops or of a snapshot, by the items' `wire_size` estimates
+/// (upper bounds of their CBOR). Half the 16 MiB response frame: the other half is room
+/// for the rest of a response (the server's version vector) and for the one item a page
+/// always holds whatever its size (a row is at most [`crate::value::MAX_ROW_BYTES`]), so
+/// every page fits in one frame and no request is refused for its answer's size.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where a snapshot export continues: resource, phase (0 rows, 1 owned tombstones) and the
 /// last UUID sent.
@@ -49,7 +56,8 @@ pub struct Digest {
 
 impl Store {
     /// A page of the ops a peer with version vector `theirs` lacks, including other
-    /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows).
+    /// authors' ops, in (author, seq) order, at most `limit` items (ops plus owned rows)
+    /// and [`MAX_PAGE_BYTES`] (but at least one item, whatever its size).
     /// An `OwnedBatchCreate` is expanded into its rows, page by page, read from the owned
     /// table. Start with `OpsCursor::default()` and pass `next` back until it is `None`.
     /// Each run of consecutive ops of one author in the page comes with its proof
@@ -95,6 +103,9 @@ impl Store {
         let mine = self.version_vector();
         let mut page = OpsPage::default();
         let mut budget = limit;
+        // Bytes left for the page's changes and proofs.
+        let mut bytes_left = MAX_PAGE_BYTES;
+        let mut runs = RunCost::default();
         let start_author = cursor.position.map(|(a, _)| a);
         for (author, have) in mine.authors.range(start_author.unwrap_or(Uuid::nil())..) {
             let their = theirs.authors.get(author).cloned().unwrap_or_default();
@@ -118,7 +129,7 @@ impl Store {
                     return Ok(page);
                 }
                 let upto = after.saturating_add(budget as u64);
-                let ops = oplog::chunks_after(conn, *author, after, upto).await?;
+                let ops = oplog::chunks_after(conn, *author, after, upto, bytes_left).await?;
                 if ops.is_empty() {
                     break;
                 }
@@ -128,14 +139,29 @@ impl Store {
                         after = seq;
                         continue;
                     }
+                    let (reserve, refund) = runs.cost(conn, op.author, seq).await?;
                     if op.method == Method::OwnedBatchCreate {
                         let start = match row_after.take() {
                             Some((seq, u)) if seq == op.seq => Some(u),
                             _ => None,
                         };
+                        let before = page.changes.len();
                         let (done, last_uuid) = self
-                            .expand_batch(conn, &op, start, &mut budget, &mut page)
+                            .expand_batch(
+                                conn,
+                                &op,
+                                start,
+                                PageBudget {
+                                    items: &mut budget,
+                                    bytes: &mut bytes_left,
+                                    proof: (reserve, refund),
+                                },
+                                &mut page,
+                            )
                             .await?;
+                        if page.changes.len() > before {
+                            runs.enter(op.author, seq);
+                        }
                         if !done {
                             page.next = Some(OpsCursor {
                                 position: Some((*author, after)),
@@ -146,7 +172,19 @@ impl Store {
                             return Ok(page);
                         }
                     } else {
-                        page.changes.push(Change::Op(op));
+                        let change = Change::Op(op);
+                        let size = change.wire_size() + reserve;
+                        let available = bytes_left.saturating_add(refund);
+                        if size > available && !page.changes.is_empty() {
+                            page.next = Some(OpsCursor {
+                                position: Some((*author, after)),
+                                row_after: None,
+                            });
+                            return Ok(page);
+                        }
+                        bytes_left = available.saturating_sub(size);
+                        runs.enter(*author, seq);
+                        page.changes.push(change);
                         budget -= 1;
                     }
                     after = seq;
@@ -160,26 +198,50 @@ impl Store {
     }
 
     /// Appends rows of an owned batch to `page`: whole groups of its header's
-    /// [`Op::groups`], as many as `budget` holds and at least one (so a page may exceed it
-    /// by less than one group), each row with the values the batch wrote. A batch whose
-    /// header has no groups (written before rows were committed to) is cut by `budget`
-    /// alone; a receiver that checks proofs refuses its rows. Returns whether the batch
-    /// ended, and the last row UUID sent.
+    /// [`Op::groups`], each row with the values the batch wrote, as many groups as the items
+    /// and bytes left in `budget` hold (the bytes count the proof of a run the batch opens),
+    /// and at least one when the page is empty. Groups are read one at a time, so no more
+    /// than one group beyond what the page takes is ever read. A batch whose header has no
+    /// groups (written before rows were committed to) is cut by items alone; a receiver
+    /// that checks proofs refuses its rows. Returns whether the batch ended, and the last
+    /// row UUID sent.
     async fn expand_batch(
         &self,
         conn: &mut SqliteConnection,
         op: &Op,
         start: Option<Uuid>,
-        budget: &mut usize,
+        budget: PageBudget<'_>,
         page: &mut OpsPage,
     ) -> Result<(bool, Option<Uuid>), StoreError> {
+        let PageBudget {
+            items,
+            bytes: bytes_left,
+            proof,
+        } = budget;
         let def = self.registry().get(&op.resource)?;
         let device = self.device_of(&op.author).unwrap_or(op.author);
+        let (reserve, refund) = proof;
+        let header = Change::OwnedRows {
+            header: op.clone(),
+            rows: Vec::new(),
+            last: true,
+            first_group: 0,
+        }
+        .wire_size()
+            + reserve;
+        let mut available = bytes_left.saturating_add(refund);
+        if !page.changes.is_empty() && header > available {
+            // Not even the header fits: the batch starts on the next page.
+            return Ok((false, None));
+        }
+        available = available.saturating_sub(header);
         let (rows, first_group, done) = if op.groups.is_empty() {
-            let want = (*budget).max(1);
+            let want = (*items).max(1);
             let mut rows = batch_rows(conn, def, op, device, start, want + 1).await?;
             let done = rows.len() <= want;
             rows.truncate(want);
+            let used: usize = rows.iter().map(OwnedRow::wire_size).sum();
+            available = available.saturating_sub(used);
             (rows, 0, done)
         } else {
             // The group the cursor ends: the rows of the batch up to it, counted.
@@ -193,16 +255,31 @@ impl Store {
                 at += u64::from(groups[first].rows);
                 first += 1;
             }
-            let (mut end, mut n) = (first, 0usize);
-            while end < groups.len() && (end == first || n + groups[end].rows as usize <= *budget) {
-                n += groups[end].rows as usize;
+            let (mut end, mut rows, mut after) = (first, Vec::new(), start);
+            while end < groups.len() {
+                let n = groups[end].rows as usize;
+                if end > first && rows.len() + n > *items {
+                    break;
+                }
+                let group = batch_rows(conn, def, op, device, after, n).await?;
+                let size: usize = group.iter().map(OwnedRow::wire_size).sum();
+                if size > available && (end > first || !page.changes.is_empty()) {
+                    break;
+                }
+                available = available.saturating_sub(size);
+                after = group.last().map(|r| r.uuid).or(after);
+                rows.extend(group);
                 end += 1;
             }
-            let rows = batch_rows(conn, def, op, device, start, n).await?;
+            if end == first {
+                // Not one more group fits in this page: the batch continues on the next.
+                return Ok((false, None));
+            }
             (rows, first as u32, end == groups.len())
         };
+        *bytes_left = available;
         let last_uuid = rows.last().map(|r| r.uuid);
-        *budget = budget.saturating_sub(rows.len().max(1));
+        *items = items.saturating_sub(rows.len().max(1));
         page.changes.push(Change::OwnedRows {
             header: op.clone(),
             rows,
@@ -216,15 +293,30 @@ impl Store {
     // Snapshots
 
     /// A page of the state snapshot after `position` (None: from the start), at most
-    /// `limit` rows. A snapshot is exact for the version vector read before its first page
-    /// (pages may also hold later changes, which merge harmlessly).
+    /// `limit` rows and [`MAX_PAGE_BYTES`] (but at least one row, whatever its size). A
+    /// snapshot is exact for the version vector read before its first page (pages may also
+    /// hold later changes, which merge harmlessly).
     pub async fn snapshot_page(
         &self,
         position: Option<&SnapshotPosition>,
         limit: usize,
     ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
+        self.snapshot_page_within(position, limit, MAX_PAGE_BYTES)
+            .await
+    }
+
+    /// [`Store::snapshot_page`] with at most `max_bytes` of rows (at most
+    /// [`MAX_PAGE_BYTES`]; at least one row): the first page leaves room for the
+    /// snapshot's proofs ([`Store::snapshot_proofs`], counted by [`Proof::wire_size`]).
+    pub async fn snapshot_page_within(
+        &self,
+        position: Option<&SnapshotPosition>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
         let mut conn = self.pool().acquire().await?;
-        self.snapshot_page_on(&mut conn, position, limit).await
+        self.snapshot_page_on(&mut conn, position, limit, max_bytes.min(MAX_PAGE_BYTES))
+            .await
     }
 
     async fn snapshot_page_on(
@@ -232,6 +324,7 @@ impl Store {
         conn: &mut SqliteConnection,
         position: Option<&SnapshotPosition>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let reg = &self.registry();
@@ -250,20 +343,26 @@ impl Store {
             },
         };
         let mut out = Vec::new();
+        let mut bytes_left = max_bytes;
         loop {
             let def = reg.get(&pos.resource)?;
-            let want = limit - out.len();
-            let got = match (def.kind, pos.phase) {
-                (Kind::Shared, _) => read_shared_rows(conn, def, pos.after, want).await?,
-                (Kind::Owned, 0) => read_owned_rows(conn, def, pos.after, want).await?,
-                (Kind::Owned, _) => read_owned_tombstones(conn, def, pos.after, want).await?,
+            let budget = Budget {
+                rows: limit - out.len(),
+                bytes: bytes_left,
+                force_one: out.is_empty(),
             };
-            let n = got.len();
+            let (got, full) = match (def.kind, pos.phase) {
+                (Kind::Shared, _) => read_shared_rows(conn, def, pos.after, budget).await?,
+                (Kind::Owned, 0) => read_owned_rows(conn, def, pos.after, budget).await?,
+                (Kind::Owned, _) => read_owned_tombstones(conn, def, pos.after, budget).await?,
+            };
             if let Some(last) = got.last() {
                 pos.after = Some(snapshot_uuid(last));
             }
+            let used: usize = got.iter().map(SnapshotRow::wire_size).sum();
+            bytes_left = bytes_left.saturating_sub(used);
             out.extend(got);
-            if n == want {
+            if full {
                 return Ok((out, Some(pos)));
             }
             // This resource (or phase) is done: move on.
@@ -294,7 +393,9 @@ impl Store {
         let mut rows = 0u64;
         let mut pos: Option<SnapshotPosition> = None;
         loop {
-            let (page, next) = self.snapshot_page_on(&mut tx, pos.as_ref(), 5_000).await?;
+            let (page, next) = self
+                .snapshot_page_on(&mut tx, pos.as_ref(), 5_000, MAX_PAGE_BYTES)
+                .await?;
             for r in &page {
                 hash_row(&mut h, r);
                 rows += match r {
@@ -433,11 +534,16 @@ async fn prove_run(
     let Some(head) = oplog::head_from(conn, author, last.max(1)).await? else {
         return Ok(None);
     };
+    // A page counts each proof's bytes by its tail's length (see [`RunCost`]); a tail
+    // longer than the verifier takes would be refused anyway, so the run goes without.
+    if head.seq.saturating_sub(last) > TAIL_CAP as u64 {
+        return Ok(None);
+    }
     // The op hashes after the run up to the head: from the log, then the head's own tail.
     let stored_from = head.seq + 1 - head.tail.len() as u64;
     let mut tail: Vec<Hash> = Vec::new();
     if last + 1 < stored_from {
-        let ops = oplog::chunks_after(conn, author, last, stored_from - 1).await?;
+        let ops = oplog::chunks_after(conn, author, last, stored_from - 1, usize::MAX).await?;
         for (op, _) in ops.iter().take_while(|(op, _)| op.seq < stored_from) {
             if op.seq != last + 1 + tail.len() as u64 {
                 return Ok(None);
@@ -458,6 +564,115 @@ async fn prove_run(
         tail,
         sig: head.sig,
     }))
+}
+
+/// The proof bytes of a page's runs, counted while the page is built: the page carries one
+/// proof per run of consecutive ops of one author ([`prove_page`]). A run reserves
+/// [`Proof::MAX_WIRE_SIZE`] when it opens; once it is closed (the next run opens) its
+/// proof's size is known from how far its last op is from the next signed head, and the
+/// rest of the reservation is given back.
+#[derive(Debug, Default)]
+struct RunCost {
+    /// The open run: its author and last seq.
+    open: Option<(Uuid, u64)>,
+}
+
+impl RunCost {
+    /// What adding an item of the op `author`#`seq` to the page costs in proof bytes: what
+    /// it reserves (the bound of a run it opens) and what it gives back (what the run it
+    /// closes does not use). Nothing changes until [`RunCost::enter`].
+    async fn cost(
+        &self,
+        conn: &mut SqliteConnection,
+        author: Uuid,
+        seq: u64,
+    ) -> Result<(usize, usize), StoreError> {
+        match self.open {
+            Some((a, last)) if a == author && (seq == last || seq == last + 1) => Ok((0, 0)),
+            Some((a, last)) => {
+                // As `prove_run` builds it: the tail runs to the first head at or after the
+                // run's end; a run it cannot prove goes without a proof.
+                let used = match oplog::head_seq_from(conn, a, last.max(1)).await? {
+                    Some(head) if head.saturating_sub(last) <= TAIL_CAP as u64 => {
+                        Proof::wire_size_for((head - last) as usize)
+                    }
+                    _ => 0,
+                };
+                Ok((
+                    Proof::MAX_WIRE_SIZE,
+                    Proof::MAX_WIRE_SIZE.saturating_sub(used),
+                ))
+            }
+            None => Ok((Proof::MAX_WIRE_SIZE, 0)),
+        }
+    }
+
+    /// An item of `author`#`seq` was added.
+    fn enter(&mut self, author: Uuid, seq: u64) {
+        self.open = Some((author, seq));
+    }
+}
+
+/// What an owned batch's rows may take of a page: items, bytes, and the proof bytes its
+/// header reserves and gives back ([`RunCost::cost`]).
+struct PageBudget<'a> {
+    items: &'a mut usize,
+    bytes: &'a mut usize,
+    proof: (usize, usize),
+}
+
+/// What one read of snapshot rows may take: rows, bytes, and whether it must return a
+/// row even if it alone is over the bytes (the page is empty so far).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    rows: usize,
+    bytes: usize,
+    force_one: bool,
+}
+
+/// How many leading items of `sizes` fit in `room` bytes; at least one if `force_one`.
+fn fit(sizes: impl Iterator<Item = usize>, room: usize, force_one: bool) -> usize {
+    let mut used = 0usize;
+    let mut n = 0;
+    for s in sizes {
+        if used.saturating_add(s) > room && !(force_one && n == 0) {
+            break;
+        }
+        used = used.saturating_add(s);
+        n += 1;
+    }
+    n
+}
+
+/// A SQL expression for an upper bound of the wire size of a row of `def`: `fixed`, plus
+/// per column its name, a register's timestamp and a value's header, plus the value's
+/// bytes, which SQLite measures without reading them (`octet_length`). It is at least
+/// what `wire_size` estimates for the row read from those columns.
+fn size_sql(def: &ResourceDef, fixed: usize) -> String {
+    size_sql_of(def, fixed, "")
+}
+
+/// [`size_sql`] with the columns named `{prefix}{column}` (a table alias).
+fn size_sql_of(def: &ResourceDef, fixed: usize, prefix: &str) -> String {
+    let per_column: usize = def.columns.iter().map(|c| 96 + c.name.len()).sum();
+    let mut sql = format!("({} + {per_column}", fixed + 16 + def.name.len());
+    for c in &def.columns {
+        sql.push_str(&format!(" + COALESCE(octet_length({prefix}{}), 0)", c.name));
+    }
+    sql.push(')');
+    sql
+}
+
+/// The `(uuid, size)` pairs of rows read by a query of the two.
+fn sizes_from(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<(Uuid, usize)>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                parse_uuid(&r.try_get::<String, _>(0)?)?,
+                r.try_get::<i64, _>(1)?.max(0) as usize,
+            ))
+        })
+        .collect()
 }
 
 fn snapshot_uuid(r: &SnapshotRow) -> Uuid {
@@ -527,24 +742,71 @@ fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
     }
 }
 
-/// Up to `limit` shared rows after `after` in UUID order: live rows from the data table
-/// (registers from their clocks) merged with dead ones from the side tables.
+/// The fixed part of [`SnapshotRow::wire_size`] plus room for the row's headers.
+const SNAPSHOT_ROW_FIXED: usize = 200;
+
+/// How many of the rows measured in `sizes` (in UUID order) the read takes within
+/// `budget`, the last one's UUID, and whether the read is full (a limit stopped it).
+fn cut(sizes: &[(Uuid, usize)], budget: Budget) -> (usize, Option<Uuid>, bool) {
+    let n = fit(
+        sizes.iter().take(budget.rows).map(|(_, s)| *s),
+        budget.bytes,
+        budget.force_one,
+    );
+    let full = n == budget.rows || n < sizes.len();
+    (n, n.checked_sub(1).map(|i| sizes[i].0), full)
+}
+
+/// Shared rows after `after` in UUID order, within `budget`: live rows from the data table
+/// (registers from their clocks) merged with dead ones from the side tables. Their sizes
+/// are read first, then only the rows the page takes. Returns whether the read is full.
 async fn read_shared_rows(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<SnapshotRow>, StoreError> {
+    budget: Budget,
+) -> Result<(Vec<SnapshotRow>, bool), StoreError> {
+    let limit = budget.rows;
     let after = after
         .map(|u| u.hyphenated().to_string())
         .unwrap_or_default();
-    let live = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT uuid, crdt_clock{} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
-        column_list(def),
+    let live_sizes = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid, {} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+        size_sql(def, SNAPSHOT_ROW_FIXED),
         def.name
     )))
     .bind(after.clone())
     .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let side_fixed = SNAPSHOT_ROW_FIXED + 16 + def.name.len();
+    let side_sizes = sqlx::query(
+        "SELECT r.uuid, ? + COALESCE((SELECT SUM(96 + octet_length(p.property) + COALESCE(octet_length(p.value), 0)) \
+         FROM crdt_props p WHERE p.resource = r.resource AND p.uuid = r.uuid), 0) \
+         FROM crdt_rows r WHERE r.resource = ? AND r.uuid > ? ORDER BY r.uuid LIMIT ?",
+    )
+    .bind(side_fixed as i64)
+    .bind(def.name.clone())
+    .bind(after.clone())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    // A row is in one place only (the side entry wins for rows not yet moved at open).
+    let mut sizes: BTreeMap<Uuid, usize> = sizes_from(&live_sizes)?.into_iter().collect();
+    sizes.extend(sizes_from(&side_sizes)?);
+    let sizes: Vec<(Uuid, usize)> = sizes.into_iter().take(limit).collect();
+    let (n, last, full) = cut(&sizes, budget);
+    let Some(last) = last else {
+        return Ok((Vec::new(), full));
+    };
+    let last = last.hyphenated().to_string();
+    let live = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT uuid, crdt_clock{} FROM {} WHERE uuid > ? AND uuid <= ? ORDER BY uuid",
+        column_list(def),
+        def.name
+    )))
+    .bind(after.clone())
+    .bind(last.clone())
     .fetch_all(&mut *conn)
     .await?;
     let mut rows: BTreeMap<Uuid, SharedRow> = BTreeMap::new();
@@ -554,11 +816,11 @@ async fn read_shared_rows(
         }
     }
     let heads = sqlx::query(
-        "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? ORDER BY uuid LIMIT ?",
+        "SELECT uuid, ts, alive FROM crdt_rows WHERE resource = ? AND uuid > ? AND uuid <= ? ORDER BY uuid",
     )
     .bind(def.name.clone())
     .bind(after)
-    .bind(limit as i64)
+    .bind(last)
     .fetch_all(&mut *conn)
     .await?;
     let side: Result<BTreeMap<Uuid, SharedRow>, StoreError> =
@@ -579,11 +841,10 @@ async fn read_shared_rows(
             }
         }
     }
-    // A row is in one place only (the side entry wins for rows not yet moved at open).
     rows.extend(side);
-    Ok(rows
+    let out = rows
         .into_iter()
-        .take(limit)
+        .take(n)
         .map(|(uuid, row)| SnapshotRow::Shared {
             resource: def.name.clone(),
             uuid,
@@ -596,29 +857,46 @@ async fn read_shared_rows(
                 .map(|(name, (ts, v))| (name, ts, v))
                 .collect(),
         })
-        .collect())
+        .collect();
+    Ok((out, full))
 }
 
+/// Owned rows after `after` in UUID order, within `budget` (sizes first, as
+/// [`read_shared_rows`]). Returns whether the read is full.
 async fn read_owned_rows(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<SnapshotRow>, StoreError> {
+    budget: Budget,
+) -> Result<(Vec<SnapshotRow>, bool), StoreError> {
+    let after = after
+        .map(|u| u.hyphenated().to_string())
+        .unwrap_or_default();
+    let sizes = sizes_from(
+        &sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT uuid, {} FROM {} WHERE uuid > ? ORDER BY uuid LIMIT ?",
+            size_sql(def, SNAPSHOT_ROW_FIXED),
+            def.name
+        )))
+        .bind(after.clone())
+        .bind(budget.rows as i64)
+        .fetch_all(&mut *conn)
+        .await?,
+    )?;
+    let (_, last, full) = cut(&sizes, budget);
+    let Some(last) = last else {
+        return Ok((Vec::new(), full));
+    };
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT uuid, owner, crdt_ts, crdt_seq{}, \
          (SELECT claim FROM crdt_owned_claims c WHERE c.resource = ? AND c.uuid = t.uuid) \
-         FROM {} t WHERE uuid > ? ORDER BY uuid LIMIT ?",
+         FROM {} t WHERE uuid > ? AND uuid <= ? ORDER BY uuid",
         column_list(def),
         def.name
     )))
     .bind(def.name.clone())
-    .bind(
-        after
-            .map(|u| u.hyphenated().to_string())
-            .unwrap_or_default(),
-    )
-    .bind(limit as i64)
+    .bind(after)
+    .bind(last.hyphenated().to_string())
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -637,15 +915,28 @@ async fn read_owned_rows(
                 .transpose()?,
         });
     }
-    Ok(out)
+    Ok((out, full))
 }
 
+/// Tombstones of owned rows after `after`, within `budget` (each is of one small size).
+/// Returns whether the read is full.
 async fn read_owned_tombstones(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
     after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<SnapshotRow>, StoreError> {
+    budget: Budget,
+) -> Result<(Vec<SnapshotRow>, bool), StoreError> {
+    let each = SnapshotRow::OwnedTombstone {
+        resource: def.name.clone(),
+        uuid: Uuid::nil(),
+        ts: Hlc::ZERO,
+        claim: Some(Hlc::ZERO),
+    }
+    .wire_size();
+    let mut limit = budget.rows.min(budget.bytes / each);
+    if budget.force_one {
+        limit = limit.max(1);
+    }
     let rows = sqlx::query(
         "SELECT uuid, ts, (SELECT claim FROM crdt_owned_claims c WHERE c.resource = t.resource \
          AND c.uuid = t.uuid) FROM crdt_rows t WHERE resource = ? AND alive = 0 AND uuid > ? \
@@ -672,5 +963,6 @@ async fn read_owned_tombstones(
                 .transpose()?,
         });
     }
-    Ok(out)
+    let full = out.len() == limit;
+    Ok((out, full))
 }

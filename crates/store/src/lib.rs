@@ -60,15 +60,15 @@ mod writer;
 pub use clock::{Clock, DriftError, Hlc, ManualClock, PhysicalClock};
 pub use commit::{Commit, Origin};
 pub use error::StoreError;
-pub use export::{Digest, MAX_PAGE, SnapshotPosition};
+pub use export::{Digest, MAX_PAGE, MAX_PAGE_BYTES, SnapshotPosition};
 pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
-    RowEvent, SnapshotRow, VersionVector,
+    RowEvent, SnapshotImport, SnapshotRow, VersionVector,
 };
 pub use page::{OpsCursor, OpsPage};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef};
 pub use sql::clients::ClientInfo;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
-pub use value::{ColumnType, Value};
+pub use value::{ColumnType, MAX_ROW_BYTES, Value};

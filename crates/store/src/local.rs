@@ -17,7 +17,7 @@ use crate::proof::{Chain, HEAD_EVERY, Hash, Head, Proof, Signer, chain_next, op_
 use crate::registry::{Kind, Registry, ResourceDef};
 use crate::sql::rows::parse_uuid;
 use crate::sql::{in_list, query, rows_per_statement};
-use crate::value::Value;
+use crate::value::{MAX_ROW_BYTES, Value};
 use crate::writer::{WriteTx, Writer};
 
 /// What a local write did.
@@ -272,6 +272,18 @@ impl Local<'_> {
                             uuid: p.uuid,
                         }));
                     }
+                    // The row as this update leaves it must stay within the bound too.
+                    if let Some((row, _)) = states
+                        .get(p.resource.as_str())
+                        .and_then(|rows| rows.get(&p.uuid))
+                    {
+                        let kept = row
+                            .props
+                            .iter()
+                            .filter(|(name, _)| !p.fields.contains_key(*name))
+                            .map(|(_, (_, v))| v);
+                        check_row_size(&p.resource, kept.chain(p.fields.values())).map_err(at)?;
+                    }
                     for (prop, value) in p.fields {
                         next_seq += 1;
                         all.push(Change::Op(self.new_op(
@@ -440,6 +452,7 @@ impl Local<'_> {
             Some(f) => convert_fields(def, &f)?,
             None => BTreeMap::new(),
         };
+        check_row_size(&resource, fields.values())?;
         if method != Method::SharedDelete && fields.is_empty() {
             return Err(StoreError::Invalid(format!(
                 "a create or update needs at least one field of `{resource}`"
@@ -565,11 +578,12 @@ impl Local<'_> {
                     def.name
                 ))));
             }
-            let values = def
+            let values: Vec<Value> = def
                 .columns
                 .iter()
                 .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null))
                 .collect();
+            check_row_size(&def.name, values.iter()).map_err(at)?;
             owned.push(OwnedRow { uuid, values });
         }
         if owned.is_empty() {
@@ -731,6 +745,22 @@ pub(crate) fn unwrap_single(e: StoreError) -> StoreError {
         StoreError::BatchEntry { source, .. } => *source,
         other => other,
     }
+}
+
+/// Refuses a row whose values take more than [`MAX_ROW_BYTES`] (by [`Value::wire_size`]).
+fn check_row_size<'a>(
+    resource: &str,
+    values: impl Iterator<Item = &'a Value>,
+) -> Result<(), StoreError> {
+    let size: usize = values.map(Value::wire_size).sum();
+    if size > MAX_ROW_BYTES {
+        return Err(StoreError::TooLarge {
+            resource: resource.to_owned(),
+            size,
+            limit: MAX_ROW_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Converts API fields to column values, refusing unknown fields and wrong types.

@@ -95,7 +95,37 @@ pub struct RowGroup {
     pub hash: Hash,
 }
 
+/// An upper bound of the CBOR size of a text field.
+fn str_size(s: &str) -> usize {
+    9 + s.len()
+}
+
+/// An upper bound of the CBOR size of a UUID (bytes or text, whichever serde picks).
+const UUID_SIZE: usize = 40;
+/// An upper bound of the CBOR size of an [`Hlc`] (a map of its time and author).
+const HLC_SIZE: usize = 16 + 9 + UUID_SIZE;
+
 impl Op {
+    /// An upper bound of the op's encoded size on the wire (CBOR, as a map with its field
+    /// names), from which sync pages are cut by bytes. Unit tests check it against the
+    /// encoder.
+    pub fn wire_size(&self) -> usize {
+        // The map, the field names, author, seq, time, method, uuid and count.
+        const FIXED: usize = 256;
+        FIXED
+            + str_size(&self.resource)
+            + self.property.as_deref().map_or(1, str_size)
+            + self.value.as_ref().map_or(1, Value::wire_size)
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| str_size(k) + v.wire_size())
+                .sum::<usize>()
+            // The field's name and array header, then per group its count and hash.
+            + 16
+            + self.groups.len() * (9 + 2 + 32 + 4)
+    }
+
     /// The op's timestamp.
     pub fn ts(&self) -> Hlc {
         Hlc {
@@ -137,6 +167,13 @@ pub struct OwnedRow {
     pub values: Vec<Value>,
 }
 
+impl OwnedRow {
+    /// An upper bound of the row's encoded size on the wire (see [`Op::wire_size`]).
+    pub fn wire_size(&self) -> usize {
+        16 + UUID_SIZE + 9 + self.values.iter().map(Value::wire_size).sum::<usize>()
+    }
+}
+
 /// One item of a sync page: an op, or a page of the rows of an `OwnedBatchCreate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Change {
@@ -174,6 +211,17 @@ impl Change {
         match self {
             Change::Op(op) => op,
             Change::OwnedRows { header, .. } => header,
+        }
+    }
+
+    /// An upper bound of its encoded size on the wire (see [`Op::wire_size`]).
+    pub fn wire_size(&self) -> usize {
+        match self {
+            Change::Op(op) => 16 + op.wire_size(),
+            Change::OwnedRows { header, rows, .. } => {
+                // The `first_group` field with its name: 20.
+                68 + header.wire_size() + rows.iter().map(OwnedRow::wire_size).sum::<usize>()
+            }
         }
     }
 
@@ -367,6 +415,61 @@ pub enum SnapshotRow {
     },
 }
 
+/// An upper bound of the CBOR size of an owned row's claim (its field name and its
+/// timestamp; nothing when it is not sent).
+fn claim_size(claim: &Option<Hlc>) -> usize {
+    claim.map_or(0, |_| str_size("claim") + HLC_SIZE)
+}
+
+impl SnapshotRow {
+    /// An upper bound of its encoded size on the wire (see [`Op::wire_size`]).
+    pub fn wire_size(&self) -> usize {
+        const FIXED: usize = 64 + UUID_SIZE + HLC_SIZE + 9;
+        match self {
+            SnapshotRow::Shared {
+                resource, props, ..
+            } => {
+                FIXED
+                    + str_size(resource)
+                    + props
+                        .iter()
+                        .map(|(name, _, v)| 2 + str_size(name) + HLC_SIZE + v.wire_size())
+                        .sum::<usize>()
+            }
+            SnapshotRow::Owned {
+                resource,
+                values,
+                claim,
+                ..
+            } => {
+                FIXED
+                    + str_size(resource)
+                    + 9
+                    + values.iter().map(Value::wire_size).sum::<usize>()
+                    + claim_size(claim)
+            }
+            SnapshotRow::OwnedTombstone {
+                resource, claim, ..
+            } => FIXED + str_size(resource) + claim_size(claim),
+        }
+    }
+
+    /// Every timestamp the row carries (an owned row's claim included).
+    pub fn timestamps(&self) -> Vec<Hlc> {
+        match self {
+            SnapshotRow::Shared {
+                exists_ts, props, ..
+            } => std::iter::once(*exists_ts)
+                .chain(props.iter().map(|(_, ts, _)| *ts))
+                .collect(),
+            SnapshotRow::Owned { ts, claim, .. }
+            | SnapshotRow::OwnedTombstone { ts, claim, .. } => {
+                std::iter::once(*ts).chain(*claim).collect()
+            }
+        }
+    }
+}
+
 /// Why a remote op was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RejectReason {
@@ -461,6 +564,20 @@ impl RowEvent {
     }
 }
 
+/// What [`crate::Store::import_snapshot_page`] did with a page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotImport {
+    /// Rows merged.
+    pub imported: usize,
+    /// Rows set aside, not imported: one of their registers is more than `max_drift`
+    /// ahead of this clock.
+    pub set_aside: usize,
+    /// The authors of every register of the rows set aside. The snapshot must not claim to
+    /// cover their ops (see [`crate::Store::finish_snapshot`]), so that they are fetched
+    /// again: from the log, or from a later snapshot.
+    pub uncovered: BTreeSet<Uuid>,
+}
+
 /// What [`crate::Store::apply`] did with a batch.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyReport {
@@ -480,4 +597,109 @@ pub struct ApplyReport {
     /// updates of rows live here newer than their register. The others took the general
     /// path (reading the rows' registers into the merge).
     pub in_place: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::to_cbor;
+
+    fn op(method: Method, value: Option<Value>, fields: &[(&str, Value)]) -> Op {
+        Op {
+            author: Uuid::from_u128(u128::MAX - 7),
+            seq: u64::MAX / 2,
+            time: u64::MAX - 1,
+            method,
+            resource: "tags_on_files".into(),
+            uuid: Some(Uuid::from_u128(u128::MAX - 1)),
+            property: value.as_ref().map(|_| "materialized_path".into()),
+            value,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            count: Some(u64::MAX),
+            // Two groups with the largest count: the estimate must cover them.
+            groups: vec![
+                RowGroup {
+                    rows: u32::MAX,
+                    hash: Hash([0xff; 32]),
+                };
+                2
+            ],
+        }
+    }
+
+    fn values() -> Vec<Value> {
+        vec![
+            Value::Null,
+            Value::Int(i64::MIN),
+            Value::Real(f64::MIN_POSITIVE / 3.0),
+            Value::Text(String::new()),
+            Value::Text("é".repeat(300)),
+            Value::Text("x".repeat(70_000)),
+        ]
+    }
+
+    /// The estimates pages are cut by are upper bounds of what the encoder writes.
+    #[test]
+    fn wire_size_estimates_are_upper_bounds() {
+        let ts = Hlc {
+            time: u64::MAX,
+            author: Uuid::from_u128(u128::MAX),
+        };
+        for v in values() {
+            assert!(v.wire_size() >= to_cbor(&v).len(), "{v:?}");
+            let all: Vec<(&str, Value)> = vec![("content", v.clone()), ("cas_id", v.clone())];
+            for o in [
+                op(Method::SharedUpdate, Some(v.clone()), &[]),
+                op(Method::OwnedBatchCreate, None, &all),
+                op(Method::SharedCreate, Some(v.clone()), &all),
+            ] {
+                assert!(o.wire_size() >= to_cbor(&o).len(), "{o:?}");
+                let c = Change::Op(o.clone());
+                assert!(c.wire_size() >= to_cbor(&c).len());
+                let row = OwnedRow {
+                    uuid: Uuid::from_u128(u128::MAX),
+                    values: vec![v.clone(), v.clone(), Value::Int(-1)],
+                };
+                assert!(row.wire_size() >= to_cbor(&row).len());
+                let c = Change::OwnedRows {
+                    header: o,
+                    rows: vec![row.clone(), row],
+                    last: true,
+                    first_group: u32::MAX,
+                };
+                assert!(c.wire_size() >= to_cbor(&c).len());
+            }
+            for r in [
+                SnapshotRow::Shared {
+                    resource: "comments".into(),
+                    uuid: ts.author,
+                    exists_ts: ts,
+                    alive: true,
+                    props: vec![
+                        ("content".into(), ts, v.clone()),
+                        ("x".into(), ts, v.clone()),
+                    ],
+                },
+                SnapshotRow::Owned {
+                    resource: "file_paths".into(),
+                    uuid: ts.author,
+                    ts,
+                    seq: u64::MAX,
+                    values: vec![v.clone(), v.clone()],
+                    claim: Some(ts),
+                },
+                SnapshotRow::OwnedTombstone {
+                    resource: "file_paths".into(),
+                    uuid: ts.author,
+                    ts,
+                    claim: Some(ts),
+                },
+            ] {
+                assert!(r.wire_size() >= to_cbor(&r).len(), "{r:?}");
+            }
+        }
+    }
 }

@@ -448,6 +448,28 @@ pub struct Proven {
 }
 
 impl Proof {
+    /// The bytes of a proof's fixed part on the wire, at most (CBOR, a map with its field
+    /// names: the key, the seqs, the chain hash, the signature).
+    const FIXED_WIRE_SIZE: usize = 256;
+    /// The bytes of one tail hash on the wire, at most (a 32-byte string and its header).
+    const HASH_WIRE_SIZE: usize = 34;
+
+    /// The most bytes a proof whose tail has `tail` hashes takes on the wire (an upper
+    /// bound of its CBOR, checked against the encoder in unit tests): pages count it per
+    /// run.
+    pub const fn wire_size_for(tail: usize) -> usize {
+        Self::FIXED_WIRE_SIZE + 9 + tail * Self::HASH_WIRE_SIZE
+    }
+
+    /// The most bytes any proof a page carries takes: a tail of [`TAIL_CAP`] hashes (a
+    /// replica sends no longer one, which its verifier would refuse).
+    pub const MAX_WIRE_SIZE: usize = Self::wire_size_for(TAIL_CAP);
+
+    /// An upper bound of the proof's encoded size on the wire.
+    pub fn wire_size(&self) -> usize {
+        Self::wire_size_for(self.tail.len())
+    }
+
     /// The seq of the signed head.
     pub fn head_seq(&self) -> Option<u64> {
         (self
@@ -551,7 +573,33 @@ impl Proof {
 mod tests {
     use super::*;
     use crate::value::Value;
+    use crate::wire::to_cbor;
     use std::collections::BTreeMap;
+
+    /// The sizes pages count proofs by are upper bounds of what the encoder writes.
+    #[test]
+    fn wire_size_is_an_upper_bound() {
+        for tail in [0, 1, 23, 24, 255, 256, TAIL_CAP] {
+            let p = Proof {
+                key: AuthorKey {
+                    public: Hash([0xff; 32]),
+                    nonce: u128::MAX,
+                },
+                first: u64::MAX,
+                len: u64::MAX,
+                prev: Hash([0xff; 32]),
+                tail: vec![Hash([0xff; 32]); tail],
+                sig: Signature([0xff; 64]),
+            };
+            let bytes = to_cbor(&p).len();
+            assert!(
+                p.wire_size() >= bytes,
+                "tail {tail}: {} < {bytes}",
+                p.wire_size()
+            );
+            assert!(p.wire_size() <= Proof::MAX_WIRE_SIZE);
+        }
+    }
 
     fn signer() -> Signer {
         Signer::with_nonce(ed25519::Keypair::generate(), 7)

@@ -2,9 +2,7 @@
 //! JSON, the derived `files`, the client pool and the pruning horizon it gives.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use chrono::Utc;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -149,26 +147,39 @@ impl Store {
     }
 
     /// The pruning horizon: per author, the highest seq that every non-stale client
-    /// (this one included) has reported holding. Clients unseen for longer than
-    /// `stale_after` do not hold ops back; a non-stale client that never reported holds
-    /// everything back.
+    /// (this one included) has reported holding, and that at least one other client has
+    /// reported holding: an op no other device has acknowledged is never pruned, however
+    /// stale the others look. `is_stale` says which clients do not hold ops back (the
+    /// caller judges staleness: see the node's contact clock); a non-stale client that
+    /// never reported holds everything back.
     pub async fn prune_horizon(
         &self,
-        stale_after: Duration,
+        is_stale: impl Fn(&ClientInfo) -> bool,
     ) -> Result<BTreeMap<Uuid, u64>, StoreError> {
-        let now = Utc::now();
         let mut horizon: BTreeMap<Uuid, u64> = self.version_vector().contiguous_map();
+        // Per author, the most any other client has reported holding.
+        let mut acknowledged: BTreeMap<Uuid, u64> = BTreeMap::new();
         let mut conn = self.pool().acquire().await?;
         let others: Vec<ClientInfo> = clients::list(&mut conn, self.client())
             .await?
             .into_iter()
-            .filter(|c| !c.is_self && !c.is_stale(now, stale_after))
+            .filter(|c| !c.is_self)
             .collect();
         for c in others {
             let theirs = clients::reported_version(&mut conn, c.client_uuid).await?;
+            for (author, seq) in &theirs {
+                let a = acknowledged.entry(*author).or_default();
+                *a = (*a).max(*seq);
+            }
+            if is_stale(&c) {
+                continue;
+            }
             for (author, h) in horizon.iter_mut() {
                 *h = (*h).min(theirs.get(author).copied().unwrap_or(0));
             }
+        }
+        for (author, h) in horizon.iter_mut() {
+            *h = (*h).min(acknowledged.get(author).copied().unwrap_or(0));
         }
         horizon.retain(|_, h| *h > 0);
         Ok(horizon)

@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use crate::clock::{Clock, Hlc};
+use crate::clock::Clock;
 use crate::commit::{Commit, Origin};
 use crate::engine::{self, Mode, Unborn};
 use crate::error::StoreError;
 use crate::op::{
-    ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotRow, VersionVector,
+    ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotImport, SnapshotRow,
+    VersionVector,
 };
 use crate::proof::{Chain, Proof, ProofError, check_batch, check_rows};
 use crate::registry::Registry;
@@ -209,33 +210,51 @@ impl Remote<'_> {
         Ok(report)
     }
 
-    /// Merges a page of snapshot rows, register by register, in one transaction.
+    /// Merges a page of snapshot rows, register by register, in one transaction. A row
+    /// with a register more than `max_drift` ahead is set aside (not imported, counted in
+    /// the result with the authors the snapshot then must not cover); the others are
+    /// imported.
     pub(crate) async fn import_snapshot_page(
         &self,
         rows: Vec<SnapshotRow>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<SnapshotImport, StoreError> {
+        let mut result = SnapshotImport::default();
+        let mut accepted = Vec::with_capacity(rows.len());
         // A snapshot page is rewritten as changes the engine already knows how to merge.
-        for r in &rows {
-            validate_snapshot_row(self.registry, r).map_err(|r| StoreError::Decode {
+        for r in rows {
+            validate_snapshot_row(self.registry, &r).map_err(|r| StoreError::Decode {
                 what: "snapshot row",
                 reason: r.detail,
             })?;
             // Registers from a snapshot are checked for drift like the ops they stand for:
             // one far in the future would otherwise win every merge for good.
-            for ts in snapshot_timestamps(r) {
-                self.clock.observe(ts)?;
+            let timestamps = r.timestamps();
+            match timestamps.iter().find_map(|ts| self.clock.check(*ts).err()) {
+                None => accepted.push(r),
+                Some(e) => {
+                    tracing::debug!("snapshot row set aside: {e}");
+                    result.set_aside += 1;
+                    result
+                        .uncovered
+                        .extend(timestamps.iter().map(|ts| ts.author));
+                }
             }
         }
+        // Every accepted timestamp is within the bound: the clock moves past the latest.
+        if let Some(latest) = accepted.iter().flat_map(|r| r.timestamps()).max() {
+            self.clock.observe(latest)?;
+        }
         let mut tx = self.writer.begin().await?;
-        let n = rows.len();
+        let n = accepted.len();
         let devices = tx.devices();
-        engine::import_rows(tx.conn(), self.registry, rows, &devices).await?;
+        engine::import_rows(tx.conn(), self.registry, accepted, &devices).await?;
         tx.commit(|| Commit {
             imported: n,
             ..Commit::new(Origin::Snapshot)
         })
         .await?;
-        Ok(n)
+        result.imported = n;
+        Ok(result)
     }
 
     /// Learns the authors a snapshot's proofs prove (their keys, so their devices), before
@@ -401,18 +420,6 @@ fn first_copy(seen: &mut VersionVector, id: OpId) -> bool {
     }
     seen.add(id);
     true
-}
-
-/// Every timestamp a snapshot row carries.
-fn snapshot_timestamps(r: &SnapshotRow) -> Vec<Hlc> {
-    match r {
-        SnapshotRow::Shared {
-            exists_ts, props, ..
-        } => std::iter::once(*exists_ts)
-            .chain(props.iter().map(|(_, ts, _)| *ts))
-            .collect(),
-        SnapshotRow::Owned { ts, .. } | SnapshotRow::OwnedTombstone { ts, .. } => vec![*ts],
-    }
 }
 
 #[cfg(test)]

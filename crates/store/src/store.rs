@@ -33,7 +33,7 @@ use crate::commit::{Commit, Origin};
 use crate::engine;
 use crate::error::StoreError;
 use crate::local::{BatchEntry, Local, WriteOutcome, unwrap_single};
-use crate::op::{ApplyReport, Change, SnapshotRow, VersionVector};
+use crate::op::{ApplyReport, Change, SnapshotImport, SnapshotRow, VersionVector};
 use crate::proof::{Hash, Proof, Signer};
 use crate::registry::Registry;
 use crate::remote::Remote;
@@ -436,8 +436,13 @@ impl Store {
     }
 
     /// Merges a page of snapshot rows into this store, register by register, in one
-    /// transaction. Importing into a non-empty store is safe: newer registers win.
-    pub async fn import_snapshot_page(&self, rows: Vec<SnapshotRow>) -> Result<usize, StoreError> {
+    /// transaction. Importing into a non-empty store is safe: newer registers win. A row
+    /// with a register more than `max_drift` ahead is set aside, not imported: the result
+    /// counts it and names the authors whose ops the snapshot must then not claim to cover.
+    pub async fn import_snapshot_page(
+        &self,
+        rows: Vec<SnapshotRow>,
+    ) -> Result<SnapshotImport, StoreError> {
         self.detached(move |s| async move { s.remote().import_snapshot_page(rows).await })
             .await
     }
@@ -456,7 +461,9 @@ impl Store {
 
     /// Ends a snapshot import: for each of `proofs` (from [`Store::snapshot_proofs`] of the
     /// peer) that verifies, this replica now holds the author's ops up to the proven seq.
-    /// Returns the proofs refused, by author, with why.
+    /// Leave out the proofs of the authors of rows a page set aside
+    /// ([`SnapshotImport::uncovered`]), so that their ops are fetched again. Returns the
+    /// proofs refused, by author, with why.
     pub async fn finish_snapshot(
         &self,
         proofs: Vec<Proof>,

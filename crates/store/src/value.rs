@@ -7,6 +7,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::StoreError;
 
+/// The most bytes one row's values may take (the sum of [`Value::wire_size`] over its
+/// columns): a local write that makes a row larger is refused ([`StoreError::TooLarge`], a
+/// 413 on the API). With it, one row always fits in one sync page under the 16 MiB frame
+/// cap with room to spare: a page is cut at [`crate::MAX_PAGE_BYTES`] but always holds at
+/// least one item, so a single row of up to this size, or a shared row that concurrent
+/// writes to several of its columns on several devices made up to a few times larger,
+/// still travels.
+pub const MAX_ROW_BYTES: usize = 4 * 1024 * 1024;
+
 /// The type of a resource column. It decides what JSON a write may carry and how the value
 /// is stored in SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +124,16 @@ impl Value {
         match self {
             Value::Text(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// An upper bound of the value's encoded size on the wire (CBOR: a header of at most 9
+    /// bytes, then the text). Pages are cut by these estimates.
+    pub fn wire_size(&self) -> usize {
+        match self {
+            Value::Null => 1,
+            Value::Int(_) | Value::Real(_) => 9,
+            Value::Text(s) => 9 + s.len(),
         }
     }
 

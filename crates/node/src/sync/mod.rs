@@ -27,6 +27,7 @@
 //! - [`peers`]: the table of connected peers, their pull schedule ([`PullState`]) and
 //!   progress, which `/v1/status` reads;
 
+mod contact;
 pub mod gossip;
 pub mod peers;
 pub mod pull;
@@ -46,6 +47,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
+use self::contact::ContactClock;
 pub use self::gossip::{GossipRejection, VERSIONS_AUTHORS_CAP, check_gossip_message};
 pub use self::peers::{PeerTable, PeerView, PullKind, PullProgress, PullState};
 use self::pull::Puller;
@@ -96,6 +98,8 @@ pub struct SyncLoop {
     announced: BTreeMap<Uuid, u64>,
     /// This node's device binding, sent in every announcement.
     device: DeviceBinding,
+    /// Time in contact with peers, which judges which clients are stale.
+    contact: ContactClock,
 }
 
 impl SyncLoop {
@@ -120,6 +124,7 @@ impl SyncLoop {
             pulls: JoinSet::new(),
             announced: BTreeMap::new(),
             device,
+            contact: ContactClock::default(),
         }
     }
 
@@ -242,8 +247,19 @@ impl SyncLoop {
         let verdict = self.check_gossip(&data);
         match verdict {
             Ok(Gossip::Ops { ops, proofs }) => {
+                // An op beyond the drift bound is not forwarded (an honest clock can be
+                // wrong, so no penalty): Ignore. Its ops are still applied here, where the
+                // store refuses (and counts) the drifted ones, which catch-up fetches again.
+                let clock = self.store.clock();
+                let verdict = match ops.iter().find_map(|op| clock.check(op.ts()).err()) {
+                    None => Acceptance::Accept,
+                    Some(e) => {
+                        debug!(%source, "gossip not forwarded: {e}");
+                        Acceptance::Ignore
+                    }
+                };
                 self.net
-                    .report_validation(message_id, propagation_source, Acceptance::Accept)
+                    .report_validation(message_id, propagation_source, verdict)
                     .await;
                 pending.push((propagation_source, ops, proofs));
             }
@@ -347,12 +363,21 @@ impl SyncLoop {
         info!(%peer_id, %address, discovery = how.as_str(), "peer connected");
         let n = self.peers.connect(peer_id, address, discovery);
         self.metrics.peers_connected.set(n as i64);
+        // The peer's client is heard of (and touched) with its first announcement.
+        self.contact
+            .set_connected(true, tokio::time::Instant::now());
         self.start_pull(peer_id);
     }
 
     fn on_disconnected(&mut self, peer_id: PeerId) {
+        let client = self.peers.client(&peer_id);
         let n = self.peers.disconnect(&peer_id);
         self.metrics.peers_connected.set(n as i64);
+        let now = tokio::time::Instant::now();
+        if let Some(client) = client {
+            self.contact.heard(client, now);
+        }
+        self.contact.set_connected(n > 0, now);
         info!(%peer_id, "peer disconnected");
     }
 
@@ -364,6 +389,7 @@ impl SyncLoop {
         if newly_known {
             info!(peer_id = %source, %client, "peer's device known");
         }
+        self.contact.heard(client, tokio::time::Instant::now());
         if let Err(e) = self
             .store
             .touch_client(client, Some(&source.to_string()))
@@ -430,13 +456,21 @@ impl SyncLoop {
         }
     }
 
-    /// Prunes the log below the horizon every live client has passed.
+    /// Prunes the log below the horizon every live client has passed, and some other
+    /// client holds. A client is stale by the contact clock (see [`ContactClock`]), not by
+    /// this node's wall clock: time this node spent offline makes no one stale.
     async fn handle_prune(&mut self) {
-        let horizon = match self.store.prune_horizon(self.options.stale_after).await {
+        let now = tokio::time::Instant::now();
+        let (contact, stale_after) = (&self.contact, self.options.stale_after);
+        let stale =
+            |c: &murmur_store::ClientInfo| contact.is_stale(&c.client_uuid, now, stale_after);
+        let horizon = match self.store.prune_horizon(stale).await {
             Ok(h) => h,
             Err(e) => return warn!("cannot compute the pruning horizon: {e}"),
         };
-        match self.store.prune(&horizon).await {
+        let pruned = self.store.prune(&horizon).await;
+        self.metrics.prune_runs.inc();
+        match pruned {
             Ok(0) => {}
             Ok(n) => {
                 info!(ops = n, "pruned the log");

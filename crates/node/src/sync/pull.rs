@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_store::{OpsCursor, Origin, Store, StoreError, VersionVector};
+use murmur_store::{OpsCursor, Origin, RejectReason, Store, StoreError, VersionVector};
 use tracing::{info, warn};
 
 use super::peers::{PeerTable, PullKind, PullProgress};
@@ -192,6 +192,8 @@ impl Puller {
         let mut total = 0;
         let mut done = 0u64;
         let mut last_log = Instant::now();
+        // Authors of rows set aside: the snapshot does not claim to cover their ops.
+        let mut uncovered = std::collections::BTreeSet::new();
         let mut resp = self.request(request(None)).await?;
         loop {
             let Response::Snapshot {
@@ -222,7 +224,17 @@ impl Puller {
                 }
             };
             let (imported, fetched) = tokio::join!(self.store.import_snapshot_page(rows), fetch);
-            imported?;
+            let imported = imported?;
+            if imported.set_aside > 0 {
+                warn!(
+                    rows = imported.set_aside,
+                    "snapshot rows with a timestamp beyond the drift bound set aside: fetched again later"
+                );
+                for _ in 0..imported.set_aside {
+                    self.metrics.reject(RejectReason::Drift.label());
+                }
+                uncovered.extend(imported.uncovered);
+            }
             self.progress(PullKind::Snapshot, done, total);
             if last_log.elapsed() > Duration::from_secs(1) {
                 info!(done, total, "importing snapshot");
@@ -234,7 +246,10 @@ impl Puller {
             }
         }
         covers.ok_or(PullError::Unexpected)?;
-        // Refusals were counted when the snapshot began.
+        // The authors of rows set aside are left out: the snapshot does not cover their ops,
+        // which come again (by catch-up, or a later snapshot). Refusals were counted when
+        // the snapshot began.
+        proofs.retain(|p| !uncovered.contains(&p.key.author()));
         self.store.finish_snapshot(proofs).await?;
         self.metrics.snapshots_imported.inc();
         info!(rows = done, "snapshot imported");

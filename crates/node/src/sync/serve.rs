@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use libp2p::PeerId;
 use murmur_p2p::Responder;
-use murmur_store::{OpsCursor, OpsPage, Store, StoreError, VersionVector};
+use murmur_store::proof::Proof;
+use murmur_store::{MAX_PAGE_BYTES, OpsCursor, OpsPage, Store, StoreError, VersionVector};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
@@ -197,7 +198,15 @@ async fn serve_request_with(
             } else {
                 (None, Vec::new(), None)
             };
-            let (rows, next) = store.snapshot_page(position.as_ref(), limit).await?;
+            // The first page's rows leave room for its proofs (one per author).
+            let proof_bytes: usize = proofs.iter().map(Proof::wire_size).sum();
+            let (rows, next) = store
+                .snapshot_page_within(
+                    position.as_ref(),
+                    limit,
+                    MAX_PAGE_BYTES.saturating_sub(proof_bytes),
+                )
+                .await?;
             Response::Snapshot {
                 rows,
                 next,

@@ -396,6 +396,24 @@ pub(crate) async fn chain_at(
     }
 }
 
+/// The seq of the first head of `author` at or after `seq` (what [`head_from`] would read,
+/// without its signature and tail).
+pub(crate) async fn head_seq_from(
+    conn: &mut SqliteConnection,
+    author: Uuid,
+    seq: u64,
+) -> Result<Option<u64>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq FROM op_heads WHERE client_uuid = ? AND seq >= ? ORDER BY seq LIMIT 1",
+    )
+    .bind(author.hyphenated().to_string())
+    .bind(seq.min(i64::MAX as u64) as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| Ok(r.try_get::<i64, _>(0)?.max(0) as u64))
+        .transpose()
+}
+
 /// The first head of `author` at or after `seq`.
 pub(crate) async fn head_from(
     conn: &mut SqliteConnection,
@@ -449,27 +467,55 @@ fn hash_of(bytes: Option<Vec<u8>>) -> Result<Option<Hash>, StoreError> {
 }
 
 /// The chunks of `author` holding ops above `after`, in seq order: those that start at or
-/// below `upto`, or (when none does: a gap in the log) the next one.
+/// below `upto` and whose blobs fit in `max_bytes` (at least one), or (when none does: a
+/// gap in the log) the next one. The blobs' sizes are read first (SQLite measures a blob
+/// without loading it), so a log of large ops is never read beyond what a page takes.
 pub(crate) async fn chunks_after(
     conn: &mut SqliteConnection,
     author: Uuid,
     after: u64,
     upto: u64,
+    max_bytes: usize,
 ) -> Result<Vec<Logged>, StoreError> {
     let author_s = author.hyphenated().to_string();
+    let after_i = after.min(i64::MAX as u64) as i64;
+    let sizes = sqlx::query(
+        "SELECT last_seq, length(ops) FROM op_chunks \
+         WHERE client_uuid = ? AND last_seq > ? AND first_seq <= ? ORDER BY last_seq",
+    )
+    .bind(&author_s)
+    .bind(after_i)
+    .bind(upto.min(i64::MAX as u64) as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut through = None;
+    let mut bytes = 0usize;
+    for r in &sizes {
+        let len = r.try_get::<i64, _>(1)?.max(0) as usize;
+        if through.is_some() && bytes.saturating_add(len) > max_bytes {
+            break;
+        }
+        bytes = bytes.saturating_add(len);
+        through = Some(r.try_get::<i64, _>(0)?);
+    }
     let sql = "SELECT first_seq, last_seq, ops FROM op_chunks \
-               WHERE client_uuid = ? AND last_seq > ? AND first_seq <= ? ORDER BY last_seq LIMIT ?";
-    let mut rows = sqlx::query(sql)
-        .bind(&author_s)
-        .bind(after.min(i64::MAX as u64) as i64)
-        .bind(upto.min(i64::MAX as u64) as i64)
-        .bind(i64::MAX)
-        .fetch_all(&mut *conn)
-        .await?;
+               WHERE client_uuid = ? AND last_seq > ? AND last_seq <= ? ORDER BY last_seq LIMIT ?";
+    let mut rows = match through {
+        Some(through) => {
+            sqlx::query(sql)
+                .bind(&author_s)
+                .bind(after_i)
+                .bind(through)
+                .bind(i64::MAX)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        None => Vec::new(),
+    };
     if rows.is_empty() {
         rows = sqlx::query(sql)
             .bind(&author_s)
-            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(after_i)
             .bind(i64::MAX)
             .bind(1i64)
             .fetch_all(&mut *conn)
