@@ -111,7 +111,7 @@ pub async fn bench_catchup_and_snapshot(
     let cluster = start_cluster(1).await;
     let a_addr = cluster.nodes[0].addr().await;
     let a = cluster.nodes[0].node();
-    let author = a.client_uuid();
+    let author = a.store().author();
     // The offline node joins first (so the writer knows it), then goes away.
     write_tag(a, "before").await?;
     let c_dir = tempfile::tempdir()?;

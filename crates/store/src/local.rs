@@ -135,7 +135,11 @@ struct Signing<'s> {
 impl<'s> Signing<'s> {
     fn new(signer: &'s Signer, tip: Hash, next_seq: u64) -> Signing<'s> {
         let mut chain = Chain::default();
-        chain.keys.push(signer.key());
+        // The author's key is recorded with its first op (an incarnation that writes
+        // nothing leaves no trace).
+        if tip == Hash::ZERO {
+            chain.keys.push(signer.key());
+        }
         Signing {
             signer,
             at: tip,
@@ -422,12 +426,17 @@ impl Local<'_> {
         let mut ops = ops.peekable();
         let first = ops.peek().map_or(1, |op| op.seq);
         let mut signing = Signing::new(self.signer, tx.tip(), first);
+        let mut owned = false;
         for op in ops {
+            owned |= matches!(op.method, Method::OwnedBatchCreate | Method::OwnedDelete);
             signing.add(op);
         }
         let (mut chain, proofs, tip) = signing.finish();
         tx.set_tip(tip);
-        chain.devices = tx.devices();
+        // Only owned rows need authors' devices (their owners).
+        if owned {
+            chain.devices = tx.devices();
+        }
         (chain, proofs)
     }
 

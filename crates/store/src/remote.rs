@@ -189,7 +189,20 @@ impl Remote<'_> {
             unborn: self.unborn,
         };
         let mut chain = checked.map(|c| c.chain).unwrap_or_default();
-        chain.devices = self.writer.read(|r| r.devices.clone());
+        // Keys already recorded need no statement.
+        self.writer.read(|r| {
+            chain.keys.retain(|k| !r.devices.contains_key(&k.author()));
+        });
+        // Only owned rows need authors' devices (their owners).
+        let owned = accepted.iter().any(|c| {
+            matches!(
+                c.op().method,
+                Method::OwnedBatchCreate | Method::OwnedDelete
+            )
+        });
+        if owned {
+            chain.devices = self.writer.read(|r| r.devices.clone());
+        }
         for key in &chain.keys {
             if let Ok(device) = key.device() {
                 chain.devices.insert(key.author(), device);

@@ -29,7 +29,9 @@ use crate::error::StoreError;
 use crate::op::{Method, Op, RowGroup};
 use crate::proof::{AuthorKey, Chain, Hash, Head, Signature, chain_next, op_hash};
 use crate::sql::rows::parse_uuid;
-use crate::sql::{query, rows_per_statement, values_list};
+use crate::sql::{
+    MAX_PARAMS, MAX_ROWS_PER_STATEMENT, Query, query, rows_per_statement, values_list,
+};
 use crate::value::Value;
 
 /// Ops per chunk at most: a catch-up page that starts inside a chunk decodes at most this
@@ -222,6 +224,14 @@ pub(crate) async fn append(
             );
         }
         let last = i + 1 == statements;
+        // The heads go with the last statement when its parameters allow (a local write's
+        // one or few heads: one statement, and one round trip, less per write).
+        let heads_inline = last
+            && chain.heads.len() <= MAX_ROWS_PER_STATEMENT
+            && chunk.len() * 5 + contiguous.len() * 2 + chain.heads.len() * 5 <= MAX_PARAMS;
+        if heads_inline && !chain.heads.is_empty() {
+            sql.push_str(&heads_sql(chain.heads.len()));
+        }
         if last {
             for authors in contiguous.chunks(rows_per_statement(2)) {
                 sql.push_str(&format!(
@@ -243,15 +253,43 @@ pub(crate) async fn append(
                 .bind(blob.as_slice())
                 .bind(prev.map(|h| h.0.to_vec()));
         }
+        if heads_inline {
+            q = bind_heads(q, &chain.heads);
+        }
         if last {
             for (author, seq) in contiguous {
                 q = q.bind(author.hyphenated().to_string()).bind(*seq as i64);
             }
         }
         q.execute(&mut *conn).await?;
+        if last && !heads_inline {
+            store_heads(conn, &chain.heads).await?;
+        }
     }
-    store_heads(conn, &chain.heads).await?;
     store_keys(conn, &chain.keys).await
+}
+
+/// The statement that keeps `n` heads (a head already kept is replaced: the newer copy
+/// holds more ops).
+fn heads_sql(n: usize) -> String {
+    format!(
+        "INSERT OR REPLACE INTO op_heads (client_uuid, seq, hash, sig, tail) VALUES {};",
+        values_list(n, 5)
+    )
+}
+
+fn bind_heads(mut q: Query, heads: &[Head]) -> Query {
+    for h in heads {
+        let tail: Option<Vec<u8>> =
+            (!h.tail.is_empty()).then(|| h.tail.iter().flat_map(|t| t.0).collect());
+        q = q
+            .bind(h.author.hyphenated().to_string())
+            .bind(h.seq as i64)
+            .bind(h.hash.0.to_vec())
+            .bind(h.sig.0.to_vec())
+            .bind(tail);
+    }
+    q
 }
 
 /// Keeps the heads and keys of a chain that came with no ops (a snapshot's proofs).
@@ -329,22 +367,9 @@ pub(crate) async fn devices(
 /// Keeps signed heads (a head already kept is replaced: the newer copy holds more ops).
 async fn store_heads(conn: &mut SqliteConnection, heads: &[Head]) -> Result<(), StoreError> {
     for chunk in heads.chunks(rows_per_statement(5)) {
-        let sql = format!(
-            "INSERT OR REPLACE INTO op_heads (client_uuid, seq, hash, sig, tail) VALUES {}",
-            values_list(chunk.len(), 5)
-        );
-        let mut q = query(sql);
-        for h in chunk {
-            let tail: Option<Vec<u8>> =
-                (!h.tail.is_empty()).then(|| h.tail.iter().flat_map(|t| t.0).collect());
-            q = q
-                .bind(h.author.hyphenated().to_string())
-                .bind(h.seq as i64)
-                .bind(h.hash.0.to_vec())
-                .bind(h.sig.0.to_vec())
-                .bind(tail);
-        }
-        q.execute(&mut *conn).await?;
+        bind_heads(query(heads_sql(chunk.len())), chunk)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
