@@ -689,6 +689,7 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
     ];
     for (reason, page) in cases {
         let before = n.rejected(reason);
+        let refused_before = n.node().metrics().peers_refused.get();
         let forged_page = Wire::of(&Response::Ops {
             page,
             server: BTreeMap::from([(a_author, a_seq + 100)]),
@@ -706,6 +707,14 @@ async fn hostile_catch_up_pages_and_snapshots_are_checked() {
             || async { n.rejected(reason) > before },
         )
         .await;
+        // A failing proof or the node's own author can only come from a forger (honest
+        // peers verify all they hold): it is refused for its run.
+        if matches!(reason, "bad_proof" | "own_author") {
+            eventually(WAIT, &format!("the {reason} sender is refused"), || async {
+                n.node().metrics().peers_refused.get() > refused_before
+            })
+            .await;
+        }
         h.stop().await;
         assert_eq!(
             n.get(&format!("/v1/owned/file_paths/{owned_row}")).await.0,

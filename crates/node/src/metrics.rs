@@ -45,6 +45,9 @@ pub struct Metrics {
     pub catchups: Counter,
     /// Snapshots imported.
     pub snapshots_imported: Counter,
+    /// Peers refused for the rest of their run: they sent ops whose proofs of authorship
+    /// fail, or ops of this node's own author.
+    pub peers_refused: Counter,
     /// Ops removed from the log by pruning.
     pub ops_pruned: Counter,
     /// Pruning rounds run (whether or not they removed anything).
@@ -79,6 +82,7 @@ impl Metrics {
             pages_reused: Counter::default(),
             catchups: Counter::default(),
             snapshots_imported: Counter::default(),
+            peers_refused: Counter::default(),
             ops_pruned: Counter::default(),
             prune_runs: Counter::default(),
             pending_operations: Gauge::default(),
@@ -136,6 +140,11 @@ impl Metrics {
             "snapshots_imported",
             "State snapshots imported",
             m.snapshots_imported.clone(),
+        );
+        registry.register(
+            "peers_refused",
+            "Peers refused for their run: they sent ops with failing proofs of authorship",
+            m.peers_refused.clone(),
         );
         registry.register("prune_runs", "Pruning rounds run", m.prune_runs.clone());
         registry.register(

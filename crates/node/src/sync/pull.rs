@@ -31,6 +31,10 @@ pub enum PullError {
     /// The peer answered something unexpected.
     #[error("unexpected response")]
     Unexpected,
+    /// The peer sent ops that are not their authors' (a proof that fails, or this node's
+    /// own author): it is refused for the rest of its run.
+    #[error("the peer sent forged ops: {0}")]
+    Forged(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -160,6 +164,7 @@ impl Puller {
                     if let Some(report) = applied? {
                         summary.ops += report.applied as u64;
                         summary.items += items;
+                        self.refuse_forger(&report).await?;
                     }
                     self.progress(PullKind::CatchUp, summary.items, total);
                     if total > PAGE_SIZE as u64 && last_log.elapsed() > Duration::from_secs(1) {
@@ -176,6 +181,28 @@ impl Puller {
         }
         summary.elapsed = started.elapsed();
         Ok(summary)
+    }
+
+    /// An honest peer verified every op it sends (it stores no other), so a page with an op
+    /// whose proof fails, or one of this node's own author, comes from a forger: it is
+    /// blocked for the rest of its run (its peer id is new at every start) and counted.
+    /// Ops with no proof at all are refused and counted but not penalised here.
+    async fn refuse_forger(&self, report: &murmur_store::ApplyReport) -> Result<(), PullError> {
+        let forged = report.rejected.iter().find(|(_, r)| {
+            matches!(
+                r.reason,
+                murmur_store::RejectReason::BadProof | murmur_store::RejectReason::OwnAuthor
+            )
+        });
+        let Some((id, why)) = forged else {
+            return Ok(());
+        };
+        warn!(peer = %self.peer, op = %id, "refusing the peer for this run: {why}");
+        self.metrics.peers_refused.inc();
+        if let Err(e) = self.net.block(self.peer).await {
+            warn!("cannot block the peer: {e}");
+        }
+        Err(PullError::Forged(format!("op {id}: {why}")))
     }
 
     /// Imports the peer's state snapshot, page by page, with the next page's request in
