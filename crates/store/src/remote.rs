@@ -74,6 +74,12 @@ impl Remote<'_> {
         for (change, rows_checked) in batch.into_iter().zip(rows_checked) {
             let op = change.op();
             let id = op.id();
+            // This replica's own ops come back from peers that pulled them (a page asked
+            // for with an older version vector): duplicates. One it never wrote is forged.
+            if op.author == self.own_author && tx.vv().has(id) {
+                report.duplicates += 1;
+                continue;
+            }
             if op.author == self.own_author {
                 report.rejected.push((
                     id,
