@@ -165,6 +165,8 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
                     .chain([(me, u64::MAX)])
                     .collect(),
                 horizon: Default::default(),
+                authors: None,
+                schema: None,
                 sent_at_ms: 0,
             })
         })
@@ -176,6 +178,8 @@ async fn hostile_gossip_is_refused_counted_and_changes_nothing() {
                 device: any_binding(),
                 contiguous: (0..5000u128).map(|i| (Uuid::from_u128(i + 1), 1)).collect(),
                 horizon: Default::default(),
+                authors: None,
+                schema: None,
                 sent_at_ms: 0,
             })
         })
@@ -209,6 +213,8 @@ async fn an_announcement_claiming_another_device_is_refused() {
         device,
         contiguous: BTreeMap::from([(a.node().store().author(), 1)]),
         horizon: BTreeMap::new(),
+        authors: None,
+        schema: None,
         sent_at_ms: 1,
     };
     let before = n.rejected("bad_binding");
@@ -421,6 +427,7 @@ async fn hostile_requests_are_refused_or_clamped() {
             have,
             cursor,
             limit,
+            range: None,
         })
     };
     // Page sizes are clamped: 0 gives one item, u32::MAX about PAGE_SIZE.
@@ -548,6 +555,7 @@ async fn a_request_flood_gets_busy_answers_and_the_node_stays_responsive() {
         have: VersionVector::default(),
         cursor: OpsCursor::default(),
         limit: u32::MAX,
+        range: None,
     });
     let target = n.node().peer_id();
     let flood: Vec<_> = (0..FLOOD)

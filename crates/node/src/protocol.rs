@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use murmur_p2p::{Event, Handle};
 use murmur_store::proof::Proof;
-use murmur_store::{Op, OpsCursor, OpsPage, SnapshotPosition, SnapshotRow, VersionVector};
+use murmur_store::{
+    AuthorRange, Op, OpsCursor, OpsPage, SchemaVersion, SnapshotPosition, SnapshotRow,
+    VersionVector,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -34,6 +37,12 @@ const _: () = assert!(
 );
 /// The most `extra` seqs per author a request carries.
 pub const VV_EXTRA_CAP: usize = 256;
+/// The most bytes of version vector one `OpsSince` request carries (by
+/// [`VersionVector::wire_size`]); a larger vector is sent in author ranges, one per pull
+/// round, well under the request cap.
+pub const HAVE_BYTES_CAP: usize = murmur_p2p::config::DEFAULT_MAX_REQUEST_BYTES / 2;
+/// The most authors of `Response::Ops::server`.
+pub const SERVER_AUTHORS_CAP: usize = 1024;
 
 /// A gossip message on the library's topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,14 +57,23 @@ pub enum Gossip {
     },
     /// The sender's version vector (per author, contiguous seq), sent periodically and when
     /// a peer subscribes: a heartbeat for the client pool, the input of pruning, a way to
-    /// notice lost gossip, and how peers learn which device the sender is.
+    /// notice lost gossip, and how peers learn which device the sender is. A vector of
+    /// more authors than one message carries travels in parts (see `crate::sync::announce`):
+    /// the authors that moved since the last announcement, then a window that goes round
+    /// the rest, so that every author is announced every few periods.
     Versions {
         /// The sender's device, bound to the peer id that signed the message.
         device: DeviceBinding,
-        /// Per author, the highest contiguous seq the sender holds.
+        /// Per author, the highest contiguous seq the sender holds (all authors, or a part).
         contiguous: BTreeMap<Uuid, u64>,
-        /// Per author, the highest seq pruned from the sender's log.
+        /// Per author, the highest seq pruned from the sender's log (of the same authors).
         horizon: BTreeMap<Uuid, u64>,
+        /// When `contiguous` is a part: how many authors the whole vector has.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authors: Option<u64>,
+        /// The sender's schema (its registry), so peers can say who runs a newer one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<SchemaVersion>,
         /// When it was sent (ms since the UNIX epoch). Gossip ids hash the content, so
         /// this keeps two announcements of the same vector from being taken as one.
         sent_at_ms: u64,
@@ -73,6 +91,15 @@ pub enum Request {
         cursor: OpsCursor,
         /// Page size wanted (the server caps it).
         limit: u32,
+        /// Only the ops of these authors (`have` holds no other); `None`: every author.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range: Option<AuthorRange>,
+    },
+    /// A page of the proofs of what the server's snapshot covers (one per author), all of
+    /// which the requester fetches before the snapshot's first page of rows.
+    SnapshotProofs {
+        /// The last author of the previous page (None: start).
+        after: Option<Uuid>,
     },
     /// A page of the server's state snapshot.
     Snapshot {
@@ -90,8 +117,16 @@ pub enum Response {
     Ops {
         /// The page.
         page: OpsPage,
-        /// The server's contiguous seqs.
+        /// On a first page: the server's contiguous seqs of the authors the requester lacks
+        /// ops of (in the range asked for; at most [`SERVER_AUTHORS_CAP`] of them).
         server: BTreeMap<Uuid, u64>,
+    },
+    /// A page of a snapshot's proofs.
+    SnapshotProofs {
+        /// The proofs, in author order (only these move the receiver's version vector).
+        proofs: Vec<Proof>,
+        /// The last author of this page when more follow.
+        next: Option<Uuid>,
     },
     /// The requester is behind the server's horizon: it must take a snapshot first.
     SnapshotRequired,
@@ -101,12 +136,6 @@ pub enum Response {
         rows: Vec<SnapshotRow>,
         /// Where to continue (None: done).
         next: Option<SnapshotPosition>,
-        /// On the first page: the version vector the snapshot covers.
-        covers: Option<VersionVector>,
-        /// On the first page: the proofs of what it covers, one per author (only these
-        /// move the receiver's version vector).
-        #[serde(default)]
-        proofs: Vec<Proof>,
         /// On the first page: rows in the snapshot, for progress.
         total_rows: Option<u64>,
     },

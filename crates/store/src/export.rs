@@ -13,7 +13,7 @@ use crate::clock::Hlc;
 use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow, VersionVector};
-use crate::page::{OpsCursor, OpsPage};
+use crate::page::{AuthorRange, OpsCursor, OpsPage};
 use crate::proof::{Hash, Proof, TAIL_CAP, op_hash};
 use crate::registry::{Kind, ResourceDef};
 use crate::sql::rows::{
@@ -68,8 +68,22 @@ impl Store {
         cursor: &OpsCursor,
         limit: usize,
     ) -> Result<OpsPage, StoreError> {
+        self.ops_since_in(theirs, &AuthorRange::ALL, cursor, limit)
+            .await
+    }
+
+    /// [`Store::ops_since`] for the authors of `range` only (`theirs` need hold no other).
+    pub async fn ops_since_in(
+        &self,
+        theirs: &VersionVector,
+        range: &AuthorRange,
+        cursor: &OpsCursor,
+        limit: usize,
+    ) -> Result<OpsPage, StoreError> {
         let mut conn = self.pool().acquire().await?;
-        let mut page = self.ops_page(&mut conn, theirs, cursor, limit).await?;
+        let mut page = self
+            .ops_page(&mut conn, theirs, range, cursor, limit)
+            .await?;
         page.proofs = prove_page(&mut conn, &page.changes).await?;
         Ok(page)
     }
@@ -78,24 +92,56 @@ impl Store {
     /// snapshot's receiver may raise its version vector with. Authors it cannot prove (no
     /// key or no head here: ops of a version before proofs) are left out.
     pub async fn snapshot_proofs(&self) -> Result<Vec<Proof>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let (proofs, next) = self.snapshot_proofs_page(after, usize::MAX).await?;
+            out.extend(proofs);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// A page of [`Store::snapshot_proofs`]: the proofs of the authors after `after` (None:
+    /// from the first), at most `max_bytes` of them by [`Proof::wire_size`] (at least one),
+    /// and the last author of the page when more follow. A snapshot's receiver fetches
+    /// every page before the first page of rows, so the rows it reads hold the effect of
+    /// every op the proofs cover.
+    pub async fn snapshot_proofs_page(
+        &self,
+        after: Option<Uuid>,
+        max_bytes: usize,
+    ) -> Result<(Vec<Proof>, Option<Uuid>), StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let mine = self.version_vector();
         let mut conn = self.pool().acquire().await?;
         let mut out = Vec::new();
-        for (author, v) in &mine.authors {
+        let mut bytes = 0usize;
+        let from = after.map_or(Unbounded, Excluded);
+        for (author, v) in mine.authors.range((from, Unbounded)) {
             if v.contiguous == 0 {
                 continue;
             }
             if let Some(p) = prove_run(&mut conn, *author, v.contiguous + 1, &[]).await? {
+                let size = p.wire_size();
+                if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                    let last = out.last().map(|p: &Proof| p.key.author());
+                    return Ok((out, last));
+                }
+                bytes = bytes.saturating_add(size);
                 out.push(p);
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     async fn ops_page(
         &self,
         conn: &mut SqliteConnection,
         theirs: &VersionVector,
+        range: &AuthorRange,
         cursor: &OpsCursor,
         limit: usize,
     ) -> Result<OpsPage, StoreError> {
@@ -107,7 +153,11 @@ impl Store {
         let mut bytes_left = MAX_PAGE_BYTES;
         let mut runs = RunCost::default();
         let start_author = cursor.position.map(|(a, _)| a);
-        for (author, have) in mine.authors.range(start_author.unwrap_or(Uuid::nil())..) {
+        let start = start_author.unwrap_or(Uuid::nil()).max(range.from);
+        for (author, have) in mine.authors.range(start..) {
+            if !range.contains(author) {
+                break;
+            }
             let their = theirs.authors.get(author).cloned().unwrap_or_default();
             let mut after = their.contiguous;
             let mut row_after = None;

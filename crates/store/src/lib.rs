@@ -66,9 +66,9 @@ pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
     RowEvent, SnapshotImport, SnapshotRow, VersionVector,
 };
-pub use page::{OpsCursor, OpsPage};
+pub use page::{AuthorRange, OpsCursor, OpsPage};
 pub use read::MAX_READ;
-pub use registry::{ColumnDef, Kind, Registry, ResourceDef};
+pub use registry::{ColumnDef, Kind, Registry, ResourceDef, SchemaRelation, SchemaVersion};
 pub use sql::clients::ClientInfo;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
 pub use value::{ColumnType, MAX_ROW_BYTES, Value};

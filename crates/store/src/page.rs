@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::op::Change;
+use crate::op::{AuthorVersion, Change, VersionVector};
 use crate::proof::Proof;
 
 /// Where the next page of [`crate::Store::ops_since`] starts.
@@ -26,4 +26,123 @@ pub struct OpsPage {
     pub proofs: Vec<Proof>,
     /// Where to continue, or `None` when everything was sent.
     pub next: Option<OpsCursor>,
+}
+
+/// A range of authors in UUID order: from `from` (inclusive) to `to` (exclusive; `None`: to
+/// the end). A pull whose version vector is too large for one request asks for the ops of
+/// one range at a time, with the part of its vector in that range
+/// ([`VersionVector::split_by_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuthorRange {
+    /// The first author of the range.
+    pub from: Uuid,
+    /// The first author after it (`None`: the range runs to the end).
+    pub to: Option<Uuid>,
+}
+
+impl AuthorRange {
+    /// Every author.
+    pub const ALL: AuthorRange = AuthorRange {
+        from: Uuid::nil(),
+        to: None,
+    };
+
+    /// Whether `author` is in the range.
+    pub fn contains(&self, author: &Uuid) -> bool {
+        *author >= self.from && self.to.is_none_or(|to| *author < to)
+    }
+}
+
+/// An upper bound of the CBOR size of one author's entry of a version vector.
+fn author_version_size(v: &AuthorVersion) -> usize {
+    // The UUID (bytes or text), the entry's map and names, the contiguous seq, then one
+    // integer per `extra` seq.
+    40 + 32 + 9 + 9 * v.extra.len()
+}
+
+impl VersionVector {
+    /// The authors of `range` only.
+    pub fn within(&self, range: &AuthorRange) -> VersionVector {
+        VersionVector {
+            authors: self
+                .authors
+                .range(range.from..)
+                .take_while(|(a, _)| range.contains(a))
+                .map(|(a, v)| (*a, v.clone()))
+                .collect(),
+        }
+    }
+
+    /// An upper bound of the vector's CBOR size.
+    pub fn wire_size(&self) -> usize {
+        16 + self
+            .authors
+            .values()
+            .map(author_version_size)
+            .sum::<usize>()
+    }
+
+    /// Cuts the vector into consecutive author ranges that cover every author (those not in
+    /// the vector too), each with the part of the vector in it, of at most `max_bytes` by
+    /// [`VersionVector::wire_size`] (an author whose entry alone is larger gets a range of
+    /// its own). One range ([`AuthorRange::ALL`]) when the whole vector fits.
+    pub fn split_by_bytes(&self, max_bytes: usize) -> Vec<(AuthorRange, VersionVector)> {
+        let mut out = Vec::new();
+        let mut from = Uuid::nil();
+        let mut part = VersionVector::default();
+        let mut size = 16;
+        for (a, v) in &self.authors {
+            let s = author_version_size(v);
+            if size + s > max_bytes && !part.authors.is_empty() {
+                out.push((
+                    AuthorRange { from, to: Some(*a) },
+                    std::mem::take(&mut part),
+                ));
+                from = *a;
+                size = 16;
+            }
+            size += s;
+            part.authors.insert(*a, v.clone());
+        }
+        out.push((AuthorRange { from, to: None }, part));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::to_cbor;
+
+    #[test]
+    fn a_split_vector_covers_every_author_once_in_bounded_parts() {
+        let mut vv = VersionVector::default();
+        for i in 0..2_000u128 {
+            let v = vv.authors.entry(Uuid::from_u128(i * 7919 + 3)).or_default();
+            v.contiguous = u64::MAX / 3;
+            if i % 97 == 0 {
+                v.extra = (0..300).map(|s| u64::MAX / 2 + s).collect();
+            }
+        }
+        assert!(vv.wire_size() >= to_cbor(&vv).len());
+        let parts = vv.split_by_bytes(16 * 1024);
+        assert!(parts.len() > 4, "{}", parts.len());
+        assert_eq!(parts[0].0.from, Uuid::nil());
+        assert_eq!(parts.last().unwrap().0.to, None);
+        let mut joined = VersionVector::default();
+        for w in parts.windows(2) {
+            assert_eq!(w[0].0.to, Some(w[1].0.from));
+        }
+        for (range, part) in &parts {
+            assert!(to_cbor(part).len() <= 16 * 1024);
+            assert_eq!(&vv.within(range), part);
+            joined.authors.extend(part.authors.clone());
+        }
+        assert_eq!(joined, vv);
+        // Any author, in the vector or not, is in exactly one range.
+        for probe in [Uuid::nil(), Uuid::from_u128(5), Uuid::max()] {
+            assert_eq!(parts.iter().filter(|(r, _)| r.contains(&probe)).count(), 1);
+        }
+        assert_eq!(vv.split_by_bytes(usize::MAX)[0].0, AuthorRange::ALL);
+    }
 }

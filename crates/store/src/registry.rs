@@ -169,3 +169,111 @@ impl Registry {
         }
     }
 }
+
+/// A registry as peers announce it: how many resources and columns it has, and a stable
+/// hash of them (names, kinds, column names and types), so that a node can tell a peer
+/// that runs another schema, and which of the two knows more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SchemaVersion {
+    /// Resources plus their columns: a schema that adds resources or columns has more.
+    pub items: u32,
+    /// blake3 of the registry's description.
+    pub hash: crate::hash::Hash,
+}
+
+/// How a peer's schema compares with this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaRelation {
+    /// The same registry.
+    Same,
+    /// More resources or columns: what it writes to them waits here (quarantined).
+    Newer,
+    /// Fewer: it keeps what this node writes to them waiting.
+    Older,
+    /// As many, but others.
+    Other,
+}
+
+impl SchemaVersion {
+    /// How `theirs` compares with `self`.
+    pub fn relation(&self, theirs: &SchemaVersion) -> SchemaRelation {
+        use std::cmp::Ordering::*;
+        if self == theirs {
+            return SchemaRelation::Same;
+        }
+        match theirs.items.cmp(&self.items) {
+            Greater => SchemaRelation::Newer,
+            Less => SchemaRelation::Older,
+            Equal => SchemaRelation::Other,
+        }
+    }
+}
+
+impl Registry {
+    /// This registry's [`SchemaVersion`].
+    pub fn schema_version(&self) -> SchemaVersion {
+        let mut h = blake3::Hasher::new();
+        h.update(b"murmur schema v1\0");
+        let mut items = 0u32;
+        for def in self.iter() {
+            items = items.saturating_add(1);
+            let kind: &[u8] = match def.kind {
+                Kind::Shared => b"shared",
+                Kind::Owned => b"owned",
+            };
+            for part in [def.name.as_bytes(), kind] {
+                h.update(&(part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+            for c in &def.columns {
+                items = items.saturating_add(1);
+                for part in [c.name.as_bytes(), c.ty.name().as_bytes()] {
+                    h.update(&(part.len() as u64).to_le_bytes());
+                    h.update(part);
+                }
+            }
+        }
+        SchemaVersion {
+            items,
+            hash: crate::hash::Hash(*h.finalize().as_bytes()),
+        }
+    }
+
+    /// A copy without `resource` (tests: a build that does not know it).
+    pub fn without(&self, resource: &str) -> Registry {
+        let mut r = self.clone();
+        Arc::make_mut(&mut r.resources).remove(resource);
+        r
+    }
+
+    /// A copy without the column `column` of `resource` (tests: a build that does not know
+    /// it).
+    pub fn without_column(&self, resource: &str, column: &str) -> Registry {
+        let mut r = self.clone();
+        if let Some(def) = Arc::make_mut(&mut r.resources).get_mut(resource) {
+            def.columns.retain(|c| c.name != column);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_with_more_resources_or_columns_is_newer() {
+        let full = Registry::default_library();
+        let older = full.without("albums").without_column("tags", "color");
+        let (f, o) = (full.schema_version(), older.schema_version());
+        assert_eq!(f, Registry::default_library().schema_version());
+        assert_eq!(o.relation(&f), SchemaRelation::Newer);
+        assert_eq!(f.relation(&o), SchemaRelation::Older);
+        assert_eq!(f.relation(&f), SchemaRelation::Same);
+        // As many columns, but not the same ones.
+        let a = full.without_column("tags", "color").schema_version();
+        let b = full.without_column("jobs", "status").schema_version();
+        assert_eq!(a.relation(&b), SchemaRelation::Other);
+    }
+}

@@ -259,10 +259,19 @@ impl Store {
     /// Authors whose proof this replica never verified (a log of a version before proofs)
     /// are left out: no page can carry their ops, and the snapshot's rows hold them.
     pub fn needs_snapshot(&self, theirs: &VersionVector) -> bool {
+        self.needs_snapshot_in(theirs, &crate::page::AuthorRange::ALL)
+    }
+
+    /// [`Store::needs_snapshot`] for the authors of `range` only.
+    pub fn needs_snapshot_in(
+        &self,
+        theirs: &VersionVector,
+        range: &crate::page::AuthorRange,
+    ) -> bool {
         self.inner.writer.read(|r| {
-            r.horizon
-                .iter()
-                .any(|(a, h)| theirs.contiguous(a) < *h && r.devices.contains_key(a))
+            r.horizon.iter().any(|(a, h)| {
+                range.contains(a) && theirs.contiguous(a) < *h && r.devices.contains_key(a)
+            })
         })
     }
 

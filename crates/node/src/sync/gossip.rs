@@ -237,6 +237,8 @@ mod tests {
             device: DeviceBinding::sign(&ed25519::Keypair::generate(), &PeerId::random()),
             contiguous: (0..n).map(|i| (Uuid::from_u128(i + 1), seq)).collect(),
             horizon: BTreeMap::new(),
+            authors: None,
+            schema: None,
             sent_at_ms: 0,
         };
         assert!(check(&versions(3, 10)).is_ok());

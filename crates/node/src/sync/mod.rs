@@ -27,6 +27,7 @@
 //! - [`peers`]: the table of connected peers, their pull schedule ([`PullState`]) and
 //!   progress, which `/v1/status` reads;
 
+mod announce;
 mod contact;
 pub mod gossip;
 pub mod peers;
@@ -47,6 +48,8 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
+use self::announce::Announcer;
+pub use self::announce::VERSIONS_SEND_CAP;
 use self::contact::ContactClock;
 pub use self::gossip::{GossipRejection, VERSIONS_AUTHORS_CAP, check_gossip_message};
 pub use self::peers::{PeerTable, PeerView, PullKind, PullProgress, PullState};
@@ -100,6 +103,8 @@ pub struct SyncLoop {
     device: DeviceBinding,
     /// Time in contact with peers, which judges which clients are stale.
     contact: ContactClock,
+    /// Which part of the version vector the next announcement carries.
+    announcer: Announcer,
 }
 
 impl SyncLoop {
@@ -125,6 +130,7 @@ impl SyncLoop {
             announced: BTreeMap::new(),
             device,
             contact: ContactClock::default(),
+            announcer: Announcer::default(),
         }
     }
 
@@ -442,13 +448,19 @@ impl SyncLoop {
         }
     }
 
-    /// Publishes the version vector with this node's device binding.
-    async fn announce(&self) {
+    /// Publishes the version vector (whole, or its next part: see [`announce`]) with this
+    /// node's device binding and schema.
+    async fn announce(&mut self) {
         let vv = self.store.version_vector();
+        let (contiguous, authors) = self.announcer.next(&vv.contiguous_map(), VERSIONS_SEND_CAP);
+        let mut horizon = self.store.horizon();
+        horizon.retain(|a, _| contiguous.contains_key(a));
         let msg = Gossip::Versions {
             device: self.device,
-            contiguous: vv.contiguous_map(),
-            horizon: self.store.horizon(),
+            contiguous,
+            horizon,
+            authors,
+            schema: Some(self.store.registry().schema_version()),
             sent_at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
         };
         if let Err(e) = self.net.publish(to_cbor(&msg)).await {

@@ -7,15 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_store::{OpsCursor, Origin, RejectReason, Store, StoreError, VersionVector};
+use murmur_store::{
+    AuthorRange, OpsCursor, Origin, RejectReason, Store, StoreError, VersionVector,
+};
 use tracing::{info, warn};
 
 use super::peers::{PeerTable, PullKind, PullProgress};
 use crate::metrics::Metrics;
-use crate::protocol::{Net, PAGE_SIZE, Request, Response, VV_EXTRA_CAP};
+use crate::protocol::{HAVE_BYTES_CAP, Net, PAGE_SIZE, Request, Response, VV_EXTRA_CAP};
 
 /// Pulls running at once.
 pub const PULLS_CAP: usize = 4;
+/// The most proofs (authors) of one snapshot taken; a peer that sends more is refused.
+pub const SNAPSHOT_PROOFS_CAP: usize = 250_000;
 /// Largest response accepted.
 pub const RESPONSE_DECODE_CAP: usize = 16 * 1024 * 1024;
 
@@ -99,29 +103,27 @@ impl Puller {
         }
     }
 
-    fn ops_request(&self, cursor: OpsCursor) -> (VersionVector, Request) {
-        let have = self.store.version_vector().truncated(VV_EXTRA_CAP);
-        let req = Request::OpsSince {
-            have: have.clone(),
-            cursor,
-            limit: PAGE_SIZE as u32,
-        };
-        (have, req)
-    }
-
-    /// Pulls what the peer has and this node lacks. Pages are pipelined: the request for
-    /// page n+1 (its cursor is in page n) is in flight while page n is applied, so the
-    /// peer's read and encode and the transfer overlap the local apply.
+    /// Pulls what the peer has and this node lacks: in one round when this node's version
+    /// vector fits one request ([`HAVE_BYTES_CAP`]), else in one round per author range
+    /// ([`VersionVector::split_by_bytes`]), each request carrying the part of the vector in
+    /// its range. A node behind the peer's horizon takes its snapshot, then pulls again.
     async fn pull(&self) -> Result<PullSummary, PullError> {
         let started = Instant::now();
         let mut summary = PullSummary::default();
-        let mut total: Option<u64> = None;
-        let mut last_log = Instant::now();
-        let (mut have, req) = self.ops_request(OpsCursor::default());
-        let mut resp = self.request(req).await?;
-        loop {
-            match resp {
-                Response::SnapshotRequired => {
+        let mut total = 0u64;
+        'again: loop {
+            let parts = self
+                .store
+                .version_vector()
+                .truncated(VV_EXTRA_CAP)
+                .split_by_bytes(HAVE_BYTES_CAP);
+            let whole = parts.len() == 1;
+            for (range, have) in parts {
+                let range = (!whole).then_some(range);
+                if !self
+                    .pull_range(range, have, &mut summary, &mut total)
+                    .await?
+                {
                     if summary.snapshot {
                         // A second snapshot in one pull would loop: stop and retry later.
                         return Err(PullError::Refused(
@@ -129,22 +131,54 @@ impl Puller {
                         ));
                     }
                     self.snapshot(&mut summary).await?;
-                    let (h, req) = self.ops_request(OpsCursor::default());
-                    have = h;
-                    resp = self.request(req).await?;
+                    continue 'again;
                 }
+            }
+            break;
+        }
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    /// Pulls the ops of `range` (None: every author) this node lacks by `have`. Pages are
+    /// pipelined: the request for page n+1 (its cursor is in page n) is in flight while
+    /// page n is applied, so the peer's read and encode and the transfer overlap the local
+    /// apply. Returns false when the peer says this node needs its snapshot first.
+    async fn pull_range(
+        &self,
+        range: Option<AuthorRange>,
+        have: VersionVector,
+        summary: &mut PullSummary,
+        total: &mut u64,
+    ) -> Result<bool, PullError> {
+        let mut last_log = Instant::now();
+        // The next requests carry the version vector from before this range's pages are
+        // applied: the cursor, not the vector, says where the peer resumes, and anything
+        // sent twice is a duplicate, which apply skips.
+        let request = |cursor| Request::OpsSince {
+            have: have.clone(),
+            cursor,
+            limit: PAGE_SIZE as u32,
+            range,
+        };
+        let mut resp = self.request(request(OpsCursor::default())).await?;
+        let mut first = true;
+        loop {
+            match resp {
+                Response::SnapshotRequired => return Ok(false),
                 Response::Ops { page, server } => {
-                    let total = *total.get_or_insert_with(|| {
-                        server
-                            .iter()
-                            .map(|(a, s)| s.saturating_sub(have.contiguous(a)))
-                            .fold(0u64, u64::saturating_add)
-                    });
+                    if first {
+                        *total = total.saturating_add(
+                            server
+                                .iter()
+                                .map(|(a, s)| s.saturating_sub(have.contiguous(a)))
+                                .fold(0u64, u64::saturating_add),
+                        );
+                        first = false;
+                    }
+                    let total = *total;
                     let items: u64 = page.changes.iter().map(|c| c.weight() as u64).sum();
-                    // The next request carries the version vector from before this page is
-                    // applied: the cursor, not the vector, says where the peer resumes, and
-                    // anything sent twice is a duplicate, which apply skips.
-                    let next = page.next.map(|cursor| self.ops_request(cursor).1);
+                    let next = page.next.map(request);
                     let apply = async {
                         if page.changes.is_empty() {
                             return Ok(None);
@@ -173,14 +207,12 @@ impl Puller {
                     }
                     match fetched {
                         Some(r) => resp = r?,
-                        None => break,
+                        None => return Ok(true),
                     }
                 }
                 _ => return Err(PullError::Unexpected),
             }
         }
-        summary.elapsed = started.elapsed();
-        Ok(summary)
     }
 
     /// An honest peer verified every op it sends (it stores no other), so a page with an op
@@ -213,9 +245,36 @@ impl Puller {
             position,
             limit: PAGE_SIZE as u32,
         };
-        let mut first = true;
-        let mut covers = None;
+        // Every proof first, then the rows: rows read after the proofs hold the effect of
+        // every op they cover.
         let mut proofs = Vec::new();
+        let mut after = None;
+        loop {
+            let Response::SnapshotProofs { proofs: p, next } =
+                self.request(Request::SnapshotProofs { after }).await?
+            else {
+                return Err(PullError::Unexpected);
+            };
+            // A page that does not move on would loop.
+            if next.is_some() && (p.is_empty() || next <= after) {
+                return Err(PullError::Unexpected);
+            }
+            proofs.extend(p);
+            if proofs.len() > SNAPSHOT_PROOFS_CAP {
+                return Err(PullError::Refused(format!(
+                    "a snapshot of more than {SNAPSHOT_PROOFS_CAP} authors"
+                )));
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        for (author, why) in self.store.begin_snapshot(proofs.clone()).await? {
+            self.metrics.reject(why.label());
+            warn!(peer = %self.peer, %author, "a snapshot's author was refused: {why}");
+        }
+        let mut first = true;
         let mut total = 0;
         let mut done = 0u64;
         let mut last_log = Instant::now();
@@ -226,20 +285,12 @@ impl Puller {
             let Response::Snapshot {
                 rows,
                 next,
-                covers: c,
-                proofs: p,
                 total_rows,
             } = resp
             else {
                 return Err(PullError::Unexpected);
             };
             if first {
-                covers = c;
-                proofs = p;
-                for (author, why) in self.store.begin_snapshot(proofs.clone()).await? {
-                    self.metrics.reject(why.label());
-                    warn!(peer = %self.peer, %author, "a snapshot's author was refused: {why}");
-                }
                 total = total_rows.unwrap_or(0);
                 first = false;
             }
@@ -272,7 +323,6 @@ impl Puller {
                 None => break,
             }
         }
-        covers.ok_or(PullError::Unexpected)?;
         // The authors of rows set aside are left out: the snapshot does not cover their ops,
         // which come again (by catch-up, or a later snapshot). Refusals were counted when
         // the snapshot began.

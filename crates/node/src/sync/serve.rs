@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use libp2p::PeerId;
 use murmur_p2p::Responder;
-use murmur_store::proof::Proof;
-use murmur_store::{MAX_PAGE_BYTES, OpsCursor, OpsPage, Store, StoreError, VersionVector};
+use murmur_store::{
+    AuthorRange, MAX_PAGE_BYTES, OpsCursor, OpsPage, Store, StoreError, VersionVector,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::metrics::Metrics;
-use crate::protocol::{PAGE_SIZE, Request, Response};
+use crate::protocol::{PAGE_SIZE, Request, Response, SERVER_AUTHORS_CAP};
 
 /// Requests served at once; more are refused with "busy".
 pub const SERVE_CAP: usize = 8;
@@ -134,7 +135,7 @@ impl Server {
 /// vector, so a kept page is never served for a log that has changed since.
 #[derive(Default)]
 pub(crate) struct LastPage {
-    key: Option<(VersionVector, OpsCursor, usize, VersionVector)>,
+    key: Option<(VersionVector, AuthorRange, OpsCursor, usize, VersionVector)>,
     page: OpsPage,
 }
 
@@ -156,62 +157,66 @@ async fn serve_request_with(
             have,
             cursor,
             limit,
+            range,
         } => {
-            if store.needs_snapshot(&have) {
+            let all = range.unwrap_or(AuthorRange::ALL);
+            if store.needs_snapshot_in(&have, &all) {
                 Response::SnapshotRequired
             } else {
                 let limit = (limit as usize).clamp(1, PAGE_SIZE);
+                // What the requester lacks, for its progress: on the first page, bounded.
+                let server = if cursor.position.is_none() {
+                    let mine = store.version_vector().within(&all);
+                    mine.authors
+                        .iter()
+                        .filter(|(a, v)| v.contiguous > have.contiguous(a))
+                        .take(SERVER_AUTHORS_CAP)
+                        .map(|(a, v)| (*a, v.contiguous))
+                        .collect()
+                } else {
+                    Default::default()
+                };
                 let page = match last_page {
-                    None => store.ops_since(&have, &cursor, limit).await?,
+                    None => store.ops_since_in(&have, &all, &cursor, limit).await?,
                     Some((last, metrics)) => {
                         let mut last = last.lock().await;
-                        let key = (have, cursor, limit, store.version_vector());
+                        let key = (have, all, cursor, limit, store.version_vector());
                         if last.key.as_ref() == Some(&key) {
                             metrics.pages_reused.inc();
                         } else {
                             last.key = None;
-                            last.page = store.ops_since(&key.0, &key.1, limit).await?;
+                            last.page = store.ops_since_in(&key.0, &all, &key.2, limit).await?;
                             last.key = Some(key);
                         }
                         last.page.clone()
                     }
                 };
-                Response::Ops {
-                    page,
-                    server: store.version_vector().contiguous_map(),
-                }
+                Response::Ops { page, server }
             }
+        }
+        Request::SnapshotProofs { after } => {
+            let (proofs, next) = store.snapshot_proofs_page(after, MAX_PAGE_BYTES).await?;
+            Response::SnapshotProofs { proofs, next }
         }
         Request::Snapshot { position, limit } => {
             let limit = (limit as usize).clamp(1, PAGE_SIZE);
-            // The version vector is read before the first page, so the snapshot covers it.
-            // The version vector (and its proofs) are read before the first page, so the
-            // snapshot covers them.
-            let (covers, proofs, total_rows) = if position.is_none() {
-                let vv = store.version_vector();
-                let proofs = store.snapshot_proofs().await?;
+            // The proofs were fetched before this first page (see `Request::SnapshotProofs`),
+            // so its rows hold the effect of every op they cover.
+            let total_rows = if position.is_none() {
                 let mut total = 0;
                 for def in store.registry().iter() {
                     total += store.count_rows(&def.name).await?;
                 }
-                (Some(vv), proofs, Some(total))
+                Some(total)
             } else {
-                (None, Vec::new(), None)
+                None
             };
-            // The first page's rows leave room for its proofs (one per author).
-            let proof_bytes: usize = proofs.iter().map(Proof::wire_size).sum();
             let (rows, next) = store
-                .snapshot_page_within(
-                    position.as_ref(),
-                    limit,
-                    MAX_PAGE_BYTES.saturating_sub(proof_bytes),
-                )
+                .snapshot_page_within(position.as_ref(), limit, MAX_PAGE_BYTES)
                 .await?;
             Response::Snapshot {
                 rows,
                 next,
-                covers,
-                proofs,
                 total_rows,
             }
         }
@@ -260,6 +265,7 @@ mod tests {
             have: VersionVector::default(),
             cursor,
             limit: 2,
+            range: None,
         };
         let ops = |r: Response| match r {
             Response::Ops { page, .. } => page,
