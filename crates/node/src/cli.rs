@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
+use murmur_store::SchemaRelation;
 use serde_json::Value as J;
 
 use crate::config::ClientArgs;
@@ -137,7 +138,19 @@ fn peer_rows(status: &Status) -> Vec<Vec<String>> {
                 text(p.address.as_deref()),
                 when(p.last_seen),
                 when(p.last_synchronized),
-                if p.stale { "stale" } else { "" }.into(),
+                [
+                    p.stale.then_some("stale"),
+                    match p.schema {
+                        Some(SchemaRelation::Newer) => Some("newer schema"),
+                        Some(SchemaRelation::Older) => Some("older schema"),
+                        Some(SchemaRelation::Other) => Some("other schema"),
+                        Some(SchemaRelation::Same) | None => None,
+                    },
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", "),
             ]
         })
         .collect()
@@ -179,6 +192,10 @@ fn status_text(st: &Status) -> String {
     out += &format!("library     {}\n", st.library_id);
     out += &format!("listening   {}\n", st.listen_addrs.join(", "));
     out += &format!("op log      {} pending operations\n", st.pending_operations);
+    if !st.waiting.is_empty() {
+        let why: Vec<String> = st.waiting.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        out += &format!("waiting     {} (kept for a newer schema)\n", why.join(", "));
+    }
     let connected = st.peers.iter().filter(|p| p.connected).count();
     out += &format!(
         "peers       {connected} connected, {} known\n",
@@ -290,6 +307,7 @@ mod tests {
                 "discovery": "mdns",
                 "last_seen": "2026-01-02T03:04:05.678Z",
                 "last_synchronized": null,
+                "schema": "newer",
                 "stale": false,
             }, {
                 "client_uuid": "00000000-0000-0000-0000-000000000003",
@@ -303,6 +321,7 @@ mod tests {
             }],
             "progress": [{"client_uuid": "00000000-0000-0000-0000-000000000002", "peer_id": "12D3KooWthemthemthem", "kind": "snapshot", "done": 1, "total": 4}],
             "version_vector": {},
+            "waiting": {"unknown_field": 2, "unknown_resource": 1},
         }))
         .unwrap();
         let expected = "\
@@ -311,13 +330,14 @@ peer id     12D3KooWme
 library     lib
 listening   /ip4/127.0.0.1/tcp/1, /ip4/10.0.0.1/tcp/1
 op log      3 pending operations
+waiting     2 unknown_field, 1 unknown_resource (kept for a newer schema)
 peers       1 connected, 2 known
 
 WORK      PEER               CLIENT     DONE
 snapshot  12D3KooWthemthem…  00000000…  1/4   25%
 
 CLIENT     PEER               CONNECTED  FOUND BY  ADDRESS               LAST SEEN                 LAST SYNCED
-00000000…  12D3KooWthemthem…  yes        mdns      /ip4/127.0.0.1/tcp/2  2026-01-02T03:04:05.678Z  -
+00000000…  12D3KooWthemthem…  yes        mdns      /ip4/127.0.0.1/tcp/2  2026-01-02T03:04:05.678Z  -            newer schema
 00000000…  -                  no         -         -                     -                         -            stale
 ";
         assert_eq!(status_text(&st), expected);

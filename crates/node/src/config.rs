@@ -163,6 +163,9 @@ pub struct Config {
     pub durability: Durability,
     /// The physical clock (tests inject one).
     pub clock: PhysicalClock,
+    /// The synced resources (an embedder that adds resources, or a test of another build's
+    /// schema, sets its own; their tables must exist).
+    pub registry: murmur_store::Registry,
     /// Test only: the share of incoming gossip messages to drop (0.0 in real use).
     #[cfg(feature = "fault-injection")]
     pub gossip_drop_rate: f64,
@@ -191,6 +194,7 @@ impl Config {
             prune_interval: Duration::from_secs(30),
             durability: Durability::Full,
             clock: PhysicalClock::System,
+            registry: murmur_store::Registry::default_library(),
             #[cfg(feature = "fault-injection")]
             gossip_drop_rate: 0.0,
         }

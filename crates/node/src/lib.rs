@@ -128,6 +128,7 @@ impl Node {
         opts.max_drift = config.max_drift;
         opts.clock = config.clock.clone();
         opts.durability = config.durability;
+        opts.registry = config.registry.clone();
         let store = Store::open(opts)
             .await
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub peers_connected: Gauge,
     /// Ops peers have announced that this node has not applied yet.
     pub sync_lag_ops: Gauge,
+    /// Ops and snapshot rows kept for a schema this build does not know, by reason
+    /// ("unknown_resource", "unknown_field"): received, not applied yet.
+    pub waiting: Family<Reason, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,7 @@ impl Metrics {
             pending_operations: Gauge::default(),
             peers_connected: Gauge::default(),
             sync_lag_ops: Gauge::default(),
+            waiting: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,6 +170,11 @@ impl Metrics {
             "sync_lag_ops",
             "Ops announced by peers and not applied here",
             m.sync_lag_ops.clone(),
+        );
+        registry.register(
+            "waiting",
+            "Ops and snapshot rows kept for a schema this build does not know, by reason",
+            m.waiting.clone(),
         );
         Metrics { registry, ..m }
     }

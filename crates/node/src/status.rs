@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use murmur_store::{Store, StoreError};
+use murmur_store::{SchemaRelation, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -34,6 +34,11 @@ pub struct Status {
     pub progress: Vec<ProgressStatus>,
     /// Per author, the highest contiguous seq this node holds.
     pub version_vector: BTreeMap<Uuid, u64>,
+    /// What waits for a build that knows it, per reason ("unknown_resource",
+    /// "unknown_field"): ops and snapshot rows received from peers that run a newer schema,
+    /// kept, not applied yet (a restart on such a build applies them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub waiting: BTreeMap<String, u64>,
 }
 
 /// A client of the pool, as `/v1/status` shows it.
@@ -54,6 +59,10 @@ pub struct PeerStatus {
     /// Its peer id, once known: its connection's when connected, else the last one seen. A
     /// peer id names one run of the device.
     pub peer_id: Option<String>,
+    /// How the schema it announced compares with this node's ("newer": what it writes to
+    /// resources or fields this node does not know waits here), when connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaRelation>,
     /// Whether it has not been seen for longer than the stale bound.
     pub stale: bool,
 }
@@ -113,6 +122,7 @@ impl StatusSource {
             .collect();
         progress.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         let mut peers = Vec::new();
+        let mine = self.store.registry().schema_version();
         for c in self.store.clients().await? {
             if c.is_self {
                 continue;
@@ -129,6 +139,7 @@ impl StatusSource {
                 last_seen: c.last_seen,
                 last_synchronized: c.last_synchronized,
                 peer_id: conn.map(|p| p.peer_id.to_string()).or(c.peer_id),
+                schema: conn.and_then(|p| p.schema).map(|s| mine.relation(&s)),
             });
         }
         Ok(Status {
@@ -140,6 +151,7 @@ impl StatusSource {
             pending_operations: self.store.pending_operations().await?,
             progress,
             version_vector: self.store.version_vector().contiguous_map(),
+            waiting: self.store.kept().await?,
         })
     }
 }
@@ -166,6 +178,7 @@ mod tests {
                 last_seen: Some(when),
                 last_synchronized: None,
                 peer_id: Some("them".into()),
+                schema: None,
                 stale: false,
             }],
             pending_operations: 3,
@@ -177,6 +190,7 @@ mod tests {
                 total: 2,
             }],
             version_vector: BTreeMap::from([(Uuid::from_u128(2), 7)]),
+            waiting: BTreeMap::new(),
         };
         let text = serde_json::to_string(&status).unwrap();
         let old = serde_json::json!({

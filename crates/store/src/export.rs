@@ -16,6 +16,7 @@ use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow, VersionVector};
 use crate::page::{AuthorRange, OpsCursor, OpsPage};
 use crate::proof::{Hash, Proof, TAIL_CAP, op_hash};
 use crate::registry::{Kind, ResourceDef};
+use crate::sql::quarantine::{self, Kept};
 use crate::sql::rows::{
     column_list, count_others_of_batch, key_of, live_row_from, others_of_batch, owned_row_from,
     parse_uuid, side_head_from, side_prop_from,
@@ -39,7 +40,9 @@ pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 pub struct SnapshotPosition {
     /// Resource being exported.
     pub resource: String,
-    /// 0: rows; 1: tombstones of an owned resource.
+    /// 0: rows; 1: tombstones of an owned resource; 2 (after every resource, `resource`
+    /// empty): what this node keeps for a schema it does not know, `after` holding the last
+    /// kept item's id.
     pub phase: u8,
     /// Last UUID sent in this resource and phase.
     pub after: Option<Uuid>,
@@ -365,8 +368,30 @@ impl Store {
         max_bytes: usize,
     ) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
         let mut conn = self.pool().acquire().await?;
-        self.snapshot_page_on(&mut conn, position, limit, max_bytes.min(MAX_PAGE_BYTES))
-            .await
+        let max_bytes = max_bytes.min(MAX_PAGE_BYTES);
+        if let Some(p) = position
+            && p.phase == KEPT_PHASE
+        {
+            let after = p
+                .after
+                .map_or(0, |u| u.as_u128().min(i64::MAX as u128) as i64);
+            return kept_page(&mut conn, after, limit, max_bytes).await;
+        }
+        let (rows, next) = self
+            .snapshot_page_on(&mut conn, position, limit, max_bytes)
+            .await?;
+        if next.is_some() || quarantine::page(&mut conn, 0, 1).await?.is_empty() {
+            return Ok((rows, next));
+        }
+        // The registry's rows are done: what this node keeps for a newer schema follows.
+        Ok((
+            rows,
+            Some(SnapshotPosition {
+                resource: String::new(),
+                phase: KEPT_PHASE,
+                after: None,
+            }),
+        ))
     }
 
     async fn snapshot_page_on(
@@ -465,6 +490,87 @@ impl Store {
             rows,
         })
     }
+}
+
+/// The phase of a snapshot that serves what this node keeps for a newer schema.
+const KEPT_PHASE: u8 = 2;
+
+/// A page of the snapshot's last phase: what this node keeps (see
+/// [`crate::sql::quarantine`]) after the item `after`, as snapshot rows (a kept op as the
+/// registers it sets), at most `limit` and `max_bytes` (at least one).
+async fn kept_page(
+    conn: &mut SqliteConnection,
+    after: i64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<SnapshotRow>, Option<SnapshotPosition>), StoreError> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let items = quarantine::page(conn, after, limit + 1).await?;
+    let more = items.len() > limit;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut last = after;
+    for (id, item) in items.into_iter().take(limit) {
+        let row = match item {
+            Kept::Row(r) => Some(r),
+            Kept::Op(op) => kept_op_row(&op),
+        };
+        if let Some(r) = row {
+            let size = r.wire_size();
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                return Ok((out, Some(kept_position(last))));
+            }
+            bytes = bytes.saturating_add(size);
+            out.push(r);
+        }
+        last = id;
+    }
+    Ok((out, more.then(|| kept_position(last))))
+}
+
+fn kept_position(id: i64) -> SnapshotPosition {
+    SnapshotPosition {
+        resource: String::new(),
+        phase: KEPT_PHASE,
+        after: Some(Uuid::from_u128(id.max(0) as u128)),
+    }
+}
+
+/// The registers a kept op sets, as a snapshot row (merged as the op would be).
+fn kept_op_row(op: &Op) -> Option<SnapshotRow> {
+    let ts = op.ts();
+    let uuid = op.uuid?;
+    let shared = |exists_ts, alive, props| SnapshotRow::Shared {
+        resource: op.resource.clone(),
+        uuid,
+        exists_ts,
+        alive,
+        props,
+    };
+    Some(match op.method {
+        Method::SharedCreate => shared(
+            ts,
+            true,
+            op.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), ts, v.clone()))
+                .collect(),
+        ),
+        // An update alone sets one property of a row known to exist from elsewhere.
+        Method::SharedUpdate => shared(
+            Hlc::default(),
+            false,
+            vec![(op.property.clone()?, ts, op.value.clone()?)],
+        ),
+        Method::SharedDelete => shared(ts, false, Vec::new()),
+        Method::OwnedDelete => SnapshotRow::OwnedTombstone {
+            resource: op.resource.clone(),
+            uuid,
+            ts,
+            claim: None,
+        },
+        Method::OwnedBatchCreate => return None,
+    })
 }
 
 /// Up to `limit` rows of the owned batch `op` of `def` after `after`, in UUID order, with

@@ -472,6 +472,15 @@ impl Local<'_> {
             (None, Some(cols)) => derive_uuid(def, cols, &fields)?,
             (None, None) => Uuid::now_v7(),
         };
+        let mut fields = fields;
+        if method == Method::SharedCreate {
+            // A create sets every column: the engine gives those it does not name Null at
+            // its time. The op names them all, so that a build that does not know a column
+            // keeps the op, and sets the column when it is upgraded.
+            for c in &def.columns {
+                fields.entry(c.name.clone()).or_insert(Value::Null);
+            }
+        }
         Ok(Prepared {
             resource,
             uuid,

@@ -572,6 +572,9 @@ pub struct SnapshotImport {
     /// Rows set aside, not imported: one of their registers is more than `max_drift`
     /// ahead of this clock.
     pub set_aside: usize,
+    /// Rows of a resource or with fields this registry does not know: kept (their known
+    /// fields merged) for a build that knows them.
+    pub kept: usize,
     /// The authors of every register of the rows set aside. The snapshot must not claim to
     /// cover their ops (see [`crate::Store::finish_snapshot`]), so that they are fetched
     /// again: from the log, or from a later snapshot.
@@ -589,6 +592,9 @@ pub struct ApplyReport {
     pub duplicates: usize,
     /// Ops refused, with why.
     pub rejected: Vec<(OpId, Rejection)>,
+    /// Ops of a resource or field this registry does not know: logged (received) and kept,
+    /// not applied (but for a create's known fields), with why.
+    pub kept: Vec<(OpId, RejectReason)>,
     /// `OwnedBatchCreate` headers whose rows must be pulled from a peer.
     pub needs_rows: Vec<Op>,
     /// What changed, for subscribers.

@@ -16,8 +16,12 @@ use crate::op::{
 };
 use crate::proof::{Chain, Proof, ProofError, check_batch, check_rows};
 use crate::registry::Registry;
+use crate::sql::quarantine::{self, Kept};
 use crate::sql::{batches, oplog, versions};
-use crate::validate::{validate_change, validate_snapshot_row};
+use crate::validate::{
+    Unknown, split_unknown_op, split_unknown_row, validate_change, validate_op,
+    validate_snapshot_row,
+};
 use crate::writer::Writer;
 
 /// What writing peers' changes needs.
@@ -71,6 +75,7 @@ impl Remote<'_> {
         // contiguous seq.
         let mut seen = tx.vv().clone();
         let mut candidates = Vec::with_capacity(batch.len());
+        let mut unknowns: HashMap<OpId, Unknown<crate::op::Op>> = HashMap::new();
         for (change, rows_checked) in batch.into_iter().zip(rows_checked) {
             let op = change.op();
             let id = op.id();
@@ -110,10 +115,24 @@ impl Remote<'_> {
                 ));
                 continue;
             }
-            if let Err(rejection) = validate_change(self.registry, &change) {
-                report.rejected.push((id, rejection));
-                continue;
-            }
+            // An op of a resource or field this registry does not know is kept (and logged:
+            // it counts as received); only its known part, if any, is merged.
+            let unknown = match &change {
+                Change::Op(op) => match split_unknown_op(self.registry, op) {
+                    Ok(u) => u,
+                    Err(rejection) => {
+                        report.rejected.push((id, rejection));
+                        continue;
+                    }
+                },
+                Change::OwnedRows { .. } => match validate_change(self.registry, &change) {
+                    Ok(()) => None,
+                    Err(rejection) => {
+                        report.rejected.push((id, rejection));
+                        continue;
+                    }
+                },
+            };
             let complete = matches!(change, Change::Op(_) | Change::OwnedRows { last: true, .. });
             if tx.vv().has(id) || (complete && !first_copy(&mut seen, id)) {
                 report.duplicates += 1;
@@ -154,6 +173,9 @@ impl Remote<'_> {
                 }
                 let reached = (*first_group).saturating_add(*spanned as u32).max(next);
                 progress.insert(key, if *last { u32::MAX } else { reached });
+            }
+            if let Some(u) = unknown {
+                unknowns.insert(id, u);
             }
             candidates.push(change);
         }
@@ -214,7 +236,19 @@ impl Remote<'_> {
                 chain.devices.insert(key.author(), device);
             }
         }
-        let res = engine::apply(conn, self.registry, &accepted, mode, vv, &chain).await?;
+        let mut instead = engine::Instead::new();
+        let mut kept = Vec::new();
+        for change in &accepted {
+            let op = change.op();
+            if let Some(u) = unknowns.remove(&op.id()) {
+                instead.insert(op.id(), u.known.map(Change::Op));
+                report.kept.push((op.id(), u.reason.clone()));
+                kept.push((Kept::Op(op.clone()), u.reason));
+            }
+        }
+        let res = engine::apply_keeping(conn, self.registry, &accepted, &instead, mode, vv, &chain)
+            .await?;
+        quarantine::keep(conn, &kept).await?;
         for key in &chain.keys {
             if let Ok(device) = key.device() {
                 tx.learn(key.author(), device);
@@ -239,9 +273,10 @@ impl Remote<'_> {
     ) -> Result<SnapshotImport, StoreError> {
         let mut result = SnapshotImport::default();
         let mut accepted = Vec::with_capacity(rows.len());
+        let mut kept = Vec::new();
         // A snapshot page is rewritten as changes the engine already knows how to merge.
         for r in rows {
-            validate_snapshot_row(self.registry, &r).map_err(|r| StoreError::Decode {
+            let unknown = split_unknown_row(self.registry, &r).map_err(|r| StoreError::Decode {
                 what: "snapshot row",
                 reason: r.detail,
             })?;
@@ -249,7 +284,14 @@ impl Remote<'_> {
             // one far in the future would otherwise win every merge for good.
             let timestamps = r.timestamps();
             match timestamps.iter().find_map(|ts| self.clock.check(*ts).err()) {
-                None => accepted.push(r),
+                None => match unknown {
+                    None => accepted.push(r),
+                    // Kept whole, for a build that knows it; its known part merged now.
+                    Some(u) => {
+                        accepted.extend(u.known);
+                        kept.push((Kept::Row(r), u.reason));
+                    }
+                },
                 Some(e) => {
                     tracing::debug!("snapshot row set aside: {e}");
                     result.set_aside += 1;
@@ -267,6 +309,8 @@ impl Remote<'_> {
         let n = accepted.len();
         let devices = tx.devices();
         engine::import_rows(tx.conn(), self.registry, accepted, &devices).await?;
+        quarantine::keep(tx.conn(), &kept).await?;
+        result.kept = kept.len();
         tx.commit(|| Commit {
             imported: n,
             ..Commit::new(Origin::Snapshot)
@@ -388,6 +432,60 @@ impl Remote<'_> {
         }
         tx.commit(|| Commit::new(Origin::Snapshot)).await?;
         Ok(refused)
+    }
+
+    /// Applies what was kept for a build that knows it (see [`crate::sql::quarantine`]), now
+    /// that this registry does: each kept op through the engine (it is in the log already,
+    /// and last-writer-wins registers make a late merge the same as an early one), each
+    /// kept snapshot row as a snapshot row; then forgets them. What this registry does not
+    /// know either stays. Returns how many were applied.
+    pub(crate) async fn apply_kept(&self) -> Result<usize, StoreError> {
+        const PAGE: usize = 512;
+        let mut after = 0;
+        let mut applied = 0;
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let page = quarantine::page(tx.conn(), after, PAGE).await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(applied);
+            };
+            after = *last;
+            let (mut ops, mut rows, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, item) in page {
+                match item {
+                    Kept::Op(op) if validate_op(self.registry, &op).is_ok() => {
+                        ops.push(Change::Op(op));
+                        ids.push(id);
+                    }
+                    Kept::Row(row) if validate_snapshot_row(self.registry, &row).is_ok() => {
+                        rows.push(row);
+                        ids.push(id);
+                    }
+                    _ => {}
+                }
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            let mut chain = Chain::default();
+            chain.devices = tx.devices();
+            let mode = Mode::Remote {
+                unborn: self.unborn,
+            };
+            let res = engine::apply_logged(tx.conn(), self.registry, &ops, mode, &chain).await?;
+            let devices = tx.devices();
+            let n = rows.len();
+            engine::import_rows(tx.conn(), self.registry, rows, &devices).await?;
+            quarantine::remove(tx.conn(), &ids).await?;
+            applied += ids.len();
+            tx.commit(|| Commit {
+                events: res.events.clone(),
+                applied: ops.len(),
+                imported: n,
+                ..Commit::new(Origin::CatchUp)
+            })
+            .await?;
+        }
     }
 
     /// Removes from the log every op covered by `horizon` (per author, a seq) and not above

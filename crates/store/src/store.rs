@@ -200,6 +200,15 @@ impl Store {
             }),
         };
         store.touch_client(client, None).await?;
+        // What a build that did not know its resource or field kept: applied if this
+        // registry knows it.
+        let applied = store.remote().apply_kept().await?;
+        if applied > 0 {
+            tracing::info!(
+                items = applied,
+                "applied ops and snapshot rows kept for a schema this build knows"
+            );
+        }
         Ok(store)
     }
 
@@ -523,6 +532,14 @@ impl Store {
     pub async fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.bookkeeping(async |conn| clients::set_meta(conn, key, value).await)
             .await
+    }
+
+    /// What is kept for a build that knows its resource or field (see
+    /// [`crate::validate::split_unknown_op`]), per reason (`unknown_resource`,
+    /// `unknown_field`): ops and snapshot rows waiting.
+    pub async fn kept(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        crate::sql::quarantine::counts(&mut conn).await
     }
 
     /// How many ops the log holds.

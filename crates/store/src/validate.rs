@@ -260,3 +260,196 @@ mod tests {
         assert!(validate_version_vector(&extra).is_err());
     }
 }
+
+/// What of an op or a snapshot row this registry does not know: why it is kept in
+/// quarantine, and the part of it that can be applied now (a create's or a row's known
+/// fields), if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unknown<T> {
+    /// [`RejectReason::UnknownResource`] or [`RejectReason::UnknownField`].
+    pub reason: RejectReason,
+    /// What this registry knows of it, to apply now.
+    pub known: Option<T>,
+}
+
+/// Checks an op like [`validate_op`], but an op of a resource or field this registry does
+/// not know (a peer that runs a newer schema wrote it) is not an error: it is returned as
+/// [`Unknown`], to keep. Its other parts must be well formed. An owned batch of an unknown
+/// resource is still refused: its rows are read from a table this node does not have.
+pub fn split_unknown_op(registry: &Registry, op: &Op) -> Result<Option<Unknown<Op>>, Rejection> {
+    let rejection = match validate_op(registry, op) {
+        Ok(()) => return Ok(None),
+        Err(r) => r,
+    };
+    match rejection.reason {
+        RejectReason::UnknownResource => {
+            if op.method == Method::OwnedBatchCreate || op.uuid.is_none() {
+                return Err(rejection);
+            }
+            Ok(Some(Unknown {
+                reason: RejectReason::UnknownResource,
+                known: None,
+            }))
+        }
+        RejectReason::UnknownField => {
+            let known = match op.method {
+                Method::SharedCreate => {
+                    let def = registry.get(&op.resource).map_err(|e| {
+                        Rejection::new(RejectReason::UnknownResource, e.to_string())
+                    })?;
+                    let mut known = op.clone();
+                    known.fields.retain(|k, _| def.column_index(k).is_some());
+                    validate_op(registry, &known)?;
+                    Some(known)
+                }
+                _ => None,
+            };
+            Ok(Some(Unknown {
+                reason: RejectReason::UnknownField,
+                known,
+            }))
+        }
+        _ => Err(rejection),
+    }
+}
+
+/// [`split_unknown_op`] for a snapshot row: a row of an unknown resource is kept whole; a
+/// shared row with unknown properties is kept, and its known properties applied; an owned
+/// row with more values than its resource's columns is kept whole (its values are in the
+/// column order of a schema this node does not have).
+pub fn split_unknown_row(
+    registry: &Registry,
+    row: &SnapshotRow,
+) -> Result<Option<Unknown<SnapshotRow>>, Rejection> {
+    let rejection = match validate_snapshot_row(registry, row) {
+        Ok(()) => return Ok(None),
+        Err(r) => r,
+    };
+    let keep = |reason, known| Ok(Some(Unknown { reason, known }));
+    match (&rejection.reason, row) {
+        (RejectReason::UnknownResource, _) => keep(RejectReason::UnknownResource, None),
+        (
+            RejectReason::UnknownField,
+            SnapshotRow::Shared {
+                resource,
+                uuid,
+                exists_ts,
+                alive,
+                props,
+            },
+        ) => {
+            let def = registry
+                .get(resource)
+                .map_err(|e| Rejection::new(RejectReason::UnknownResource, e.to_string()))?;
+            let known = SnapshotRow::Shared {
+                resource: resource.clone(),
+                uuid: *uuid,
+                exists_ts: *exists_ts,
+                alive: *alive,
+                props: props
+                    .iter()
+                    .filter(|(n, _, _)| def.column_index(n).is_some())
+                    .cloned()
+                    .collect(),
+            };
+            validate_snapshot_row(registry, &known)?;
+            keep(RejectReason::UnknownField, Some(known))
+        }
+        (
+            RejectReason::Malformed,
+            SnapshotRow::Owned {
+                resource, values, ..
+            },
+        ) if registry
+            .get(resource)
+            .is_ok_and(|d| d.kind == Kind::Owned && values.len() > d.columns.len()) =>
+        {
+            keep(RejectReason::UnknownField, None)
+        }
+        _ => Err(rejection),
+    }
+}
+
+#[cfg(test)]
+mod unknown_tests {
+    use std::collections::BTreeMap;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::clock::Hlc;
+    use crate::value::Value;
+
+    fn create(resource: &str, fields: &[(&str, &str)]) -> Op {
+        Op {
+            author: Uuid::from_u128(1),
+            seq: 1,
+            time: 5,
+            method: Method::SharedCreate,
+            resource: resource.into(),
+            uuid: Some(Uuid::from_u128(2)),
+            property: None,
+            value: None,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::Text(v.to_string())))
+                .collect::<BTreeMap<_, _>>(),
+            count: None,
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn what_the_registry_does_not_know_is_kept_and_its_known_part_applied() {
+        let older = Registry::default_library()
+            .without("albums")
+            .without_column("tags", "color");
+        let tag = create("tags", &[("name", "n"), ("color", "red")]);
+        let u = split_unknown_op(&older, &tag).unwrap().unwrap();
+        assert_eq!(u.reason, RejectReason::UnknownField);
+        assert_eq!(u.known.unwrap().fields.len(), 1);
+        assert_eq!(
+            split_unknown_op(&Registry::default_library(), &tag).unwrap(),
+            None
+        );
+        let album = create("albums", &[("name", "a")]);
+        let u = split_unknown_op(&older, &album).unwrap().unwrap();
+        assert_eq!((u.reason, u.known), (RejectReason::UnknownResource, None));
+        // A known field of the wrong type is still refused.
+        let mut bad = tag.clone();
+        bad.fields.insert("name".into(), Value::Int(3));
+        assert_eq!(
+            split_unknown_op(&older, &bad).unwrap_err().reason,
+            RejectReason::WrongType
+        );
+        let ts = Hlc {
+            time: 5,
+            author: Uuid::from_u128(1),
+        };
+        let row = SnapshotRow::Shared {
+            resource: "tags".into(),
+            uuid: Uuid::from_u128(2),
+            exists_ts: ts,
+            alive: true,
+            props: vec![
+                ("color".into(), ts, Value::Text("red".into())),
+                ("name".into(), ts, Value::Text("n".into())),
+            ],
+        };
+        let u = split_unknown_row(&older, &row).unwrap().unwrap();
+        let Some(SnapshotRow::Shared { props, .. }) = u.known else {
+            panic!()
+        };
+        assert_eq!(props.len(), 1);
+        let owned = SnapshotRow::Owned {
+            resource: "media_data".into(),
+            uuid: Uuid::from_u128(3),
+            ts,
+            seq: 1,
+            values: vec![Value::Null; 5],
+            claim: None,
+        };
+        let u = split_unknown_row(&older, &owned).unwrap().unwrap();
+        assert_eq!((u.reason, u.known), (RejectReason::UnknownField, None));
+    }
+}

@@ -4,7 +4,7 @@
 //! [`GossipRejection`], which names the metric label it is counted under.
 
 use murmur_store::proof::{ProofError, verify_ops};
-use murmur_store::validate::{MAX_SEQ, validate_op};
+use murmur_store::validate::{MAX_SEQ, split_unknown_op};
 use murmur_store::wire::from_cbor;
 use murmur_store::{OpId, Registry, Rejection, StoreError};
 use uuid::Uuid;
@@ -99,8 +99,10 @@ pub fn check_gossip_message(registry: &Registry, data: &[u8]) -> Result<Gossip, 
             if ops.len() > GOSSIP_OPS_CAP || proofs.len() > GOSSIP_OPS_CAP {
                 return Err(GossipRejection::TooManyOps { ops: ops.len() });
             }
+            // An op of a resource or field this build does not know is no fault of the
+            // sender (it runs a newer schema): accepted, and kept by the store.
             for op in ops {
-                validate_op(registry, op)?;
+                split_unknown_op(registry, op)?;
             }
             verify_ops(ops, proofs).map_err(|(op, why)| GossipRejection::Unproven { op, why })?;
         }
@@ -220,12 +222,23 @@ mod tests {
     }
 
     #[test]
-    fn an_op_the_schema_refuses_is_counted_under_the_stores_reason() {
+    fn an_op_of_a_newer_schema_is_accepted_and_a_bad_one_counted_under_the_stores_reason() {
         let s = signer();
         let mut unknown = op(s.author(), 1);
         unknown.resource = "no_such_resource".into();
-        let r = check(&signed(&s, vec![unknown])).unwrap_err();
+        assert!(check(&signed(&s, vec![unknown])).is_ok());
+        let mut batch = op(s.author(), 1);
+        batch.resource = "no_such_resource".into();
+        batch.method = Method::OwnedBatchCreate;
+        batch.uuid = None;
+        let r = check(&signed(&s, vec![batch])).unwrap_err();
         assert_eq!(r.label(), RejectReason::UnknownResource.label());
+        let mut wrong = op(s.author(), 1);
+        wrong.method = Method::SharedUpdate;
+        wrong.property = Some("name".into());
+        wrong.value = Some(murmur_store::Value::Int(1));
+        let r = check(&signed(&s, vec![wrong])).unwrap_err();
+        assert_eq!(r.label(), RejectReason::WrongType.label());
     }
 
     /// Regression: announcements of `u64::MAX` for a few authors made the lag sum overflow

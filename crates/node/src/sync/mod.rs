@@ -270,12 +270,18 @@ impl SyncLoop {
                 pending.push((propagation_source, ops, proofs));
             }
             Ok(Gossip::Versions {
-                contiguous, device, ..
+                contiguous,
+                device,
+                schema,
+                ..
             }) => match self.check_binding(&source, &device) {
                 Ok(client) => {
                     self.net
                         .report_validation(message_id, propagation_source, Acceptance::Accept)
                         .await;
+                    if let Some(schema) = schema {
+                        self.peers.set_schema(&source, schema);
+                    }
                     self.on_versions(source, client, contiguous).await;
                 }
                 Err(reason) => {
@@ -445,6 +451,24 @@ impl SyncLoop {
                 self.metrics.pending_operations.set(n as i64);
             }
             Err(e) => warn!("cannot count the log: {e}"),
+        }
+        match self.store.kept().await {
+            Ok(kept) => {
+                for reason in [
+                    murmur_store::RejectReason::UnknownResource,
+                    murmur_store::RejectReason::UnknownField,
+                ] {
+                    let label = reason.label();
+                    let n = kept.get(label).copied().unwrap_or(0);
+                    self.metrics
+                        .waiting
+                        .get_or_create(&crate::metrics::Reason {
+                            reason: label.to_owned(),
+                        })
+                        .set(n as i64);
+                }
+            }
+            Err(e) => warn!("cannot count what is kept for a newer schema: {e}"),
         }
     }
 

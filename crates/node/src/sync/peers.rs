@@ -1,6 +1,6 @@
 //! The node's table of connected peers: for each, its client UUID (once its device is
-//! known, see [`crate::device`]), the address and discovery of its connection, where its pull stands ([`PullState`]) and the progress of a running
-//! pull. It is the only copy: the sync actor changes it, pull tasks report their progress
+//! known, see [`crate::device`]), the address and discovery of its connection, where its pull stands ([`PullState`]), the progress of a running
+//! pull and the schema it announced. It is the only copy: the sync actor changes it, pull tasks report their progress
 //! into it, and `/v1/status` reads a [`PeerView`] of each peer from it.
 //!
 //! The network layer keeps its own record of connections (that is how it dials, blocks and
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use libp2p::{Multiaddr, PeerId};
 use murmur_p2p::Discovery;
+use murmur_store::SchemaVersion;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -113,6 +114,8 @@ struct Peer {
     pull: PullState,
     /// The running pull's progress, once it has done a page.
     progress: Option<PullProgress>,
+    /// The schema it announced last.
+    schema: Option<SchemaVersion>,
 }
 
 /// What the rest of the node sees of a connected peer.
@@ -128,6 +131,8 @@ pub struct PeerView {
     pub discovery: Discovery,
     /// The running pull's progress, if any.
     pub progress: Option<PullProgress>,
+    /// The schema it announced last.
+    pub schema: Option<SchemaVersion>,
 }
 
 /// The table of connected peers; clones share it. The lock is held only inside these
@@ -161,6 +166,7 @@ impl PeerTable {
                     discovery,
                     pull: PullState::Idle,
                     progress: None,
+                    schema: None,
                 });
             }
         }
@@ -180,6 +186,13 @@ impl PeerTable {
         match self.lock().get_mut(peer) {
             Some(p) => p.client.replace(client).is_none(),
             None => false,
+        }
+    }
+
+    /// Records the schema `peer` announced.
+    pub(crate) fn set_schema(&self, peer: &PeerId, schema: SchemaVersion) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.schema = Some(schema);
         }
     }
 
@@ -243,6 +256,7 @@ impl PeerTable {
                 address: p.address.clone(),
                 discovery: p.discovery,
                 progress: p.progress,
+                schema: p.schema,
             })
             .collect()
     }

@@ -80,14 +80,93 @@ pub(crate) async fn apply(
     conn: &mut SqliteConnection,
     registry: &Registry,
     changes: &[Change],
-    mut mode: Mode<'_>,
+    mode: Mode<'_>,
     vv: &mut VersionVector,
     chain: &Chain,
 ) -> Result<EngineOutcome, StoreError> {
-    let local = mode.is_local();
+    apply_keeping(conn, registry, changes, &Instead::new(), mode, vv, chain).await
+}
+
+/// What to merge instead of some ops of a batch, by op: an op for what this registry does
+/// not know (kept in quarantine) merges only its known part, or nothing. It is logged whole
+/// all the same.
+pub(crate) type Instead = HashMap<OpId, Option<Change>>;
+
+/// [`apply`], merging `instead`'s part (or nothing) for the ops it names, and logging every
+/// op of `changes` whole.
+pub(crate) async fn apply_keeping(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[Change],
+    instead: &Instead,
+    mode: Mode<'_>,
+    vv: &mut VersionVector,
+    chain: &Chain,
+) -> Result<EngineOutcome, StoreError> {
     let mut out = EngineOutcome::default();
     let mut rejected_ops: HashMap<OpId, String> = HashMap::new();
+    let merged: Vec<&Change> = changes
+        .iter()
+        .filter_map(|c| match instead.get(&c.op().id()) {
+            None => Some(c),
+            Some(part) => part.as_ref(),
+        })
+        .collect();
+    merge(
+        conn,
+        registry,
+        &merged,
+        mode,
+        chain,
+        &mut out,
+        &mut rejected_ops,
+    )
+    .await?;
+    log_changes(conn, changes, &rejected_ops, &mut out, vv, chain).await?;
+    Ok(out)
+}
 
+/// Merges changes that are already in the log (kept in quarantine by a build that did not
+/// know their resource or field): nothing is logged, no version vector moves.
+pub(crate) async fn apply_logged(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[Change],
+    mode: Mode<'_>,
+    chain: &Chain,
+) -> Result<EngineOutcome, StoreError> {
+    let mut out = EngineOutcome::default();
+    let mut rejected_ops: HashMap<OpId, String> = HashMap::new();
+    let refs: Vec<&Change> = changes.iter().collect();
+    merge(
+        conn,
+        registry,
+        &refs,
+        mode,
+        chain,
+        &mut out,
+        &mut rejected_ops,
+    )
+    .await?;
+    out.rejected.extend(
+        rejected_ops
+            .into_iter()
+            .map(|(id, why)| (id, Rejection::new(crate::op::RejectReason::NotOwner, why))),
+    );
+    Ok(out)
+}
+
+/// Merges `changes` into the rows, resource by resource (order kept within each).
+async fn merge(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    changes: &[&Change],
+    mut mode: Mode<'_>,
+    chain: &Chain,
+    out: &mut EngineOutcome,
+    rejected_ops: &mut HashMap<OpId, String>,
+) -> Result<(), StoreError> {
+    let local = mode.is_local();
     // Group by resource, keeping order within each resource.
     let mut by_resource: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
     for c in changes {
@@ -106,7 +185,7 @@ pub(crate) async fn apply(
                     ),
                     Mode::Remote { unborn } => shared::Loading::InPlaceFirst(unborn),
                 };
-                shared::apply(conn, def, &items, local, &mut out, how).await?
+                shared::apply(conn, def, &items, local, out, how).await?
             }
             Kind::Owned => {
                 let owners = owned::Owners::with(&chain.devices);
@@ -115,22 +194,11 @@ pub(crate) async fn apply(
                 } else {
                     owned::Source::Peer
                 };
-                owned::apply(
-                    conn,
-                    def,
-                    &items,
-                    &owners,
-                    source,
-                    &mut out,
-                    &mut rejected_ops,
-                )
-                .await?
+                owned::apply(conn, def, &items, &owners, source, out, rejected_ops).await?
             }
         }
     }
-
-    log_changes(conn, changes, &rejected_ops, &mut out, vv, chain).await?;
-    Ok(out)
+    Ok(())
 }
 
 /// Local creates of rows that are all new, inserted in place (see [`in_place`]) and

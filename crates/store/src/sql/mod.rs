@@ -10,12 +10,15 @@
 //! - [`derived`]: the `files` table derived from `file_paths`.
 //! - [`versions`]: the stored version vector and log horizon.
 //! - [`clients`]: the client pool and node-local settings.
+//! - [`quarantine`]: ops and snapshot rows kept for a build that knows their resource or
+//!   field.
 //! - [`schema`]: the checks of the registry against the tables.
 
 pub(crate) mod batches;
 pub(crate) mod clients;
 pub(crate) mod derived;
 pub(crate) mod oplog;
+pub(crate) mod quarantine;
 pub(crate) mod rows;
 pub(crate) mod schema;
 pub(crate) mod versions;
