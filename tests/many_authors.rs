@@ -6,8 +6,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use murmur::node::protocol::{HAVE_BYTES_CAP, PAGE_SIZE, Request, VV_EXTRA_CAP};
+use murmur::p2p::config::DEFAULT_MAX_REQUEST_BYTES;
 use murmur::store::proof::{Hash, Signer, chain_next, op_hash};
-use murmur::store::{Change, Origin};
+use murmur::store::wire::to_cbor;
+use murmur::store::{Change, OpsCursor, Origin};
 use murmur_testkit::ops::create_tag;
 use murmur_testkit::*;
 use uuid::Uuid;
@@ -89,6 +92,28 @@ async fn a_library_of_ten_thousand_authors_keeps_pulling_announcing_and_serving_
     wait_peers(&a, 1).await;
     converged(&[&a, &b], WAIT).await;
     assert!(authors_of(&b) >= AUTHORS);
+    // Its vector no longer fits one request: its pulls go by author range, each request
+    // well under the cap.
+    let vv = b.node().store().version_vector();
+    let whole = to_cbor(&vv).len();
+    assert!(whole > DEFAULT_MAX_REQUEST_BYTES, "{whole}");
+    let parts = vv.truncated(VV_EXTRA_CAP).split_by_bytes(HAVE_BYTES_CAP);
+    let mut largest = 0;
+    for (range, have) in &parts {
+        let req = Request::OpsSince {
+            have: have.clone(),
+            cursor: OpsCursor::default(),
+            limit: PAGE_SIZE as u32,
+            range: Some(*range),
+        };
+        largest = largest.max(to_cbor(&req).len());
+    }
+    assert!(largest < DEFAULT_MAX_REQUEST_BYTES, "{largest}");
+    eprintln!(
+        "{} authors: the whole vector takes {whole} bytes; {} requests of at most {largest}",
+        vv.authors.len(),
+        parts.len()
+    );
 
     // Ops that reach `a` only (not by gossip): `b`, whose vector has 10,000 authors, learns
     // of them from `a`'s announcements and pulls them.

@@ -254,7 +254,8 @@ impl Remote<'_> {
                 tx.learn(key.author(), device);
             }
         }
-        report.applied = res.logged.len();
+        // Kept ops are logged (received), not applied.
+        report.applied = res.logged.len().saturating_sub(report.kept.len());
         report.rows = res.rows;
         report.events = res.events;
         report.in_place = res.in_place;

@@ -236,11 +236,21 @@ async fn bad_input_is_a_typed_error_and_writes_nothing() {
     assert!(matches!(e, StoreError::BatchEntry { index: 1, .. }), "{e}");
     assert_eq!(a.digest().await.unwrap(), before);
     assert_eq!(a.pending_operations().await.unwrap(), 0);
-    // Malformed remote op: unknown resource.
+    // A remote op of a resource this registry does not know (a newer schema's): kept for
+    // a build that knows it, not applied, not refused.
     let mut op = a.create_shared("tags", None, tag("y")).await.unwrap().ops[0].clone();
     let after_write = a.digest().await.unwrap();
     op.resource = "bogus".into();
     op.author = uuid::Uuid::from_u128(9);
+    let r = a.apply(vec![Change::Op(op.clone())]).await.unwrap();
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    assert_eq!(r.kept, vec![(op.id(), RejectReason::UnknownResource)]);
+    assert_eq!(r.applied, 0);
+    assert_eq!(a.digest().await.unwrap(), after_write);
+    assert_eq!(a.kept().await.unwrap().get("unknown_resource"), Some(&1));
+    // Without a row, it cannot be kept: refused.
+    op.uuid = None;
+    op.seq += 1;
     let r = a.apply(vec![Change::Op(op)]).await.unwrap();
     assert_eq!(r.rejected[0].1.reason, RejectReason::UnknownResource);
     assert_eq!(a.digest().await.unwrap(), after_write);

@@ -57,6 +57,16 @@ pub struct PullSummary {
     pub elapsed: Duration,
 }
 
+/// How the pull of one author range ended.
+enum RangeEnd {
+    /// Every page was applied.
+    Done,
+    /// The peer says this node needs its snapshot first.
+    SnapshotRequired,
+    /// This node's vector in the range no longer fits one request.
+    Outgrown,
+}
+
 /// One catch-up with one peer.
 pub(super) struct Puller {
     pub(super) store: Store,
@@ -112,26 +122,25 @@ impl Puller {
         let mut summary = PullSummary::default();
         let mut total = 0u64;
         'again: loop {
-            let parts = self
-                .store
-                .version_vector()
-                .truncated(VV_EXTRA_CAP)
-                .split_by_bytes(HAVE_BYTES_CAP);
+            let parts = self.have().split_by_bytes(HAVE_BYTES_CAP);
             let whole = parts.len() == 1;
-            for (range, have) in parts {
+            for (range, _) in parts {
                 let range = (!whole).then_some(range);
-                if !self
-                    .pull_range(range, have, &mut summary, &mut total)
-                    .await?
-                {
-                    if summary.snapshot {
-                        // A second snapshot in one pull would loop: stop and retry later.
-                        return Err(PullError::Refused(
-                            "still behind the horizon after a snapshot".into(),
-                        ));
+                match self.pull_range(range, &mut summary, &mut total).await? {
+                    RangeEnd::Done => {}
+                    // The vector outgrew its ranges (this pull brought new authors): cut it
+                    // again; what was pulled is not asked for again.
+                    RangeEnd::Outgrown => continue 'again,
+                    RangeEnd::SnapshotRequired => {
+                        if summary.snapshot {
+                            // A second snapshot in one pull would loop: stop, retry later.
+                            return Err(PullError::Refused(
+                                "still behind the horizon after a snapshot".into(),
+                            ));
+                        }
+                        self.snapshot(&mut summary).await?;
+                        continue 'again;
                     }
-                    self.snapshot(&mut summary).await?;
-                    continue 'again;
                 }
             }
             break;
@@ -140,32 +149,49 @@ impl Puller {
         Ok(summary)
     }
 
-    /// Pulls the ops of `range` (None: every author) this node lacks by `have`. Pages are
-    /// pipelined: the request for page n+1 (its cursor is in page n) is in flight while
-    /// page n is applied, so the peer's read and encode and the transfer overlap the local
-    /// apply. Returns false when the peer says this node needs its snapshot first.
-    async fn pull_range(
-        &self,
-        range: Option<AuthorRange>,
-        have: VersionVector,
-        summary: &mut PullSummary,
-        total: &mut u64,
-    ) -> Result<bool, PullError> {
-        let mut last_log = Instant::now();
-        // The next requests carry the version vector from before this range's pages are
-        // applied: the cursor, not the vector, says where the peer resumes, and anything
-        // sent twice is a duplicate, which apply skips.
-        let request = |cursor| Request::OpsSince {
-            have: have.clone(),
+    /// This node's version vector as requests carry it (`extra` sets bounded).
+    fn have(&self) -> VersionVector {
+        self.store.version_vector().truncated(VV_EXTRA_CAP)
+    }
+
+    /// The request for the page of `range` at `cursor`, with this node's version vector as
+    /// it is now (in `range`): the peer may have pruned what this node received meanwhile.
+    /// `None` when that part of the vector no longer fits one request.
+    fn ops_request(&self, range: Option<AuthorRange>, cursor: OpsCursor) -> Option<Request> {
+        let have = match &range {
+            Some(r) => self.have().within(r),
+            None => self.have(),
+        };
+        (have.wire_size() <= HAVE_BYTES_CAP).then_some(Request::OpsSince {
+            have,
             cursor,
             limit: PAGE_SIZE as u32,
             range,
+        })
+    }
+
+    /// Pulls the ops of `range` (None: every author) this node lacks. Pages are pipelined:
+    /// the request for page n+1 (its cursor is in page n) is in flight while page n is
+    /// applied, so the peer's read and encode and the transfer overlap the local apply.
+    async fn pull_range(
+        &self,
+        range: Option<AuthorRange>,
+        summary: &mut PullSummary,
+        total: &mut u64,
+    ) -> Result<RangeEnd, PullError> {
+        let mut last_log = Instant::now();
+        let Some(req) = self.ops_request(range, OpsCursor::default()) else {
+            return Ok(RangeEnd::Outgrown);
         };
-        let mut resp = self.request(request(OpsCursor::default())).await?;
+        let Request::OpsSince { have, .. } = &req else {
+            return Err(PullError::Unexpected);
+        };
+        let have = have.clone();
+        let mut resp = self.request(req).await?;
         let mut first = true;
         loop {
             match resp {
-                Response::SnapshotRequired => return Ok(false),
+                Response::SnapshotRequired => return Ok(RangeEnd::SnapshotRequired),
                 Response::Ops { page, server } => {
                     if first {
                         *total = total.saturating_add(
@@ -178,7 +204,16 @@ impl Puller {
                     }
                     let total = *total;
                     let items: u64 = page.changes.iter().map(|c| c.weight() as u64).sum();
-                    let next = page.next.map(request);
+                    // The next request carries the version vector from before this page is
+                    // applied: the cursor, not the vector, says where the peer resumes, and
+                    // anything sent twice is a duplicate, which apply skips.
+                    let next = match page.next {
+                        Some(cursor) => match self.ops_request(range, cursor) {
+                            Some(req) => Some(req),
+                            None => return Ok(RangeEnd::Outgrown),
+                        },
+                        None => None,
+                    };
                     let apply = async {
                         if page.changes.is_empty() {
                             return Ok(None);
@@ -207,7 +242,7 @@ impl Puller {
                     }
                     match fetched {
                         Some(r) => resp = r?,
-                        None => return Ok(true),
+                        None => return Ok(RangeEnd::Done),
                     }
                 }
                 _ => return Err(PullError::Unexpected),

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::sql::rows::parse_uuid;
+use crate::sql::{exec, rows_per_statement, values_list};
 use crate::validate::MAX_SEQ;
 
 /// A client of the pool.
@@ -93,15 +94,23 @@ pub(crate) async fn record_version(
     client: Uuid,
     vv: &BTreeMap<Uuid, u64>,
 ) -> Result<(), StoreError> {
-    for (author, seq) in vv {
-        sqlx::query(
-            "INSERT INTO client_versions (client_uuid, author, contiguous) VALUES (?, ?, ?) \
+    // Hundreds of authors per statement: an announcement may list a thousand.
+    let entries: Vec<(&Uuid, &u64)> = vv.iter().collect();
+    for chunk in entries.chunks(rows_per_statement(3)) {
+        let sql = format!(
+            "INSERT INTO client_versions (client_uuid, author, contiguous) VALUES {} \
              ON CONFLICT (client_uuid, author) DO UPDATE SET contiguous = MAX(contiguous, excluded.contiguous)",
-        )
-        .bind(client.hyphenated().to_string())
-        .bind(author.hyphenated().to_string())
-        .bind((*seq).min(MAX_SEQ) as i64)
-        .execute(&mut *conn)
+            values_list(chunk.len(), 3)
+        );
+        exec(conn, sql, |mut q| {
+            for (author, seq) in chunk {
+                q = q
+                    .bind(client.hyphenated().to_string())
+                    .bind(author.hyphenated().to_string())
+                    .bind((**seq).min(MAX_SEQ) as i64);
+            }
+            q
+        })
         .await?;
     }
     Ok(())
