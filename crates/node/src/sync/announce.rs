@@ -93,6 +93,10 @@ mod tests {
                 "every author is announced within a few rounds"
             );
         }
+        // A part encodes well under the gossip caps (the horizon adds as much again at most).
+        let (part, _) = a.next(&vv, VERSIONS_SEND_CAP);
+        let bytes = murmur_store::wire::to_cbor(&part).len();
+        assert!(bytes * 2 < crate::protocol::GOSSIP_BYTES_CAP, "{bytes}");
         // An author that moves is in the very next part.
         let moved = Uuid::from_u128(4_321);
         vv.insert(moved, 7);
