@@ -21,6 +21,7 @@
 //! # Layout
 //!
 //! - this module: the actor;
+//! - `announce`: which part of a large version vector the next announcement carries;
 //! - [`gossip`]: decoding and checking gossip ([`check_gossip_message`], [`GossipRejection`]);
 //! - [`serve`]: the request server, its permits and its page cache ([`serve_request`]);
 //! - [`pull`]: catch-up and snapshot import from one peer ([`PullError`], [`PullSummary`]);

@@ -129,7 +129,8 @@ impl Server {
 }
 
 /// The last page of ops a node served, with what it was read for: the requester's version
-/// vector, the cursor, the limit, and this node's version vector before the read. Peers
+/// vector, the author range, the cursor, the limit, and this node's version vector before
+/// the read. Peers
 /// that pull the same ops at once (every peer of a new owned batch asks for the same pages
 /// of its rows) get the page read and decoded once; any new op here changes the version
 /// vector, so a kept page is never served for a log that has changed since.
