@@ -102,6 +102,65 @@ pub enum Ranges {
     Rows(Vec<RowFingerprint>),
 }
 
+/// Where two nodes' listings of the same range differ: the sub-ranges to descend into,
+/// and the rows that differ (held by one side only, or with other hashes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Ranges to ask both sides about next.
+    pub descend: Vec<String>,
+    /// Rows that differ.
+    pub rows: Vec<Uuid>,
+}
+
+/// Compares two listings of one range ([`Ranges`]). When one side lists rows and the other
+/// sub-ranges (one holds more rows there than a listing takes), the leaves both name are
+/// descended into.
+pub fn compare(ours: &Ranges, theirs: &Ranges) -> Comparison {
+    use std::collections::BTreeMap;
+    let mut out = Comparison::default();
+    match (ours, theirs) {
+        (Ranges::Ranges(a), Ranges::Ranges(b)) => {
+            let mut all: BTreeMap<&str, (Option<&Fingerprint>, Option<&Fingerprint>)> =
+                BTreeMap::new();
+            for r in a {
+                all.entry(&r.prefix).or_default().0 = Some(&r.fingerprint);
+            }
+            for r in b {
+                all.entry(&r.prefix).or_default().1 = Some(&r.fingerprint);
+            }
+            out.descend = all
+                .into_iter()
+                .filter(|(_, (x, y))| x != y)
+                .map(|(p, _)| p.to_owned())
+                .collect();
+        }
+        (Ranges::Rows(a), Ranges::Rows(b)) => {
+            let mut all: BTreeMap<Uuid, (Option<&Hash>, Option<&Hash>)> = BTreeMap::new();
+            for r in a {
+                all.entry(r.uuid).or_default().0 = Some(&r.hash);
+            }
+            for r in b {
+                all.entry(r.uuid).or_default().1 = Some(&r.hash);
+            }
+            out.rows = all
+                .into_iter()
+                .filter(|(_, (x, y))| x != y)
+                .map(|(u, _)| u)
+                .collect();
+        }
+        (Ranges::Rows(rows), Ranges::Ranges(ranges)) | (Ranges::Ranges(ranges), Ranges::Rows(rows)) => {
+            let mut leaves: std::collections::BTreeSet<String> =
+                ranges.iter().map(|r| r.prefix.clone()).collect();
+            for r in rows {
+                let key = r.uuid.hyphenated().to_string();
+                leaves.insert(key[..LEAF].to_owned());
+            }
+            out.descend = leaves.into_iter().collect();
+        }
+    }
+    out
+}
+
 /// The level below a prefix of length `len`, if it is a level ([`LEVELS`]); `None` below a
 /// leaf (rows come next).
 pub fn next_level(len: usize) -> Option<usize> {

@@ -78,5 +78,6 @@ pub use page::{OpsCursor, OpsPage};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef};
 pub use sql::clients::ClientInfo;
+pub use sql::digest::WRITER_COLLATION;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
 pub use value::{ColumnType, MAX_ROW_BYTES, Value};

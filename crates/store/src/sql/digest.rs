@@ -36,12 +36,15 @@ pub(crate) async fn ensure_triggers(
         ("d", "DELETE", "OLD"),
     ] {
         // The resource name is the table's name (from the registry, never from input);
-        // it is a plain identifier, so it needs no quoting as a string either.
+        // it is a plain identifier, so it needs no quoting as a string either. The mark is
+        // tested for, not `INSERT OR IGNORE`d: an outer statement's conflict policy would
+        // override the trigger's.
         let sql = format!(
             "CREATE TRIGGER IF NOT EXISTS {t}_digest_{suffix} AFTER {event} ON {t} BEGIN \
-             INSERT OR IGNORE INTO crdt_digest_dirty (resource, bucket) \
-             SELECT '{t}', substr({row}.uuid, 1, {LEAF}) WHERE 'm' = 'm' COLLATE {WRITER_COLLATION}; \
-             END",
+             INSERT INTO crdt_digest_dirty (resource, bucket) \
+             SELECT '{t}', substr({row}.uuid, 1, {LEAF}) WHERE 'm' = 'm' COLLATE {WRITER_COLLATION} \
+             AND NOT EXISTS (SELECT 1 FROM crdt_digest_dirty WHERE resource = '{t}' \
+             AND bucket = substr({row}.uuid, 1, {LEAF})); END",
             t = def.name
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
