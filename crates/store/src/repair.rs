@@ -4,11 +4,16 @@
 //! another value here than there (one side was changed behind murmur's back), settled as
 //! [`engine::Ties`] says.
 //!
-//! What a repaired row can change: a register only moves to a newer one (as a snapshot
-//! row's would) or, on a tie, to the value of the device that wrote the op. It cannot move
-//! the version vector, log an op, or make an owned row another device's (owned rows merge
-//! by the owned rule, with the devices proven here); a register too far ahead is set aside
-//! as in a snapshot.
+//! What a repaired row can change: only registers of the sending device's own writes
+//! (their author is one of its incarnations, proven here). The others are dropped before
+//! the merge (a row whose existence register is another device's is dropped whole, an
+//! owned row of another owner too), so a member cannot change another device's writes by
+//! a repair, where a snapshot would let it. What is left merges as a snapshot row's
+//! registers (a register only moves to a newer one) or, on a tie of one op's two values,
+//! takes the sender's value (it wrote that op). It cannot move the version vector, log an
+//! op, or give an owned row to another device; a register too far ahead is set aside as
+//! in a snapshot. A row whose registers are of several devices heals as the node repairs
+//! with each of them.
 
 use uuid::Uuid;
 
@@ -31,19 +36,17 @@ pub struct RepairReport {
     pub received: usize,
     /// Rows that changed here, by resource and UUID.
     pub repaired: Vec<(String, Uuid)>,
-    /// Rows refused (malformed, or a register too far ahead).
+    /// Rows refused (malformed, a register too far ahead, or another device's).
     pub refused: usize,
 }
 
-/// Merges `rows` sent by the device `peer` (see the module docs); `own` is this node's
-/// device.
+/// Merges `rows` sent by the device `peer` (see the module docs).
 pub(crate) async fn repair(
     writer: &Writer,
     registry: &Registry,
     clock: &Clock,
     rows: Vec<SnapshotRow>,
     peer: Uuid,
-    own: Uuid,
 ) -> Result<RepairReport, StoreError> {
     let mut report = RepairReport {
         received: rows.len(),
@@ -65,22 +68,20 @@ pub(crate) async fn repair(
     if accepted.is_empty() {
         return Ok(report);
     }
-    let keys: Vec<(String, Uuid)> = accepted
-        .iter()
-        .map(|r| match r {
-            SnapshotRow::Shared { resource, uuid, .. }
-            | SnapshotRow::Owned { resource, uuid, .. }
-            | SnapshotRow::OwnedTombstone { resource, uuid, .. } => (resource.clone(), *uuid),
-        })
-        .collect();
     let mut tx = writer.begin().await?;
-    let before = hashes(tx.conn(), registry, &keys).await?;
     let devices = tx.devices();
     let ties = engine::Ties {
         peer,
-        own,
         devices: &devices,
     };
+    let sent = accepted.len();
+    let accepted: Vec<SnapshotRow> = accepted
+        .into_iter()
+        .filter_map(|r| peers_own(r, &ties))
+        .collect();
+    report.refused += sent - accepted.len();
+    let keys: Vec<(String, Uuid)> = accepted.iter().map(row_key).collect();
+    let before = hashes(tx.conn(), registry, &keys).await?;
     engine::repair_rows(tx.conn(), registry, accepted, &ties).await?;
     let after = hashes(tx.conn(), registry, &keys).await?;
     report.repaired = keys
@@ -97,6 +98,49 @@ pub(crate) async fn repair(
     })
     .await?;
     Ok(report)
+}
+
+fn row_key(r: &SnapshotRow) -> (String, Uuid) {
+    match r {
+        SnapshotRow::Shared { resource, uuid, .. }
+        | SnapshotRow::Owned { resource, uuid, .. }
+        | SnapshotRow::OwnedTombstone { resource, uuid, .. } => (resource.clone(), *uuid),
+    }
+}
+
+/// `r` with only the registers of the sending device's own writes, or `None` when its
+/// existence (or, for an owned row, the row itself) is another device's.
+fn peers_own(r: SnapshotRow, ties: &engine::Ties<'_>) -> Option<SnapshotRow> {
+    match r {
+        SnapshotRow::Shared {
+            resource,
+            uuid,
+            exists_ts,
+            alive,
+            props,
+        } => {
+            if !ties.peers_own(exists_ts.author) {
+                return None;
+            }
+            let props = props
+                .into_iter()
+                .filter(|(_, ts, _)| ties.peers_own(ts.author))
+                .collect();
+            Some(SnapshotRow::Shared {
+                resource,
+                uuid,
+                exists_ts,
+                alive,
+                props,
+            })
+        }
+        SnapshotRow::Owned { ts, claim, .. } | SnapshotRow::OwnedTombstone { ts, claim, .. }
+            if !ties.peers_own(ts.author) || claim.is_some_and(|c| !ties.peers_own(c.author)) =>
+        {
+            None
+        }
+        r => Some(r),
+    }
 }
 
 /// The hash of each row here (`None`: no such row).

@@ -352,7 +352,6 @@ impl Store {
                 &s.inner.clock,
                 rows,
                 peer,
-                s.inner.client,
             )
             .await
         })

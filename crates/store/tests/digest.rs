@@ -332,3 +332,72 @@ async fn a_row_changed_behind_murmurs_back_is_found_and_repaired() {
     let name = b.get_row("tags", tag).await.unwrap().unwrap();
     assert_eq!(name["name"], "right");
 }
+
+#[tokio::test]
+async fn a_repair_cannot_change_another_devices_writes() {
+    let (a, _da) = store(1).await;
+    let (c, _dc) = store(3).await;
+    let t = a
+        .create_shared("tags", None, fields(json!({"name": "right", "color": "red"})))
+        .await
+        .unwrap();
+    let tag = t.uuids[0];
+    let (changes, proofs) = all_signed(&a).await;
+    c.apply_signed(changes, proofs, murmur_store::Origin::CatchUp)
+        .await
+        .unwrap();
+    let before = c.digest().await.unwrap();
+    // Device 2 sends c a's row with a newer register of a's author, and one with a's
+    // register at the same time but another value: neither is device 2's write.
+    let (rows, _) = a.rows_by_uuid("tags", &[tag]).await.unwrap();
+    let forged: Vec<SnapshotRow> = rows
+        .into_iter()
+        .flat_map(|r| {
+            let SnapshotRow::Shared {
+                resource,
+                uuid,
+                exists_ts,
+                alive,
+                props,
+            } = r
+            else {
+                panic!("a shared row");
+            };
+            let tie: Vec<_> = props
+                .iter()
+                .map(|(n, ts, _)| (n.clone(), *ts, murmur_store::Value::Text("evil".into())))
+                .collect();
+            let mut newer_ts = exists_ts;
+            newer_ts.time += 1;
+            let newer: Vec<_> = props
+                .iter()
+                .map(|(n, _, _)| (n.clone(), newer_ts, murmur_store::Value::Text("evil".into())))
+                .collect();
+            [
+                SnapshotRow::Shared {
+                    resource: resource.clone(),
+                    uuid,
+                    exists_ts,
+                    alive,
+                    props: tie,
+                },
+                SnapshotRow::Shared {
+                    resource,
+                    uuid,
+                    exists_ts: newer_ts,
+                    alive,
+                    props: newer,
+                },
+            ]
+        })
+        .collect();
+    let report = c.repair(forged, device_uuid(2)).await.unwrap();
+    assert!(report.repaired.is_empty(), "{report:?}");
+    assert_eq!(report.refused, 2);
+    assert_eq!(c.digest().await.unwrap(), before);
+    assert_eq!(c.get_row("tags", tag).await.unwrap().unwrap()["name"], "right");
+}
+
+fn device_uuid(n: u128) -> Uuid {
+    murmur_store::proof::device_uuid(&device_key(n).public())
+}

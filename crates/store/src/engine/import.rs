@@ -161,25 +161,24 @@ fn synthetic(ts: Hlc, seq: u64, method: Method, resource: &str, uuid: Option<Uui
 /// Who wins a tie in a repair: two registers of the same timestamp (so of the same op)
 /// that hold different values, which the merge rules never produce (one op writes one
 /// value), so one of them was changed behind murmur's back. The value held by the device
-/// that wrote the op is taken as the op's; when neither side is that device, the greater
-/// value hash wins, so that every pair of nodes settles on the same value.
+/// that wrote the op is taken as the op's: the remote value wins only when the rows come
+/// from that device.
 pub(crate) struct Ties<'a> {
     /// The device the repair rows come from.
     pub peer: Uuid,
-    /// This node's device.
-    pub own: Uuid,
     /// Authors' devices known here.
     pub devices: &'a HashMap<Uuid, Uuid>,
 }
 
 impl Ties<'_> {
+    /// Whether the register written by `author` is the peer's own (its device wrote it).
+    pub(crate) fn peers_own(&self, author: Uuid) -> bool {
+        self.devices.get(&author) == Some(&self.peer)
+    }
+
     /// Whether the remote value wins a tie of a register written by `author`.
-    fn remote_wins(&self, author: Uuid, local: &[u8; 32], remote: &[u8; 32]) -> bool {
-        match self.devices.get(&author) {
-            Some(d) if *d == self.peer => true,
-            Some(d) if *d == self.own => false,
-            _ => remote > local,
-        }
+    fn remote_wins(&self, author: Uuid, _local: &[u8; 32], _remote: &[u8; 32]) -> bool {
+        self.peers_own(author)
     }
 }
 
