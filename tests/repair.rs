@@ -55,7 +55,10 @@ async fn a_row_changed_in_one_nodes_sqlite_file_heals() {
         .await,
         1
     );
-    assert_eq!(b.get(&format!("/v1/shared/tags/{tag}")).await.1["name"], "wrong");
+    assert_eq!(
+        b.get(&format!("/v1/shared/tags/{tag}")).await.1["name"],
+        "wrong"
+    );
     eventually(CONVERGE, "b repairs both rows", || async {
         b.get(&format!("/v1/shared/tags/{tag}")).await.1["name"] == "right"
             && b.get(&format!("/v1/owned/file_paths/{file}")).await.1["name"] == "right"
@@ -112,10 +115,18 @@ async fn diff_names_the_rows_and_digest_answers_per_range() {
     assert_eq!(status, 200, "{top}");
     assert_eq!(top["fingerprint"], whole["resources"]["tags"]);
     let prefix = &odd[..2];
-    let (_, theirs) = a.get(&format!("/v1/digest?resource=tags&prefix={prefix}")).await;
-    let (_, ours) = b.get(&format!("/v1/digest?resource=tags&prefix={prefix}")).await;
+    let (_, theirs) = a
+        .get(&format!("/v1/digest?resource=tags&prefix={prefix}"))
+        .await;
+    let (_, ours) = b
+        .get(&format!("/v1/digest?resource=tags&prefix={prefix}"))
+        .await;
     assert_ne!(theirs["fingerprint"], ours["fingerprint"]);
-    for bad in ["?resource=tags&prefix=A", "?resource=tags&prefix=abc", "?prefix=ab"] {
+    for bad in [
+        "?resource=tags&prefix=A",
+        "?resource=tags&prefix=abc",
+        "?prefix=ab",
+    ] {
         assert_eq!(b.get(&format!("/v1/digest{bad}")).await.0, 400, "{bad}");
     }
     assert_eq!(b.get("/v1/digest?resource=nope").await.0, 404);
@@ -134,7 +145,13 @@ async fn another_program_cannot_write_a_synced_table_of_a_running_node() {
     )
     .await
     .expect_err("refused");
-    assert!(err.contains("no such collation sequence: murmur_writer"), "{err}");
-    assert_eq!(a.get(&format!("/v1/shared/tags/{tag}")).await.1["name"], "kept");
+    assert!(
+        err.contains("no such collation sequence: murmur_writer"),
+        "{err}"
+    );
+    assert_eq!(
+        a.get(&format!("/v1/shared/tags/{tag}")).await.1["name"],
+        "kept"
+    );
     assert_eq!(a.digest().await, before);
 }

@@ -420,10 +420,7 @@ fn fingerprint_json(f: &murmur_store::digest::Fingerprint) -> J {
     json!({"hash": hex::encode(f.hash.0), "entries": f.entries, "live": f.live})
 }
 
-async fn digest(
-    State(s): State<AppState>,
-    Query(q): Query<DigestQuery>,
-) -> ApiResult<Json<J>> {
+async fn digest(State(s): State<AppState>, Query(q): Query<DigestQuery>) -> ApiResult<Json<J>> {
     use murmur_store::digest::Ranges;
     let Some(resource) = q.resource else {
         if q.prefix.is_some() {
@@ -477,8 +474,7 @@ struct DiffQuery {
 async fn diff(State(s): State<AppState>, Query(q): Query<DiffQuery>) -> ApiResult<Json<J>> {
     let peers = s.status.peers.snapshot();
     let found = peers.iter().find(|p| {
-        p.peer_id.to_string() == q.peer
-            || p.client_uuid.is_some_and(|c| c.to_string() == q.peer)
+        p.peer_id.to_string() == q.peer || p.client_uuid.is_some_and(|c| c.to_string() == q.peer)
     });
     let Some(peer) = found else {
         return Err(ApiError::new(

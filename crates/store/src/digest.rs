@@ -148,7 +148,8 @@ pub fn compare(ours: &Ranges, theirs: &Ranges) -> Comparison {
                 .map(|(u, _)| u)
                 .collect();
         }
-        (Ranges::Rows(rows), Ranges::Ranges(ranges)) | (Ranges::Ranges(ranges), Ranges::Rows(rows)) => {
+        (Ranges::Rows(rows), Ranges::Ranges(ranges))
+        | (Ranges::Ranges(ranges), Ranges::Rows(rows)) => {
             let mut leaves: std::collections::BTreeSet<String> =
                 ranges.iter().map(|r| r.prefix.clone()).collect();
             for r in rows {
@@ -171,7 +172,9 @@ pub fn next_level(len: usize) -> Option<usize> {
 /// level's length (or empty).
 pub fn valid_prefix(prefix: &str) -> bool {
     (prefix.is_empty() || LEVELS.contains(&prefix.len()))
-        && prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The smallest text above every UUID that starts with `prefix` (UUID text is hex digits
@@ -277,7 +280,9 @@ mod tests {
 
     #[test]
     fn a_fingerprint_is_the_same_in_any_order_and_removing_a_row_undoes_it() {
-        let rows: Vec<Hash> = (0u8..20).map(|i| Hash(*blake3::hash(&[i]).as_bytes())).collect();
+        let rows: Vec<Hash> = (0u8..20)
+            .map(|i| Hash(*blake3::hash(&[i]).as_bytes()))
+            .collect();
         let mut a = Fingerprint::default();
         for r in &rows {
             a.add_row(r, true);

@@ -67,16 +67,16 @@ pub use clock::{Clock, DriftError, Hlc, ManualClock, PhysicalClock};
 pub use commit::{Commit, Origin};
 pub use error::StoreError;
 pub use export::{MAX_PAGE, MAX_PAGE_BYTES, SnapshotPosition};
-pub use ranges::{Digest, MAX_ROWS_ASKED};
-pub use repair::RepairReport;
 pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
     RowEvent, SnapshotImport, SnapshotRow, VersionVector,
 };
 pub use page::{OpsCursor, OpsPage};
+pub use ranges::{Digest, MAX_ROWS_ASKED};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef};
+pub use repair::RepairReport;
 pub use sql::clients::ClientInfo;
 pub use sql::digest::WRITER_COLLATION;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};

@@ -53,8 +53,12 @@ async fn recomputed(s: &Store) -> BTreeMap<String, Fingerprint> {
 /// ranges add up to it.
 async fn check(s: &Store, what: &str) {
     let want = recomputed(s).await;
-    let got: BTreeMap<String, Fingerprint> =
-        s.resource_fingerprints().await.unwrap().into_iter().collect();
+    let got: BTreeMap<String, Fingerprint> = s
+        .resource_fingerprints()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(got, want, "{what}: maintained != recomputed");
     for (resource, fp) in &want {
         let Ranges::Ranges(parts) = s.range(resource, "").await.unwrap() else {
@@ -101,7 +105,11 @@ async fn run_case(seed: u64) {
         }
         if rng.random_bool(0.15) {
             let j = rng.random_range(0..n);
-            check(&replicas[j].0, &format!("seed {seed} step {step} replica {j}")).await;
+            check(
+                &replicas[j].0,
+                &format!("seed {seed} step {step} replica {j}"),
+            )
+            .await;
         }
     }
     for (i, ib) in inbox.iter_mut().enumerate() {
@@ -221,7 +229,9 @@ async fn two_stores_differing_in_one_row_of_100k_find_it_by_ranges() {
     let changed = uuids[rng.random_range(0..uuids.len())];
     a.write_owned(
         "file_paths",
-        vec![fields(json!({"uuid": changed.to_string(), "name": "moved"}))],
+        vec![fields(
+            json!({"uuid": changed.to_string(), "name": "moved"}),
+        )],
     )
     .await
     .unwrap();
@@ -248,7 +258,11 @@ async fn two_stores_differing_in_one_row_of_100k_find_it_by_ranges() {
 async fn another_programs_write_to_a_synced_table_is_refused_by_sqlite() {
     let (a, dir) = store(1).await;
     let u = a
-        .create_shared("tags", None, fields(json!({"name": "kept", "color": "red"})))
+        .create_shared(
+            "tags",
+            None,
+            fields(json!({"name": "kept", "color": "red"})),
+        )
         .await
         .unwrap()
         .uuids[0];
@@ -272,7 +286,11 @@ async fn another_programs_write_to_a_synced_table_is_refused_by_sqlite() {
     }
     // Reads by other programs work.
     assert_eq!(
-        foreign_read(&db(&dir), &format!("SELECT name FROM tags WHERE uuid = '{key}'")).await,
+        foreign_read(
+            &db(&dir),
+            &format!("SELECT name FROM tags WHERE uuid = '{key}'")
+        )
+        .await,
         Some("kept".to_owned())
     );
     assert_eq!(a.digest().await.unwrap(), before);
@@ -288,13 +306,19 @@ async fn a_row_changed_behind_murmurs_back_is_found_and_repaired() {
     let (a, _da) = store(1).await;
     let (b, db_b) = store(2).await;
     let t = a
-        .create_shared("tags", None, fields(json!({"name": "right", "color": "red"})))
+        .create_shared(
+            "tags",
+            None,
+            fields(json!({"name": "right", "color": "red"})),
+        )
         .await
         .unwrap();
     let f = a
         .write_owned(
             "file_paths",
-            vec![fields(json!({"name": "right", "cas_id": "c1", "size_bytes": 3}))],
+            vec![fields(
+                json!({"name": "right", "cas_id": "c1", "size_bytes": 3}),
+            )],
         )
         .await
         .unwrap();
@@ -338,7 +362,11 @@ async fn a_repair_cannot_change_another_devices_writes() {
     let (a, _da) = store(1).await;
     let (c, _dc) = store(3).await;
     let t = a
-        .create_shared("tags", None, fields(json!({"name": "right", "color": "red"})))
+        .create_shared(
+            "tags",
+            None,
+            fields(json!({"name": "right", "color": "red"})),
+        )
         .await
         .unwrap();
     let tag = t.uuids[0];
@@ -371,7 +399,13 @@ async fn a_repair_cannot_change_another_devices_writes() {
             newer_ts.time += 1;
             let newer: Vec<_> = props
                 .iter()
-                .map(|(n, _, _)| (n.clone(), newer_ts, murmur_store::Value::Text("evil".into())))
+                .map(|(n, _, _)| {
+                    (
+                        n.clone(),
+                        newer_ts,
+                        murmur_store::Value::Text("evil".into()),
+                    )
+                })
                 .collect();
             [
                 SnapshotRow::Shared {
@@ -395,7 +429,10 @@ async fn a_repair_cannot_change_another_devices_writes() {
     assert!(report.repaired.is_empty(), "{report:?}");
     assert_eq!(report.refused, 2);
     assert_eq!(c.digest().await.unwrap(), before);
-    assert_eq!(c.get_row("tags", tag).await.unwrap().unwrap()["name"], "right");
+    assert_eq!(
+        c.get_row("tags", tag).await.unwrap().unwrap()["name"],
+        "right"
+    );
 }
 
 fn device_uuid(n: u128) -> Uuid {

@@ -148,9 +148,8 @@ impl SyncLoop {
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut folding = JoinSet::new();
-        folding.spawn(
-            repair::fold_in_background(self.store.clone()).instrument(info_span!("fold")),
-        );
+        folding
+            .spawn(repair::fold_in_background(self.store.clone()).instrument(info_span!("fold")));
         loop {
             tokio::select! {
                 biased;

@@ -199,7 +199,10 @@ impl PeerTable {
     pub(crate) fn settled(&self, mine: &BTreeMap<Uuid, u64>) -> Vec<(PeerId, Uuid)> {
         // An author at seq 0 holds nothing: it counts on neither side.
         let held = |m: &BTreeMap<Uuid, u64>| -> Vec<(Uuid, u64)> {
-            m.iter().filter(|(_, s)| **s > 0).map(|(a, s)| (*a, *s)).collect()
+            m.iter()
+                .filter(|(_, s)| **s > 0)
+                .map(|(a, s)| (*a, *s))
+                .collect()
         };
         let mine = held(mine);
         self.lock()

@@ -120,10 +120,11 @@ pub async fn find_differences(
             if c.rows.len() > room {
                 out.truncated = true;
             }
-            out.rows.extend(c.rows.into_iter().take(room).map(|uuid| DiffRow {
-                resource: resource.clone(),
-                uuid,
-            }));
+            out.rows
+                .extend(c.rows.into_iter().take(room).map(|uuid| DiffRow {
+                    resource: resource.clone(),
+                    uuid,
+                }));
             if matches!(other, Ranges::Rows(ref r) if r.len() >= murmur_store::digest::MAX_RANGE_ROWS)
             {
                 // The peer's listing was cut: what lies beyond it waits for another round.
@@ -174,12 +175,12 @@ pub async fn repair_with(
             if !rows.is_empty() {
                 let report = store.repair(rows, device).await?;
                 summary.refused += report.refused;
-                summary
-                    .repaired
-                    .extend(report.repaired.into_iter().map(|(resource, uuid)| DiffRow {
-                        resource,
-                        uuid,
-                    }));
+                summary.repaired.extend(
+                    report
+                        .repaired
+                        .into_iter()
+                        .map(|(resource, uuid)| DiffRow { resource, uuid }),
+                );
             }
             at += looked;
         }

@@ -252,7 +252,11 @@ pub(crate) async fn repair_rows(
             }
             if *exists_ts == row.exists_ts
                 && *alive != row.alive
-                && ties.remote_wins(exists_ts.author, &[row.alive as u8; 32], &[*alive as u8; 32])
+                && ties.remote_wins(
+                    exists_ts.author,
+                    &[row.alive as u8; 32],
+                    &[*alive as u8; 32],
+                )
             {
                 row.alive = *alive;
                 dirty.insert(*uuid);
@@ -296,8 +300,7 @@ async fn repair_owned_tie(
     else {
         return Ok(());
     };
-    if local_ts != ts || local_seq != seq || local == values || values.len() != def.columns.len()
-    {
+    if local_ts != ts || local_seq != seq || local == values || values.len() != def.columns.len() {
         return Ok(());
     }
     let l: Vec<&Value> = local.iter().collect();
@@ -305,7 +308,11 @@ async fn repair_owned_tie(
     if !ties.remote_wins(ts.author, &value_hash(&l), &value_hash(&r)) {
         return Ok(());
     }
-    let sets: Vec<String> = def.columns.iter().map(|c| format!("{} = ?", c.name)).collect();
+    let sets: Vec<String> = def
+        .columns
+        .iter()
+        .map(|c| format!("{} = ?", c.name))
+        .collect();
     let mut q = crate::sql::query(format!(
         "UPDATE {} SET {} WHERE uuid = ?",
         def.name,
