@@ -114,20 +114,44 @@ async fn fold_resource(
         }
     }
     let mut ancestors: BTreeMap<String, Delta> = BTreeMap::new();
-    for (leaf, new) in &fresh {
-        let old = sql::get(conn, &def.name, leaf).await?;
-        if old != *new {
-            let d = Delta::between(&old, new);
-            for len in [0, 2] {
-                ancestors.entry(leaf[..len].to_owned()).or_default().add(&d);
+    for span in spans(leaves) {
+        let (first, last) = (span[0].as_str(), span[span.len() - 1].as_str());
+        let old = sql::leaves_between(conn, &def.name, first, last).await?;
+        let mut changed: Vec<(&str, Fingerprint)> = Vec::new();
+        for leaf in span {
+            let new = fresh.get(leaf.as_str()).copied().unwrap_or_default();
+            let was = old.get(leaf).copied().unwrap_or_default();
+            if was != new {
+                let d = Delta::between(&was, &new);
+                for len in [0, 2] {
+                    ancestors.entry(leaf[..len].to_owned()).or_default().add(&d);
+                }
+                changed.push((leaf.as_str(), new));
             }
-            sql::put(conn, &def.name, leaf, new).await?;
         }
-        sql::clear_dirty(conn, &def.name, leaf).await?;
+        sql::put_many(conn, &def.name, &changed).await?;
+        // The span is a run of the dirty leaves in order: every mark in it is folded.
+        sql::clear_dirty_span(conn, &def.name, first, last).await?;
     }
-    for (prefix, d) in ancestors {
-        let old = sql::get(conn, &def.name, &prefix).await?;
-        sql::put(conn, &def.name, &prefix, &d.apply(&old)).await?;
+    // The 2-digit ranges (at most 256) in one read and a few writes; then the resource.
+    let stored: BTreeMap<String, Fingerprint> = sql::stored_under(conn, &def.name, 2, "")
+        .await?
+        .into_iter()
+        .collect();
+    let moved: Vec<(&str, Fingerprint)> = ancestors
+        .iter()
+        .filter(|(p, _)| !p.is_empty())
+        .map(|(p, d)| {
+            (
+                p.as_str(),
+                d.apply(&stored.get(p).copied().unwrap_or_default()),
+            )
+        })
+        .collect();
+    sql::put_many(conn, &def.name, &moved).await?;
+    if let Some(d) = ancestors.get("") {
+        let old = sql::get(conn, &def.name, "").await?;
+        sql::put(conn, &def.name, "", &d.apply(&old)).await?;
     }
     Ok(())
 }

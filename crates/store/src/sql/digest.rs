@@ -115,6 +115,84 @@ pub(crate) async fn count_dirty(conn: &mut SqliteConnection) -> Result<u64, Stor
     Ok(n.max(0) as u64)
 }
 
+/// Clears the dirty marks of the leaves of `resource` from `first` to `last` (both
+/// included).
+pub(crate) async fn clear_dirty_span(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    first: &str,
+    last: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM crdt_digest_dirty WHERE resource = ? AND bucket >= ? AND bucket <= ?")
+        .bind(resource.to_owned())
+        .bind(first.to_owned())
+        .bind(last.to_owned())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The stored leaves of `resource` from `first` to `last` (both included).
+pub(crate) async fn leaves_between(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    first: &str,
+    last: &str,
+) -> Result<BTreeMap<String, Fingerprint>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT prefix, hash, entries, live FROM crdt_digest WHERE resource = ? \
+         AND prefix >= ? AND prefix <= ? AND length(prefix) = ?",
+    )
+    .bind(resource.to_owned())
+    .bind(first.to_owned())
+    .bind(last.to_owned())
+    .bind(LEAF as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, fingerprint_from(r, 1)?)))
+        .collect()
+}
+
+/// Stores the fingerprints of many ranges of `resource` (empty ones are removed), a few
+/// statements for all.
+pub(crate) async fn put_many(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    ranges: &[(&str, Fingerprint)],
+) -> Result<(), StoreError> {
+    let (empty, full): (Vec<_>, Vec<_>) = ranges.iter().partition(|(_, f)| f.is_empty());
+    for chunk in empty.chunks(crate::sql::rows_per_statement(1)) {
+        let mut q = crate::sql::query(format!(
+            "DELETE FROM crdt_digest WHERE resource = ? AND prefix IN ({})",
+            crate::sql::in_list(chunk.len())
+        ))
+        .bind(resource.to_owned());
+        for (p, _) in chunk {
+            q = q.bind((*p).to_owned());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for chunk in full.chunks(crate::sql::rows_per_statement(5)) {
+        let mut q = crate::sql::query(format!(
+            "INSERT INTO crdt_digest (resource, prefix, hash, entries, live) VALUES {} \
+             ON CONFLICT (resource, prefix) DO UPDATE SET hash = excluded.hash, \
+             entries = excluded.entries, live = excluded.live",
+            crate::sql::values_list(chunk.len(), 5)
+        ));
+        for (p, f) in chunk {
+            q = q
+                .bind(resource.to_owned())
+                .bind((*p).to_owned())
+                .bind(f.hash.0.to_vec())
+                .bind(f.entries as i64)
+                .bind(f.live as i64);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Clears the dirty mark of a leaf.
 pub(crate) async fn clear_dirty(
     conn: &mut SqliteConnection,
