@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use murmur_store::digest::{Fingerprint, Ranges, compare, valid_prefix};
-use murmur_store::{MAX_ROWS_ASKED, SnapshotRow, Store};
+use murmur_store::{SnapshotRow, Store};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 use uuid::Uuid;
@@ -33,6 +33,9 @@ use crate::protocol::{Net, Request, Response};
 pub const DIFF_ROWS_CAP: usize = 10_000;
 /// The most range requests one round sends.
 pub const DIFF_REQUESTS_CAP: usize = 4_096;
+/// UUIDs one request for rows names: its CBOR stays well under the request frame
+/// (`murmur_p2p::config::DEFAULT_MAX_REQUEST_BYTES`, checked in a unit test).
+pub const ROWS_PER_REQUEST: usize = 1_000;
 /// Leaves the background fold takes per transaction.
 const FOLD_BATCH: usize = 512;
 /// How long the background fold rests once nothing is dirty.
@@ -152,7 +155,7 @@ pub async fn repair_with(
     for (resource, uuids) in by_resource {
         let mut at = 0;
         while at < uuids.len() {
-            let asked = &uuids[at..(at + MAX_ROWS_ASKED).min(uuids.len())];
+            let asked = &uuids[at..(at + ROWS_PER_REQUEST).min(uuids.len())];
             let req = Request::Rows {
                 resource: resource.to_owned(),
                 uuids: asked.to_vec(),
@@ -214,5 +217,24 @@ pub(super) async fn fold_in_background(store: Store) {
                 rest.tick().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_for_rows_fits_the_request_frame() {
+        const _: () = assert!(ROWS_PER_REQUEST <= murmur_store::MAX_ROWS_ASKED);
+        let req = Request::Rows {
+            resource: "x".repeat(64),
+            uuids: (0..ROWS_PER_REQUEST as u128).map(Uuid::from_u128).collect(),
+        };
+        let bytes = murmur_store::wire::to_cbor(&req).len();
+        assert!(
+            bytes * 2 <= murmur_p2p::config::DEFAULT_MAX_REQUEST_BYTES,
+            "{bytes} bytes"
+        );
     }
 }
