@@ -28,6 +28,9 @@ pub struct Digest {
     pub rows: u64,
 }
 
+/// Folds a digest read waits for at most (see `Store::folded_read`).
+const FOLDED_READ_TRIES: usize = 5;
+
 /// The most UUIDs one request for rows may name.
 pub const MAX_ROWS_ASKED: usize = MAX_RANGE_ROWS;
 
@@ -36,6 +39,23 @@ impl Store {
     async fn fold_all(&self) -> Result<(), StoreError> {
         while self.fold_digest(FOLD_LEAVES).await? > 0 {}
         Ok(())
+    }
+
+    /// A read transaction in which no leaf is dirty, so the stored fingerprints are those
+    /// of the rows it sees: it folds first when needed (a digest with nothing to fold
+    /// takes no write lock). Writes that never pause could keep a leaf dirty at every
+    /// look: after [`FOLDED_READ_TRIES`] folds the read goes on, exact for the state of
+    /// the last fold.
+    async fn folded_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        for _ in 0..FOLDED_READ_TRIES {
+            let mut tx = self.pool().begin().await?;
+            if !sql::any_dirty(&mut tx).await? {
+                return Ok(tx);
+            }
+            tx.rollback().await?;
+            self.fold_all().await?;
+        }
+        Ok(self.pool().begin().await?)
     }
 
     /// A deterministic hash of all synced state (every register, tombstones included, and
@@ -54,12 +74,12 @@ impl Store {
 
     /// Each resource's fingerprint, in registry order (empty ones included).
     pub async fn resource_fingerprints(&self) -> Result<Vec<(String, Fingerprint)>, StoreError> {
-        self.fold_all().await?;
-        let mut conn = self.pool().acquire().await?;
+        let mut tx = self.folded_read().await?;
         let mut out = Vec::new();
         for def in self.registry().iter() {
-            out.push((def.name.clone(), sql::get(&mut conn, &def.name, "").await?));
+            out.push((def.name.clone(), sql::get(&mut tx, &def.name, "").await?));
         }
+        tx.rollback().await?;
         Ok(out)
     }
 
@@ -93,8 +113,7 @@ impl Store {
     pub async fn range(&self, resource: &str, prefix: &str) -> Result<Ranges, StoreError> {
         check_prefix(prefix)?;
         let def = self.registry().get(resource)?;
-        self.fold_all().await?;
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.folded_read().await?;
         let list_rows = match next_level(prefix.len()) {
             None => true,
             Some(LEAF) => {

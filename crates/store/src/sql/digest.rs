@@ -107,6 +107,14 @@ pub(crate) async fn dirty(
         .collect()
 }
 
+/// Whether any leaf is dirty.
+pub(crate) async fn any_dirty(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+    let one: Option<i64> = sqlx::query_scalar("SELECT 1 FROM crdt_digest_dirty LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(one.is_some())
+}
+
 /// How many leaves are dirty.
 pub(crate) async fn count_dirty(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM crdt_digest_dirty")
