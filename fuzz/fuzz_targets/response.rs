@@ -1,6 +1,6 @@
 //! Responses, as a pulling node consumes them: an ops page is validated and applied with its
 //! proofs (whatever no valid proof covers is refused), a snapshot page validated and imported
-//! (its proofs checked before the rows and when it ends).
+//! (its proofs checked before the rows and when it ends), rows sent for a repair merged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -50,6 +50,17 @@ fuzz_target!(|data: &[u8]| {
                     .block_on(store.digest())
                     .expect("digest after a snapshot page");
             }
+            // Rows sent to repair a divergence: merged (only the sender's own registers),
+            // or refused; never a store failure.
+            Response::Rows { rows, .. } => {
+                if let Err(e) = fx.rt.block_on(store.repair(rows, uuid::Uuid::nil())) {
+                    assert!(e.is_bad_input(), "store failure repairing: {e}");
+                }
+                fx.rt
+                    .block_on(store.digest())
+                    .expect("digest after a repair");
+            }
+            Response::Fingerprints(_) | Response::Range(_) => {}
             Response::SnapshotRequired | Response::Error(_) => {}
         }
     });

@@ -151,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/batch", axum::routing::post(batch))
         .route("/v1/files", get(files))
         .route("/v1/digest", get(digest))
+        .route("/v1/diff", get(diff))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -408,9 +409,98 @@ async fn files(State(s): State<AppState>, Query(q): Query<FilesQuery>) -> ApiRes
     Ok(Json(page(rows, limit, "cas_id")))
 }
 
-async fn digest(State(s): State<AppState>) -> ApiResult<Json<J>> {
-    let d = s.store.digest().await?;
-    Ok(Json(json!({"digest": d.digest, "rows": d.rows})))
+/// `/v1/digest`'s forms: the whole library, one resource, or one key range of it.
+#[derive(Debug, Deserialize)]
+struct DigestQuery {
+    resource: Option<String>,
+    prefix: Option<String>,
+}
+
+fn fingerprint_json(f: &murmur_store::digest::Fingerprint) -> J {
+    json!({"hash": hex::encode(f.hash.0), "entries": f.entries, "live": f.live})
+}
+
+async fn digest(State(s): State<AppState>, Query(q): Query<DigestQuery>) -> ApiResult<Json<J>> {
+    use murmur_store::digest::Ranges;
+    let Some(resource) = q.resource else {
+        if q.prefix.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`prefix` needs a `resource`",
+            ));
+        }
+        let d = s.store.digest().await?;
+        let resources: serde_json::Map<String, J> = s
+            .store
+            .resource_fingerprints()
+            .await?
+            .iter()
+            .map(|(name, f)| (name.clone(), fingerprint_json(f)))
+            .collect();
+        return Ok(Json(
+            json!({"digest": d.digest, "rows": d.rows, "resources": resources}),
+        ));
+    };
+    let prefix = q.prefix.unwrap_or_default();
+    let fingerprint = s.store.range_fingerprint(&resource, &prefix).await?;
+    let mut out = json!({
+        "resource": resource,
+        "prefix": prefix,
+        "fingerprint": fingerprint_json(&fingerprint),
+    });
+    match s.store.range(&resource, &prefix).await? {
+        Ranges::Ranges(rs) => {
+            out["ranges"] = rs
+                .iter()
+                .map(|r| json!({"prefix": r.prefix, "fingerprint": fingerprint_json(&r.fingerprint)}))
+                .collect();
+        }
+        Ranges::Rows(rows) => {
+            out["rows"] = rows
+                .iter()
+                .map(|r| json!({"uuid": r.uuid, "hash": hex::encode(r.hash.0)}))
+                .collect();
+        }
+    }
+    Ok(Json(out))
+}
+
+/// `/v1/diff?peer=`: a connected peer, by peer id or client UUID.
+#[derive(Debug, Deserialize)]
+struct DiffQuery {
+    peer: String,
+}
+
+async fn diff(State(s): State<AppState>, Query(q): Query<DiffQuery>) -> ApiResult<Json<J>> {
+    let peers = s.status.peers.snapshot();
+    let found = peers.iter().find(|p| {
+        p.peer_id.to_string() == q.peer || p.client_uuid.is_some_and(|c| c.to_string() == q.peer)
+    });
+    let Some(peer) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "`{}` is no connected peer (a peer id or client UUID from `murmur peers`)",
+                q.peer
+            ),
+        ));
+    };
+    let d = crate::sync::repair::find_differences(&s.store, &s.status.net, peer.peer_id)
+        .await
+        .map_err(|e| match e {
+            crate::sync::PullError::Store(e) => ApiError::from(e),
+            e => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("asking the peer failed: {e}"),
+            ),
+        })?;
+    Ok(Json(json!({
+        "peer": peer.peer_id.to_string(),
+        "client_uuid": peer.client_uuid,
+        "requests": d.requests,
+        "truncated": d.truncated,
+        "rows": d.rows,
+    })))
 }
 
 async fn events(

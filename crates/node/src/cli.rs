@@ -44,9 +44,16 @@ fn token(args: &ClientArgs) -> anyhow::Result<ApiToken> {
 }
 
 async fn get(args: &ClientArgs, path: &str) -> anyhow::Result<J> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?;
+    get_within(args, path, std::time::Duration::from_secs(5)).await
+}
+
+/// [`get`], waiting up to `timeout` for the answer.
+async fn get_within(
+    args: &ClientArgs,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<J> {
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
     let mut req = client.get(url(&args.api, path));
     // Health is the one call without a token (so that a container healthcheck needs none).
     if path != "/v1/health" {
@@ -250,6 +257,45 @@ pub async fn digest(args: &ClientArgs) -> anyhow::Result<()> {
         println!("{d}");
     } else {
         println!("{}  {} rows", s(&d["digest"]), s(&d["rows"]));
+    }
+    Ok(())
+}
+
+/// `murmur diff --peer <peer id or client>`: the rows where the node and that peer differ.
+pub async fn diff(args: &crate::config::DiffArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/diff?peer={}", args.peer);
+    let d = get_within(&args.client, &path, std::time::Duration::from_secs(600)).await?;
+    if args.client.json {
+        println!("{d}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = d["rows"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| vec![s(&r["resource"]), s(&r["uuid"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        println!(
+            "no difference with {} ({} requests)",
+            s(&d["peer"]),
+            s(&d["requests"])
+        );
+    } else {
+        print!("{}", table(&["RESOURCE", "UUID"], &rows));
+        println!(
+            "{} rows differ from {} ({} requests{})",
+            rows.len(),
+            s(&d["peer"]),
+            s(&d["requests"]),
+            if d["truncated"].as_bool() == Some(true) {
+                "; stopped at a bound, there may be more"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ pub enum Command {
     Peers(ClientArgs),
     /// Print a running node's digest of all synced state.
     Digest(ClientArgs),
+    /// Find the rows where a running node and one of its peers differ (by the digest's
+    /// key ranges) and print them.
+    Diff(DiffArgs),
     /// Exit 0 when a running node answers its health check, 1 otherwise (for container
     /// healthchecks).
     Health(ClientArgs),
@@ -52,6 +55,17 @@ pub struct ClientArgs {
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `murmur diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The connected peer to compare with: its peer id or its client UUID.
+    #[arg(long)]
+    pub peer: String,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Options of `murmur run`.
@@ -130,6 +144,10 @@ pub struct RunArgs {
     /// client pool and what makes lost gossip visible (advanced).
     #[arg(long, env = "MURMUR_ANNOUNCE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub announce_interval: Duration,
+    /// How often the node compares its digest with a peer that holds the same ops, and
+    /// repairs the rows where they differ (advanced).
+    #[arg(long, env = "MURMUR_REPAIR_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub repair_interval: Duration,
 }
 
 /// A node's configuration.
@@ -159,6 +177,8 @@ pub struct Config {
     pub versions_interval: Duration,
     /// How often the node prunes its log.
     pub prune_interval: Duration,
+    /// How often the node compares digests with a settled peer and repairs differences.
+    pub repair_interval: Duration,
     /// fsync policy of the store.
     pub durability: Durability,
     /// The physical clock (tests inject one).
@@ -192,6 +212,7 @@ impl Config {
             stale_after: Duration::from_secs(7 * 24 * 3600),
             versions_interval: Duration::from_secs(2),
             prune_interval: Duration::from_secs(30),
+            repair_interval: Duration::from_secs(30),
             durability: Durability::Full,
             clock: PhysicalClock::System,
             registry: murmur_store::Registry::default_library(),
@@ -232,6 +253,7 @@ impl From<RunArgs> for Config {
             stale_after: a.stale_after,
             prune_interval: a.prune_interval,
             versions_interval: a.announce_interval,
+            repair_interval: a.repair_interval,
             ..Config::local(PathBuf::new())
         }
     }

@@ -175,6 +175,7 @@ impl Node {
             SyncOptions {
                 versions_interval: config.versions_interval,
                 prune_interval: config.prune_interval,
+                repair_interval: config.repair_interval,
                 stale_after: config.stale_after,
                 #[cfg(feature = "fault-injection")]
                 faults: faults.clone(),

@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(a) => murmur_node::cli::status(&a).await,
         Command::Peers(a) => murmur_node::cli::peers(&a).await,
         Command::Digest(a) => murmur_node::cli::digest(&a).await,
+        Command::Diff(a) => murmur_node::cli::diff(&a).await,
         Command::Health(a) => murmur_node::cli::health(&a).await,
     }
 }

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub ops_pruned: Counter,
     /// Pruning rounds run (whether or not they removed anything).
     pub prune_runs: Counter,
+    /// Rows changed here by repairs (where this node's digest differed from a peer's).
+    pub repaired_rows: Counter,
+    /// Repair rounds run (digests compared with a settled peer).
+    pub repair_rounds: Counter,
     /// Ops in the log.
     pub pending_operations: Gauge,
     /// Connected peers.
@@ -88,6 +92,8 @@ impl Metrics {
             peers_refused: Counter::default(),
             ops_pruned: Counter::default(),
             prune_runs: Counter::default(),
+            repaired_rows: Counter::default(),
+            repair_rounds: Counter::default(),
             pending_operations: Gauge::default(),
             peers_connected: Gauge::default(),
             sync_lag_ops: Gauge::default(),
@@ -113,6 +119,16 @@ impl Metrics {
             "ops_rejected",
             "Ops or messages refused, by reason",
             m.ops_rejected.clone(),
+        );
+        registry.register(
+            "repaired_rows",
+            "Rows changed by repairs of a divergence from a peer",
+            m.repaired_rows.clone(),
+        );
+        registry.register(
+            "repair_rounds",
+            "Repair rounds run (digests compared with a settled peer)",
+            m.repair_rounds.clone(),
         );
         registry.register(
             "local_writes",

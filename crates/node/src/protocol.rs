@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use murmur_p2p::{Event, Handle};
+use murmur_store::digest::{Fingerprint, Ranges};
 use murmur_store::proof::Proof;
 use murmur_store::{
     AuthorRange, Op, OpsCursor, OpsPage, SchemaVersion, SnapshotPosition, SnapshotRow,
@@ -108,6 +109,24 @@ pub enum Request {
         /// Page size wanted (the server caps it).
         limit: u32,
     },
+    /// The fingerprint of each resource (the top of the digest's ranges).
+    Fingerprints,
+    /// What a key range of a resource is made of: sub-ranges or rows, with fingerprints
+    /// ([`murmur_store::Store::range`]).
+    Range {
+        /// The resource.
+        resource: String,
+        /// The range: a prefix of the rows' UUIDs.
+        prefix: String,
+    },
+    /// Rows by UUID, as a snapshot sends them, to repair a divergence (at most
+    /// [`murmur_store::MAX_ROWS_ASKED`]).
+    Rows {
+        /// The resource.
+        resource: String,
+        /// The rows.
+        uuids: Vec<Uuid>,
+    },
 }
 
 /// A response.
@@ -138,6 +157,18 @@ pub enum Response {
         next: Option<SnapshotPosition>,
         /// On the first page: rows in the snapshot, for progress.
         total_rows: Option<u64>,
+    },
+    /// Each resource's fingerprint, in the server's registry order.
+    Fingerprints(Vec<(String, Fingerprint)>),
+    /// A key range's sub-ranges or rows.
+    Range(Ranges),
+    /// Rows asked for by UUID (those the server holds), and how many of the UUIDs asked
+    /// for it looked at (the rest did not fit the page: ask again).
+    Rows {
+        /// Rows.
+        rows: Vec<SnapshotRow>,
+        /// UUIDs looked at.
+        looked: u32,
     },
     /// The request was refused.
     Error(String),

@@ -1,5 +1,5 @@
 //! What a peer is sent: the ops it lacks (paged, owned batches expanded into their rows page
-//! by page), state snapshots in pages, and the digest of all synced state. Reads only,
+//! by page) and state snapshots in pages. Reads only,
 //! through the store's public accessors; what peers send is written by `remote`.
 
 use std::collections::BTreeMap;
@@ -46,15 +46,6 @@ pub struct SnapshotPosition {
     pub phase: u8,
     /// Last UUID sent in this resource and phase.
     pub after: Option<Uuid>,
-}
-
-/// The digest of a store's synced state.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Digest {
-    /// Hex blake3 of the state.
-    pub digest: String,
-    /// Live rows counted (shared and owned).
-    pub rows: u64,
 }
 
 impl Store {
@@ -458,38 +449,6 @@ impl Store {
             }
         }
     }
-
-    /// A deterministic hash of all synced state (every register, tombstones included, and
-    /// no op log), equal on two stores exactly when their synced state is equal. Read in one
-    /// transaction, so it is consistent while writes go on.
-    pub async fn digest(&self) -> Result<Digest, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut h = blake3::Hasher::new();
-        let mut rows = 0u64;
-        let mut pos: Option<SnapshotPosition> = None;
-        loop {
-            let (page, next) = self
-                .snapshot_page_on(&mut tx, pos.as_ref(), 5_000, MAX_PAGE_BYTES)
-                .await?;
-            for r in &page {
-                hash_row(&mut h, r);
-                rows += match r {
-                    SnapshotRow::Shared { alive, .. } => *alive as u64,
-                    SnapshotRow::Owned { .. } => 1,
-                    SnapshotRow::OwnedTombstone { .. } => 0,
-                };
-            }
-            match next {
-                Some(p) => pos = Some(p),
-                None => break,
-            }
-        }
-        tx.rollback().await?;
-        Ok(Digest {
-            digest: h.finalize().to_hex().to_string(),
-            rows,
-        })
-    }
 }
 
 /// The phase of a snapshot that serves what this node keeps for a newer schema.
@@ -836,65 +795,6 @@ fn snapshot_uuid(r: &SnapshotRow) -> Uuid {
         SnapshotRow::Shared { uuid, .. }
         | SnapshotRow::Owned { uuid, .. }
         | SnapshotRow::OwnedTombstone { uuid, .. } => *uuid,
-    }
-}
-
-fn hash_str(h: &mut blake3::Hasher, s: &str) {
-    h.update(&(s.len() as u64).to_be_bytes());
-    h.update(s.as_bytes());
-}
-
-fn hash_row(h: &mut blake3::Hasher, r: &SnapshotRow) {
-    match r {
-        SnapshotRow::Shared {
-            resource,
-            uuid,
-            exists_ts,
-            alive,
-            props,
-        } => {
-            h.update(b"S");
-            hash_str(h, resource);
-            h.update(uuid.as_bytes());
-            h.update(&exists_ts.to_bytes());
-            h.update(&[*alive as u8]);
-            h.update(&(props.len() as u64).to_be_bytes());
-            for (name, ts, v) in props {
-                hash_str(h, name);
-                h.update(&ts.to_bytes());
-                v.hash_into(h);
-            }
-        }
-        SnapshotRow::Owned {
-            resource,
-            uuid,
-            ts,
-            seq,
-            values,
-            claim,
-        } => {
-            h.update(b"O");
-            hash_str(h, resource);
-            h.update(uuid.as_bytes());
-            h.update(&ts.to_bytes());
-            h.update(&seq.to_be_bytes());
-            for v in values {
-                v.hash_into(h);
-            }
-            h.update(&claim.unwrap_or(*ts).to_bytes());
-        }
-        SnapshotRow::OwnedTombstone {
-            resource,
-            uuid,
-            ts,
-            claim,
-        } => {
-            h.update(b"T");
-            hash_str(h, resource);
-            h.update(uuid.as_bytes());
-            h.update(&ts.to_bytes());
-            h.update(&claim.unwrap_or(*ts).to_bytes());
-        }
     }
 }
 

@@ -14,7 +14,7 @@
 //!   the client UUID as id), drift checks, an injectable physical clock; [`op`]:
 //!   operations, version vectors, sync pages, snapshot rows; `rowclock`: the byte layout
 //!   of a shared row's register timestamps; [`merge`]: the merge rules as pure functions;
-//!   [`hash`]: the blake3 hash type; [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding; [`commit`]:
+//!   [`hash`]: the blake3 hash type; [`digest`]: row hashes and range fingerprints; [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding; [`commit`]:
 //!   what the commit feed carries.
 //! - `sql`: statements built from the registry and the tables below the engine: rows and
 //!   their registers, the op log in chunks, the derived `files`, the stored version
@@ -26,27 +26,33 @@
 //!   version vector and horizon after the commit, and the commit feed are written there
 //!   once, and every write goes through it.
 //! - `local` (this node's writes) and `remote` (what peers send: batches, snapshot pages,
-//!   and pruning), each a transaction of the writer around the engine.
+//!   and pruning), each a transaction of the writer around the engine; `fold` (the
+//!   digest's upkeep) and `repair` (rows a peer sent where the digests differ).
 //! - [`store`]: the [`Store`] facade, whose state is private to it; `read` (API reads,
 //!   the client pool) and `export` (what a peer is sent: ops it lacks, snapshot pages,
-//!   the digest) are reads through its public accessors.
+//!   the digest) and `ranges` (the digest and its key ranges) are reads through its
+//!   public accessors.
 //! - `statements` (hidden): the engine's own SQL, for the bench's plain-SQL baselines.
 #![deny(missing_docs)]
 
 pub mod clock;
 pub mod commit;
+pub mod digest;
 mod engine;
 pub mod error;
 mod export;
+mod fold;
 pub mod hash;
 mod local;
 pub mod merge;
 pub mod op;
 pub mod page;
 pub mod proof;
+mod ranges;
 mod read;
 pub mod registry;
 mod remote;
+mod repair;
 mod rowclock;
 mod sql;
 #[doc(hidden)]
@@ -60,15 +66,18 @@ mod writer;
 pub use clock::{Clock, DriftError, Hlc, ManualClock, PhysicalClock};
 pub use commit::{Commit, Origin};
 pub use error::StoreError;
-pub use export::{Digest, MAX_PAGE, MAX_PAGE_BYTES, SnapshotPosition};
+pub use export::{MAX_PAGE, MAX_PAGE_BYTES, SnapshotPosition};
 pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
     RowEvent, SnapshotImport, SnapshotRow, VersionVector,
 };
 pub use page::{AuthorRange, OpsCursor, OpsPage};
+pub use ranges::{Digest, MAX_ROWS_ASKED};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef, SchemaRelation, SchemaVersion};
+pub use repair::RepairReport;
 pub use sql::clients::ClientInfo;
+pub use sql::digest::WRITER_COLLATION;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
 pub use value::{ColumnType, MAX_ROW_BYTES, Value};

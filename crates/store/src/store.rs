@@ -37,7 +37,7 @@ use crate::op::{ApplyReport, Change, SnapshotImport, SnapshotRow, VersionVector}
 use crate::proof::{Hash, Proof, Signer};
 use crate::registry::Registry;
 use crate::remote::Remote;
-use crate::sql::{clients, oplog, schema, versions};
+use crate::sql::{clients, digest, oplog, schema, versions};
 use crate::writer::{Replica, Writer};
 
 /// How hard SQLite works to keep a commit across a power loss.
@@ -137,6 +137,9 @@ impl Store {
             // page a multi-row statement or a savepoint changes is copied there first
             // (BENCHMARKS.md has what that costs).
             .pragma("temp_store", "memory")
+            // Named by the synced tables' triggers: without it (another program), a write
+            // to them fails (see `sql::digest`).
+            .collation(digest::WRITER_COLLATION, |a: &str, b: &str| a.cmp(b))
             .row_buffer_size(1024);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -156,6 +159,12 @@ impl Store {
             "shared tables whose in-place updates skip the live-row check"
         );
         let logged = oplog::move_legacy_rows(&mut tx).await?;
+        for def in options.registry.iter() {
+            digest::ensure_triggers(&mut tx, def).await?;
+            if digest::mark_all_once(&mut tx, def).await? {
+                tracing::debug!(resource = %def.name, "rows marked for the digest's first fold");
+            }
+        }
         tx.commit().await?;
         if logged > 0 {
             tracing::info!(
@@ -334,6 +343,37 @@ impl Store {
         let out = f(tx.conn()).await?;
         tx.commit_quietly().await?;
         Ok(out)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The digest's upkeep and repairs (`fold`, `repair`)
+
+    /// Folds up to `max` dirty leaves of the digest ([`crate::fold`]); returns how many
+    /// (0: the digest is up to date). Bookkeeping: nothing goes out on the feed.
+    pub async fn fold_digest(&self, max: usize) -> Result<usize, StoreError> {
+        self.detached(move |s| async move {
+            crate::fold::fold(&s.inner.writer, &s.inner.registry, max).await
+        })
+        .await
+    }
+
+    /// Merges rows the device `peer` sent to repair a divergence ([`crate::repair`]).
+    pub async fn repair(
+        &self,
+        rows: Vec<SnapshotRow>,
+        peer: Uuid,
+    ) -> Result<crate::repair::RepairReport, StoreError> {
+        self.detached(move |s| async move {
+            crate::repair::repair(
+                &s.inner.writer,
+                &s.inner.registry,
+                &s.inner.clock,
+                rows,
+                peer,
+            )
+            .await
+        })
+        .await
     }
 
     // -----------------------------------------------------------------------------------

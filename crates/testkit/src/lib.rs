@@ -9,6 +9,8 @@
 //! - [`cluster`]: in-process nodes in a star, and waiting for an item to reach them.
 //! - [`procs`]: `murmur run` processes on loopback, killed with SIGKILL and restarted.
 //! - [`lifecycle`]: a process stopped with SIGTERM, restarted, or added on a data dir.
+//! - [`behind`]: writes to a library's SQLite file behind murmur's back: as another
+//!   program (refused by SQLite), or as a bug or a bad disk would (through the guard).
 //! - [`datadir`]: a data dir copied (a backup, a clone) or restored, modes kept.
 //! - [`holding`]: what a process node holds, and a wait whose failure names what is missing.
 //! - [`ops`]: builders of ops, fields and changes.
@@ -19,6 +21,7 @@
 //! Test code: failures panic with a message (`expect`), which is what a test reports.
 //! Nodes run on 127.0.0.1 with mDNS off and explicit connections.
 
+pub mod behind;
 pub mod cluster;
 pub mod datadir;
 pub mod holding;

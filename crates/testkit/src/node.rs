@@ -86,6 +86,7 @@ pub fn config_at(data: &Path, secret: &Path) -> Config {
     c.library_secret_file = Some(secret.to_path_buf());
     c.versions_interval = Duration::from_millis(300);
     c.prune_interval = Duration::from_millis(500);
+    c.repair_interval = Duration::from_millis(500);
     c.durability = murmur_store::Durability::Normal;
     c
 }
@@ -118,6 +119,11 @@ impl TestNode {
         let mut c = config(&dir, secret);
         tweak(&mut c);
         Self::start(c, dir, secret.to_path_buf()).await
+    }
+
+    /// The node's SQLite file (for writes behind its back, [`crate::behind`]).
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("data").join("library.db")
     }
 
     /// The running node.

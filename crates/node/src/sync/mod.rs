@@ -27,12 +27,15 @@
 //! - [`pull`]: catch-up and snapshot import from one peer ([`PullError`], [`PullSummary`]);
 //! - [`peers`]: the table of connected peers, their pull schedule ([`PullState`]) and
 //!   progress, which `/v1/status` reads;
+//! - [`repair`]: finding where this node and a peer differ by the digest's key ranges,
+//!   and repairing it; the digest's background fold.
 
 mod announce;
 mod contact;
 pub mod gossip;
 pub mod peers;
 pub mod pull;
+pub mod repair;
 pub mod serve;
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +76,8 @@ pub struct SyncOptions {
     pub versions_interval: Duration,
     /// How often to prune.
     pub prune_interval: Duration,
+    /// How often to compare digests with a settled peer, and repair what differs.
+    pub repair_interval: Duration,
     /// When a client counts as stale.
     pub stale_after: Duration,
     /// Test only: faults to inject (changeable at run time).
@@ -96,6 +101,10 @@ pub struct SyncLoop {
     peers: PeerTable,
     /// The pulls running, at most [`PULLS_CAP`].
     pulls: JoinSet<(PeerId, Result<PullSummary, PullError>)>,
+    /// The repair round running, at most one.
+    repairs: JoinSet<(PeerId, Result<repair::RepairSummary, PullError>)>,
+    /// Repair rounds started, to take settled peers in turn.
+    repair_turn: usize,
     /// The request server.
     server: Server,
     /// Announced contiguous seqs per author, highest seen from any peer (for sync lag).
@@ -128,6 +137,8 @@ impl SyncLoop {
             options,
             peers,
             pulls: JoinSet::new(),
+            repairs: JoinSet::new(),
+            repair_turn: 0,
             announced: BTreeMap::new(),
             device,
             contact: ContactClock::default(),
@@ -139,8 +150,13 @@ impl SyncLoop {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut versions = tokio::time::interval(self.options.versions_interval);
         let mut prune = tokio::time::interval(self.options.prune_interval);
+        let mut repair = tokio::time::interval(self.options.repair_interval);
         versions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut folding = JoinSet::new();
+        folding
+            .spawn(repair::fold_in_background(self.store.clone()).instrument(info_span!("fold")));
         loop {
             tokio::select! {
                 biased;
@@ -150,12 +166,16 @@ impl SyncLoop {
                     None => break,
                 },
                 Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done),
+                Some(done) = self.repairs.join_next(), if !self.repairs.is_empty() => self.handle_repair_done(done),
                 // A served request ended; its permit was released in its task.
                 () = self.server.join_next(), if !self.server.is_idle() => {},
                 _ = versions.tick() => self.handle_announce().await,
                 _ = prune.tick() => self.handle_prune().await,
+                _ = repair.tick() => self.handle_repair_tick(),
             }
         }
+        folding.abort_all();
+        self.repairs.abort_all();
         self.pulls.abort_all();
         self.server.abort_all();
     }
@@ -403,6 +423,7 @@ impl SyncLoop {
             info!(peer_id = %source, %client, "peer's device known");
         }
         self.contact.heard(client, tokio::time::Instant::now());
+        self.peers.set_announced(&source, contiguous.clone());
         if let Err(e) = self
             .store
             .touch_client(client, Some(&source.to_string()))
@@ -556,4 +577,56 @@ impl SyncLoop {
             self.start_pull(p);
         }
     }
+
+    /// Starts a repair round with the next settled peer (see [`repair`]), unless one runs.
+    fn handle_repair_tick(&mut self) {
+        if !self.repairs.is_empty() {
+            return;
+        }
+        let settled = self
+            .peers
+            .settled(&self.store.version_vector().contiguous_map());
+        if settled.is_empty() {
+            return;
+        }
+        let (peer, device) = settled[self.repair_turn % settled.len()];
+        self.repair_turn = self.repair_turn.wrapping_add(1);
+        let (store, net) = (self.store.clone(), self.net.clone());
+        self.repairs.spawn(
+            async move { (peer, repair::repair_with(&store, &net, peer, device).await) }
+                .instrument(info_span!("repair", %peer)),
+        );
+    }
+
+    /// A repair round ended: counts and logs what it repaired.
+    fn handle_repair_done(
+        &mut self,
+        done: Result<(PeerId, Result<repair::RepairSummary, PullError>), tokio::task::JoinError>,
+    ) {
+        let Ok((peer, result)) = done else { return };
+        self.metrics.repair_rounds.inc();
+        match result {
+            Ok(s) if s.differences.rows.is_empty() => debug!(%peer, "digests agree"),
+            Ok(s) => {
+                self.metrics.repaired_rows.inc_by(s.repaired.len() as u64);
+                for r in s.repaired.iter().take(REPAIR_LOG_CAP) {
+                    info!(%peer, resource = r.resource.as_str(), uuid = %r.uuid, "repaired a row");
+                }
+                info!(
+                    %peer,
+                    differing = s.differences.rows.len(),
+                    received = s.received,
+                    repaired = s.repaired.len(),
+                    refused = s.refused,
+                    requests = s.differences.requests,
+                    truncated = s.differences.truncated,
+                    "repair round: the digests differed"
+                );
+            }
+            Err(e) => debug!(%peer, "repair round failed: {e}"),
+        }
+    }
 }
+
+/// Repaired rows logged one by one per round, at most (the rest are counted).
+const REPAIR_LOG_CAP: usize = 20;

@@ -116,6 +116,8 @@ struct Peer {
     progress: Option<PullProgress>,
     /// The schema it announced last.
     schema: Option<SchemaVersion>,
+    /// Its last announced contiguous seqs (at most the announcement's bounded size).
+    announced: Option<BTreeMap<Uuid, u64>>,
 }
 
 /// What the rest of the node sees of a connected peer.
@@ -167,6 +169,7 @@ impl PeerTable {
                     pull: PullState::Idle,
                     progress: None,
                     schema: None,
+                    announced: None,
                 });
             }
         }
@@ -194,6 +197,34 @@ impl PeerTable {
         if let Some(p) = self.lock().get_mut(peer) {
             p.schema = Some(schema);
         }
+    }
+
+    /// Records the contiguous seqs `peer` announced last (for [`PeerTable::settled`]).
+    pub(crate) fn set_announced(&self, peer: &PeerId, contiguous: BTreeMap<Uuid, u64>) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.announced = Some(contiguous);
+        }
+    }
+
+    /// The peers whose device is known, that pull nothing and whose last announcement
+    /// holds exactly the ops `mine` holds: sync with them has settled, so a digest that
+    /// still differs is a divergence. With each, its device.
+    pub(crate) fn settled(&self, mine: &BTreeMap<Uuid, u64>) -> Vec<(PeerId, Uuid)> {
+        // An author at seq 0 holds nothing: it counts on neither side.
+        let held = |m: &BTreeMap<Uuid, u64>| -> Vec<(Uuid, u64)> {
+            m.iter()
+                .filter(|(_, s)| **s > 0)
+                .map(|(a, s)| (*a, *s))
+                .collect()
+        };
+        let mine = held(mine);
+        self.lock()
+            .iter()
+            .filter(|(_, p)| {
+                p.pull == PullState::Idle && p.announced.as_ref().map(held) == Some(mine.clone())
+            })
+            .filter_map(|(id, p)| Some((*id, p.client?)))
+            .collect()
     }
 
     /// The client UUID of `peer`, if it is connected and its device is known.

@@ -1,4 +1,5 @@
-//! Answering peers' requests (catch-up pages and snapshot pages) from the store. At most
+//! Answering peers' requests (catch-up pages, snapshot pages, the digest's ranges and
+//! rows to repair) from the store. At most
 //! [`SERVE_CAP`] requests are served at once, each in a task of its own; more are refused
 //! with "busy". The page served last is kept ([`LastPage`]), so peers that ask for the same
 //! page at once get it read once.
@@ -219,6 +220,24 @@ async fn serve_request_with(
                 rows,
                 next,
                 total_rows,
+            }
+        }
+        Request::Fingerprints => Response::Fingerprints(store.resource_fingerprints().await?),
+        Request::Range { resource, prefix } => {
+            Response::Range(store.range(&resource, &prefix).await?)
+        }
+        Request::Rows { resource, uuids } => {
+            if uuids.len() > murmur_store::MAX_ROWS_ASKED {
+                return Err(StoreError::Invalid(format!(
+                    "{} rows asked for, at most {} at once",
+                    uuids.len(),
+                    murmur_store::MAX_ROWS_ASKED
+                )));
+            }
+            let (rows, looked) = store.rows_by_uuid(&resource, &uuids).await?;
+            Response::Rows {
+                rows,
+                looked: looked as u32,
             }
         }
     })

@@ -157,3 +157,179 @@ fn synthetic(ts: Hlc, seq: u64, method: Method, resource: &str, uuid: Option<Uui
         groups: Vec::new(),
     }
 }
+
+/// Who wins a tie in a repair: two registers of the same timestamp (so of the same op)
+/// that hold different values, which the merge rules never produce (one op writes one
+/// value), so one of them was changed behind murmur's back. The value held by the device
+/// that wrote the op is taken as the op's: the remote value wins only when the rows come
+/// from that device.
+pub(crate) struct Ties<'a> {
+    /// The device the repair rows come from.
+    pub peer: Uuid,
+    /// Authors' devices known here.
+    pub devices: &'a HashMap<Uuid, Uuid>,
+}
+
+impl Ties<'_> {
+    /// Whether the register written by `author` is the peer's own (its device wrote it).
+    pub(crate) fn peers_own(&self, author: Uuid) -> bool {
+        self.devices.get(&author) == Some(&self.peer)
+    }
+
+    /// Whether the remote value wins a tie of a register written by `author`.
+    fn remote_wins(&self, author: Uuid, _local: &[u8; 32], _remote: &[u8; 32]) -> bool {
+        self.peers_own(author)
+    }
+}
+
+fn value_hash(values: &[&Value]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for v in values {
+        v.hash_into(&mut h);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Merges rows a peer sent to repair a divergence: first the ties ([`Ties`]) the
+/// remote side wins are taken (a register of the same timestamp with another value), then
+/// every row is merged as a snapshot row ([`import_rows`]), so a newer register wins as
+/// always and an older one changes nothing.
+pub(crate) async fn repair_rows(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    rows: Vec<SnapshotRow>,
+    ties: &Ties<'_>,
+) -> Result<(), StoreError> {
+    let mut shared: BTreeMap<String, Vec<&SnapshotRow>> = BTreeMap::new();
+    for r in &rows {
+        match r {
+            SnapshotRow::Shared { resource, .. } => {
+                shared.entry(resource.clone()).or_default().push(r)
+            }
+            SnapshotRow::Owned {
+                resource,
+                uuid,
+                ts,
+                seq,
+                values,
+                ..
+            } => {
+                let def = registry.get(resource)?;
+                repair_owned_tie(conn, def, *uuid, *ts, *seq, values, ties).await?;
+            }
+            SnapshotRow::OwnedTombstone { .. } => {}
+        }
+    }
+    for (resource, rows) in shared {
+        let def = registry.get(&resource)?;
+        let uuids: Vec<Uuid> = rows
+            .iter()
+            .filter_map(|r| match r {
+                SnapshotRow::Shared { uuid, .. } => Some(*uuid),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut state = load_shared(conn, def, &uuids).await?;
+        let mut dirty = BTreeSet::new();
+        for r in rows {
+            let SnapshotRow::Shared {
+                uuid,
+                exists_ts,
+                alive,
+                props,
+                ..
+            } = r
+            else {
+                continue;
+            };
+            let Some((row, place)) = state.get_mut(uuid) else {
+                continue;
+            };
+            if *place == Place::New {
+                continue;
+            }
+            if *exists_ts == row.exists_ts
+                && *alive != row.alive
+                && ties.remote_wins(
+                    exists_ts.author,
+                    &[row.alive as u8; 32],
+                    &[*alive as u8; 32],
+                )
+            {
+                row.alive = *alive;
+                dirty.insert(*uuid);
+            }
+            for (name, ts, v) in props {
+                if let Some((cur_ts, cur)) = row.props.get_mut(name)
+                    && *cur_ts == *ts
+                    && cur != v
+                    && ties.remote_wins(ts.author, &value_hash(&[cur]), &value_hash(&[v]))
+                {
+                    *cur = v.clone();
+                    dirty.insert(*uuid);
+                }
+            }
+        }
+        write_shared(conn, def, &state, &dirty).await?;
+    }
+    import_rows(conn, registry, rows, ties.devices).await
+}
+
+/// An owned row of the same op (timestamp and seq) here and in the repair, with other
+/// values: the remote values replace these when the remote side wins the tie.
+async fn repair_owned_tie(
+    conn: &mut SqliteConnection,
+    def: &crate::registry::ResourceDef,
+    uuid: Uuid,
+    ts: Hlc,
+    seq: u64,
+    values: &[Value],
+    ties: &Ties<'_>,
+) -> Result<(), StoreError> {
+    let key = crate::sql::rows::key_of(uuid);
+    let hi = format!("{key}0");
+    let here = crate::sql::digest::rows_between(conn, def, &key, &hi, 1).await?;
+    let Some(SnapshotRow::Owned {
+        ts: local_ts,
+        seq: local_seq,
+        values: local,
+        ..
+    }) = here.into_iter().next()
+    else {
+        return Ok(());
+    };
+    if local_ts != ts || local_seq != seq || local == values || values.len() != def.columns.len() {
+        return Ok(());
+    }
+    let l: Vec<&Value> = local.iter().collect();
+    let r: Vec<&Value> = values.iter().collect();
+    if !ties.remote_wins(ts.author, &value_hash(&l), &value_hash(&r)) {
+        return Ok(());
+    }
+    let sets: Vec<String> = def
+        .columns
+        .iter()
+        .map(|c| format!("{} = ?", c.name))
+        .collect();
+    let mut q = crate::sql::query(format!(
+        "UPDATE {} SET {} WHERE uuid = ?",
+        def.name,
+        sets.join(", ")
+    ));
+    for v in values {
+        q = q.bind(v.clone());
+    }
+    q.bind(key).execute(&mut *conn).await?;
+    if crate::sql::derived::tracks(def)
+        && let Some(i) = def.column_index("cas_id")
+    {
+        let cas: Vec<String> = [&local[i], &values[i]]
+            .iter()
+            .filter_map(|v| v.as_text().map(str::to_owned))
+            .collect();
+        crate::sql::derived::rebuild_files(conn, &cas).await?;
+    }
+    Ok(())
+}

@@ -26,7 +26,7 @@ use crate::proof::Chain;
 use crate::registry::{Kind, Registry};
 use crate::sql::oplog;
 
-pub(crate) use import::import_rows;
+pub(crate) use import::{Ties, import_rows, repair_rows};
 pub(crate) use in_place::{
     Unborn, any_unborn_statement, create_unborn_index, ensure_unborn_indexes, update_statement,
 };

@@ -8,6 +8,8 @@
 //! - [`batches`]: what sending owned batches on needs: the values rows of a batch wrote
 //!   where they no longer hold them, and how far a batch's pages have come.
 //! - [`derived`]: the `files` table derived from `file_paths`.
+//! - [`digest`]: the digest's stored fingerprints, dirty leaves and triggers, and the rows
+//!   of a key range.
 //! - [`versions`]: the stored version vector and log horizon.
 //! - [`clients`]: the client pool and node-local settings.
 //! - [`quarantine`]: ops and snapshot rows kept for a build that knows their resource or
@@ -17,6 +19,7 @@
 pub(crate) mod batches;
 pub(crate) mod clients;
 pub(crate) mod derived;
+pub(crate) mod digest;
 pub(crate) mod oplog;
 pub(crate) mod quarantine;
 pub(crate) mod rows;
