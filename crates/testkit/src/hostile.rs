@@ -127,6 +127,19 @@ impl Hostile {
         let requests = Arc::new(AtomicUsize::new(0));
         let seen = requests.clone();
         let handle = net.clone();
+        // Says which device it is, as every node does before asking anything (the node
+        // answers a member's requests only). Its events are drained below.
+        let hello = murmur_node::protocol::Request::Hello {
+            device: murmur_node::device::DeviceBinding::sign(
+                &keypair.clone().try_into_ed25519().expect("an ed25519 key"),
+                &net.local_peer_id(),
+            ),
+        };
+        let answer_hello = {
+            let net = net.clone();
+            let w = Wire::of(&hello);
+            tokio::spawn(async move { net.request(target_id, w).await })
+        };
         let drain = tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 match ev {
@@ -155,6 +168,7 @@ impl Hostile {
                 }
             }
         });
+        let _ = answer_hello.await;
         Hostile {
             net,
             author: signer.author(),
