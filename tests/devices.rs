@@ -331,9 +331,10 @@ async fn two_devices_removing_each_other_end_the_same_everywhere() {
         }
     }
     let (bc, cc) = (b.node().client_uuid(), c.node().client_uuid());
+    let (cs, bs) = (cc.to_string(), bc.to_string());
     let (rb, rc) = tokio::join!(
-        b.node().remove_device(&cc.to_string(), false),
-        c.node().remove_device(&bc.to_string(), false)
+        b.node().remove_device(&cs, false),
+        c.node().remove_device(&bs, false)
     );
     rb.unwrap();
     rc.unwrap();

@@ -157,7 +157,7 @@ impl Node {
         let transport = Keypair::generate_ed25519();
         let peer_id = transport.public().to_peer_id();
         let binding = DeviceBinding::sign(&device_key, &peer_id);
-        let mut opts = StoreOptions::new(dir.database(), device_key);
+        let mut opts = StoreOptions::new(dir.database(), device_key.clone());
         opts.max_drift = config.max_drift;
         opts.clock = config.clock.clone();
         opts.durability = config.durability;

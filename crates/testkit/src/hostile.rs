@@ -106,7 +106,7 @@ impl Hostile {
         let keypair = Keypair::generate_ed25519();
         let signer =
             Signer::new_incarnation(keypair.clone().try_into_ed25519().expect("an ed25519 key"));
-        let mut c = p2p::Config::new(keypair, secret.0, topic);
+        let mut c = p2p::Config::new(keypair.clone(), secret.0, topic);
         c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
         c.mdns = false;
         c.peers = vec![target.addr().await];
