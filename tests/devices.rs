@@ -8,7 +8,7 @@ use murmur_node::protocol::{Request, Response};
 use murmur_node::sync::serve_request;
 use murmur_node::{JoinStatus, JoinWith};
 use murmur_store::members::Standing;
-use murmur_store::{OpsCursor, Origin, RejectReason, VersionVector};
+use murmur_store::{OpsCursor, Origin, RejectReason};
 use murmur_testkit::*;
 use serde_json::json;
 use uuid::Uuid;
@@ -212,7 +212,7 @@ async fn a_removed_device_is_refused_and_its_later_ops_rejected_everywhere() {
     let page = match serve_request(
         c.node().store(),
         Request::OpsSince {
-            have: VersionVector::default(),
+            have: a.node().store().version_vector(),
             cursor: OpsCursor::default(),
             limit: 5000,
             range: None,

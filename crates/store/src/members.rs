@@ -551,13 +551,13 @@ impl MembersState {
     }
 
     /// The membership with `extra` events too (a batch being applied).
-    pub fn with(&self, extra: &[SignedEvent]) -> Membership {
+    pub fn with(&self, extra: &[SignedEvent]) -> std::borrow::Cow<'_, Membership> {
         if extra.is_empty() {
-            return self.folded.clone();
+            return std::borrow::Cow::Borrowed(&self.folded);
         }
         let mut all = self.events.clone();
         all.extend_from_slice(extra);
-        fold(self.root, &all)
+        std::borrow::Cow::Owned(fold(self.root, &all))
     }
 }
 

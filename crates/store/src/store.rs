@@ -618,7 +618,7 @@ impl Store {
 
     /// The membership as last folded ([`crate::members`]).
     pub fn members(&self) -> Arc<Membership> {
-        Arc::new(self.members_state().folded.clone())
+        self.inner.members_tx.borrow().clone()
     }
 
     /// The membership, as it changes.

@@ -208,7 +208,7 @@ impl SyncLoop {
                     Some(ev) => self.handle_net_events(ev).await,
                     None => break,
                 },
-                Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done),
+                Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done).await,
                 Some(done) = self.repairs.join_next(), if !self.repairs.is_empty() => self.handle_repair_done(done),
                 Some(done) = self.joins.join_next(), if !self.joins.is_empty() => self.handle_join_done(done).await,
                 Ok(()) = self.members.changed() => self.handle_members_changed().await,
@@ -320,6 +320,15 @@ impl SyncLoop {
         }
         let verdict = self.check_gossip(&data);
         match verdict {
+            // Ops from a peer that has not welcomed this node yet (its `Hello` is on its way):
+            // left to the catch-up that follows, so that a node that is not a member takes
+            // nothing from gossip (gossipsub may replay recent messages to a new peer).
+            Ok(Gossip::Ops { .. }) if !self.peers.welcomed(&propagation_source) => {
+                debug!(peer = %propagation_source, "gossip before the peer's welcome: left to catch-up");
+                self.net
+                    .report_validation(message_id, propagation_source, Acceptance::Ignore)
+                    .await;
+            }
             Ok(Gossip::Ops { ops, proofs }) => {
                 // An op beyond the drift bound is not forwarded (an honest clock can be
                 // wrong, so no penalty): Ignore. Its ops are still applied here, where the
@@ -516,6 +525,12 @@ impl SyncLoop {
         }
     }
 
+    async fn block_removed(&self, peer: PeerId) {
+        if let Err(e) = self.net.block(peer).await {
+            warn!("cannot block the peer: {e}");
+        }
+    }
+
     fn send_pulls_to_all(&mut self) {
         for p in self.peers.snapshot() {
             self.start_pull(p.peer_id);
@@ -536,6 +551,22 @@ impl SyncLoop {
                     info!(%peer, %client, "the device is a member now: hearing it again");
                     if let Err(e) = self.net.unmute(peer).await {
                         warn!("cannot unmute the peer: {e}");
+                    }
+                }
+                // Removed while connected: muted at once (it gets nothing more), pulled
+                // from one last time (events it signed concurrently, such as its own
+                // removal of another device, still count), then blocked.
+                (Err(Refusal::Removed), r) if r != Some(Refusal::Removed) => {
+                    self.peers
+                        .set_refused(&peer, client, Some(Refusal::Removed));
+                    self.metrics.peers_refused.inc();
+                    info!(%peer, %client, "the device was removed: a last pull, then its connections are refused");
+                    if let Err(e) = self.net.mute(peer).await {
+                        warn!("cannot mute the peer: {e}");
+                    }
+                    self.start_pull(peer);
+                    if self.peers.pull_state(&peer).is_none_or(|s| s == PullState::Idle) {
+                        self.block_removed(peer).await;
                     }
                 }
                 (Err(reason), r) if r != Some(reason) => {
@@ -724,11 +755,15 @@ impl SyncLoop {
     }
 
     /// A pull ended: the pull asked for meanwhile, then those that waited for a slot, start.
-    fn handle_pull_done(
+    async fn handle_pull_done(
         &mut self,
         done: Result<(PeerId, Result<PullSummary, PullError>), tokio::task::JoinError>,
     ) {
         let Ok((peer, result)) = done else { return };
+        // The last pull from a removed device is done: refuse its connections.
+        if self.peers.refused(&peer) == Some(Refusal::Removed) {
+            self.block_removed(peer).await;
+        }
         match result {
             Ok(s) if s.items > 0 => {
                 info!(%peer, ops = s.ops, rows = s.items - s.ops, snapshot = s.snapshot, ms = s.elapsed.as_millis() as u64, "caught up")

@@ -122,6 +122,10 @@ struct Peer {
     announced: Option<BTreeMap<Uuid, u64>>,
     /// Set when its device may not sync with this node (muted or blocked).
     refused: Option<Refusal>,
+    /// Whether it answered this node's `Hello` with `Welcome`: until then its gossip is
+    /// left to catch-up (a node not yet known to be a member must apply nothing a member
+    /// did not mean it to have).
+    welcomed: bool,
 }
 
 /// The most refused devices remembered (the oldest is forgotten first).
@@ -208,6 +212,18 @@ impl PeerTable {
         changed
     }
 
+    /// `peer` answered this node's `Hello` with `Welcome`.
+    pub(crate) fn set_welcomed(&self, peer: &PeerId) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.welcomed = true;
+        }
+    }
+
+    /// Whether `peer` welcomed this node (see [`PeerTable::set_welcomed`]).
+    pub(crate) fn welcomed(&self, peer: &PeerId) -> bool {
+        self.lock().get(peer).is_some_and(|p| p.welcomed)
+    }
+
     /// Whether `peer` is refused, and why.
     pub(crate) fn refused(&self, peer: &PeerId) -> Option<Refusal> {
         self.lock().get(peer).and_then(|p| p.refused)
@@ -251,6 +267,7 @@ impl PeerTable {
                     schema: None,
                     announced: None,
                     refused: None,
+                    welcomed: false,
                 });
             }
         }

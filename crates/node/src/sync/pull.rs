@@ -111,7 +111,10 @@ impl Puller {
     async fn request(&self, req: Request) -> Result<Response, PullError> {
         match self.net.request(self.peer, req).await {
             Ok(Response::Error(e)) => Err(PullError::Refused(e)),
-            Ok(Response::Refused { reason }) => Err(PullError::Refused(reason.to_string())),
+            Ok(Response::Refused { reason }) => {
+                warn!(peer = %self.peer, "the peer refuses this device: {reason}");
+                Err(PullError::Refused(reason.to_string()))
+            }
             Ok(r) => Ok(r),
             Err(e) => Err(PullError::Request(e.to_string())),
         }
@@ -130,9 +133,10 @@ impl Puller {
             })
             .await?
         {
-            Response::Welcome => {}
+            Response::Welcome => self.peers.set_welcomed(&self.peer),
             _ => return Err(PullError::Unexpected),
         }
+        // (A refusal was returned above as `PullError::Refused`, and logged by the loop.)
         let mut summary = PullSummary::default();
         let mut total = 0u64;
         'again: loop {
