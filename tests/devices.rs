@@ -42,7 +42,11 @@ async fn wait_joined(n: &TestNode) {
 
 /// A member invites a device and waits until it is admitted.
 async fn invite_and_join(secret: &Path, member: &TestNode, name: &str) -> TestNode {
-    let inv = member.node().invite(Duration::from_secs(3600)).await.unwrap();
+    let inv = member
+        .node()
+        .invite(Duration::from_secs(3600))
+        .await
+        .unwrap();
     let n = invited(secret, inv, name).await;
     wait_joined(&n).await;
     n
@@ -154,7 +158,11 @@ async fn a_device_with_the_secret_only_gets_nothing_and_reaches_no_one() {
     for n in [&a, &b] {
         assert_eq!(n.get(&format!("/v1/shared/tags/{x}")).await.0, 404);
     }
-    assert_eq!(tags(&stranger).await, 1, "the stranger holds only its own write");
+    assert_eq!(
+        tags(&stranger).await,
+        1,
+        "the stranger holds only its own write"
+    );
     assert_eq!(stranger.get(&format!("/v1/shared/tags/{y}")).await.0, 404);
     // It is not a client of the pool: it holds nothing back from pruning.
     let (_, st) = a.get("/v1/status").await;
@@ -184,9 +192,7 @@ async fn a_removed_device_is_refused_and_its_later_ops_rejected_everywhere() {
         .await;
     }
     let cc = c.node().client_uuid();
-    let (status, body) = a
-        .delete(&format!("/v1/devices/{cc}"))
-        .await;
+    let (status, body) = a.delete(&format!("/v1/devices/{cc}")).await;
     assert_eq!(status, 200, "{body}");
     for n in [&a, &b] {
         wait_state(n, cc, "removed").await;
@@ -365,7 +371,10 @@ async fn an_expired_or_used_invitation_is_refused_with_a_clear_message() {
     // An invitation past its expiry: refused.
     let short = a.node().invite(Duration::from_millis(1)).await.unwrap();
     let now = || murmur_node::devices::time_to_ntp(chrono::Utc::now());
-    eventually(WAIT, "the invitation expires", || async { now() > short.expires }).await;
+    eventually(WAIT, "the invitation expires", || async {
+        now() > short.expires
+    })
+    .await;
     let late = invited(&secret, short, "late").await;
     eventually(WAIT, "the expired invitation is refused", || async {
         matches!(late.node().join_status(), JoinStatus::Failed(m) if m.contains("expired"))

@@ -152,10 +152,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/batch", axum::routing::post(batch))
         .route("/v1/devices", get(list_devices))
-        .route(
-            "/v1/devices/{client}",
-            axum::routing::delete(remove_device),
-        )
+        .route("/v1/devices/{client}", axum::routing::delete(remove_device))
         .route("/v1/invites", axum::routing::post(create_invite))
         .route("/v1/files", get(files))
         .route("/v1/digest", get(digest))
@@ -218,10 +215,7 @@ struct InviteBody {
     expires: Option<String>,
 }
 
-async fn create_invite(
-    State(s): State<AppState>,
-    body: Bytes,
-) -> ApiResult<impl IntoResponse> {
+async fn create_invite(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let b: InviteBody = if body.is_empty() {
         InviteBody::default()
     } else {
@@ -229,9 +223,8 @@ async fn create_invite(
     };
     let valid_for = match b.expires.as_deref() {
         None => std::time::Duration::from_secs(3600),
-        Some(t) => humantime::parse_duration(t).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("`expires`: {e}"))
-        })?,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`expires`: {e}")))?,
     };
     let (_, doc) = s.devices.invite(valid_for).await?;
     Ok((StatusCode::CREATED, Json(doc)))
@@ -259,7 +252,9 @@ async fn remove_device(
             StatusCode::NOT_FOUND,
             format!("no device named {d}"),
         )),
-        Err(e @ DeviceError::ThisDevice) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ DeviceError::ThisDevice) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+        }
         Err(DeviceError::Store(e)) => Err(e.into()),
     }
 }

@@ -174,6 +174,7 @@ pub async fn devices(a: &crate::config::DevicesArgs) -> anyhow::Result<()> {
         Some(crate::config::DevicesAction::Remove {
             device,
             forget_data,
+            client,
         }) => {
             // A name is resolved by the node; a path segment must be escaped.
             let seg: String = device
@@ -187,7 +188,7 @@ pub async fn devices(a: &crate::config::DevicesArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let path = format!("/v1/devices/{seg}?forget_data={forget_data}");
-            let body = send(&a.client, reqwest::Method::DELETE, &path, None).await?;
+            let body = send(client, reqwest::Method::DELETE, &path, None).await?;
             println!(
                 "removed {} ({}): every node refuses it from now on{}",
                 device,
@@ -255,7 +256,10 @@ fn devices_text(d: &crate::devices::Devices) -> String {
         &rows,
     ));
     if !d.invitations.is_empty() {
-        out.push_str(&format!("{} invitation(s) not used yet\n", d.invitations.len()));
+        out.push_str(&format!(
+            "{} invitation(s) not used yet\n",
+            d.invitations.len()
+        ));
     }
     out
 }

@@ -227,6 +227,9 @@ pub enum DevicesAction {
         /// Also delete its owned rows (file paths, media data) on every node.
         #[arg(long)]
         forget_data: bool,
+        /// The node to ask.
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -303,8 +306,9 @@ impl JoinWith {
                 crate::invite::Invitation::parse(text)?,
             )));
         }
-        let bytes = crate::files::read_private(std::path::Path::new(text))
-            .map_err(|e| anyhow::anyhow!("--join {text}: not an invitation, nor a file holding one: {e}"))?;
+        let bytes = crate::files::read_private(std::path::Path::new(text)).map_err(|e| {
+            anyhow::anyhow!("--join {text}: not an invitation, nor a file holding one: {e}")
+        })?;
         Ok(JoinWith::Invitation(Box::new(
             crate::invite::Invitation::parse(&String::from_utf8_lossy(&bytes))?,
         )))

@@ -249,9 +249,7 @@ impl DevicesSource {
         let expires_at = Utc::now()
             + chrono::Duration::from_std(valid_for).unwrap_or(chrono::Duration::hours(1));
         let expires = time_to_ntp(expires_at);
-        let addrs = invitation_addrs(
-            self.net.listen_addrs().await.unwrap_or_default(),
-        );
+        let addrs = invitation_addrs(self.net.listen_addrs().await.unwrap_or_default());
         let inv = Invitation::generate(self.secret.clone(), addrs, expires);
         self.store
             .record_member_event(Event::Invite {

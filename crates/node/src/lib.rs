@@ -62,11 +62,11 @@ use crate::device::DeviceBinding;
 use crate::feed::Feed;
 use crate::identity::{Join, LibrarySecret, open_data_dir_joining};
 use crate::invite::Invitation;
-use murmur_store::members::Claim;
-use murmur_store::proof::Hash;
 use crate::metrics::Metrics;
 use crate::sync::{PeerTable, SyncLoop, SyncOptions};
 use crate::token::{ApiToken, TOKEN_FILE};
+use murmur_store::members::Claim;
+use murmur_store::proof::Hash;
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
 const EVENTS_CAP: usize = 4096;
@@ -312,6 +312,12 @@ impl Node {
         Ok(self.devices.remove(device, forget_data).await?)
     }
 
+    /// Whether `peer` answered this node's `Hello` with `Welcome` (its gossip is taken from
+    /// then on; before, it is left to catch-up).
+    pub fn welcomed(&self, peer: &PeerId) -> bool {
+        self.devices.peers.welcomed(peer)
+    }
+
     /// Where this device's claim of an invitation stands.
     pub fn join_status(&self) -> JoinStatus {
         self.join.borrow().clone()
@@ -458,11 +464,17 @@ async fn membership_at_start(
                 invite: None,
             })
             .await?;
-        info!(device = name, "this device founded the library: it admits the others (`murmur invite`)");
+        info!(
+            device = name,
+            "this device founded the library: it admits the others (`murmur invite`)"
+        );
     }
     for n in &config.pre_named {
         let m = store.members();
-        if m.invites.values().any(|i| i.name.as_deref() == Some(n.as_str())) {
+        if m.invites
+            .values()
+            .any(|i| i.name.as_deref() == Some(n.as_str()))
+        {
             continue;
         }
         let (id, key) = named_invite_key(&dir.secret.0, n);
@@ -474,14 +486,13 @@ async fn membership_at_start(
                 name: Some(n.clone()),
             })
             .await?;
-        info!(device = n.as_str(), "named a device in advance: it is admitted when it starts with the secret and `--join named`");
+        info!(
+            device = n.as_str(),
+            "named a device in advance: it is admitted when it starts with the secret and `--join named`"
+        );
     }
     let m = store.members();
-    let admitted = m.enforced()
-        && m
-            .devices
-            .get(&store.client())
-            .is_some_and(|d| d.admitted);
+    let admitted = m.enforced() && m.devices.get(&store.client()).is_some_and(|d| d.admitted);
     if admitted {
         return Ok(None);
     }

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::hash::Hash;
+use crate::op::{Method, Op};
 use crate::proof::{Signature, device_uuid};
 use crate::registry::{Kind, ResourceDef};
 use crate::value::ColumnType;
@@ -55,7 +56,11 @@ const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d75726d_7572_4000_8000_6465766c
 
 /// The registration of [`DEVICES_LOG`] (every store has it).
 pub fn devices_log_def() -> ResourceDef {
-    ResourceDef::new(DEVICES_LOG, Kind::Shared, &[(EVENT_COLUMN, ColumnType::Text)])
+    ResourceDef::new(
+        DEVICES_LOG,
+        Kind::Shared,
+        &[(EVENT_COLUMN, ColumnType::Text)],
+    )
 }
 
 /// What a member did.
@@ -370,7 +375,9 @@ pub enum ClaimRefusal {
     #[error("the invitation has expired: ask a member for a new one (murmur invite)")]
     Expired,
     /// Another device claimed it.
-    #[error("the invitation was already used by another device: ask a member for a new one (murmur invite)")]
+    #[error(
+        "the invitation was already used by another device: ask a member for a new one (murmur invite)"
+    )]
     Used,
     /// The claim's signatures do not hold.
     #[error("the claim's signatures do not hold")]
@@ -528,6 +535,26 @@ fn remove(m: &mut Membership, by: Uuid, ts: u64, device: &Hash, forget_data: boo
     true
 }
 
+/// A `devices_log` op is the creation of one event's row: a `SharedCreate` whose `event`
+/// holds a signed event ([`crate::members`]) and whose UUID is the event's. Its rows are
+/// never updated or deleted.
+pub fn check_event_op(op: &Op) -> Result<(), String> {
+    if op.method != Method::SharedCreate {
+        return Err("devices_log rows are only created, never changed".into());
+    }
+    let Some(crate::value::Value::Text(text)) = op.fields.get(EVENT_COLUMN) else {
+        return Err("a devices_log row holds an event".into());
+    };
+    let event = SignedEvent::from_text(text).map_err(|e| e.to_string())?;
+    event
+        .verify()
+        .map_err(|e| format!("devices_log event: {e}"))?;
+    if op.uuid != Some(event.row_uuid()) || op.fields.len() != 1 {
+        return Err("a devices_log row's UUID is its event's".into());
+    }
+    Ok(())
+}
+
 /// The events this node holds, its root, and their fold.
 #[derive(Debug, Clone, Default)]
 pub struct MembersState {
@@ -626,8 +653,8 @@ impl Claim {
 /// The one-time key of a device named in advance (`murmur init --devices`), derived from
 /// the library secret and the name: any holder of the secret can claim the name, once.
 pub fn named_invite_key(secret: &[u8; 32], name: &str) -> (Uuid, ed25519::Keypair) {
-    let mut seed = *blake3::keyed_hash(secret, format!("murmur named invite {name}").as_bytes())
-        .as_bytes();
+    let mut seed =
+        *blake3::keyed_hash(secret, format!("murmur named invite {name}").as_bytes()).as_bytes();
     let key = ed25519::SecretKey::try_from_bytes(&mut seed)
         .map(ed25519::Keypair::from)
         .unwrap_or_else(|_| ed25519::Keypair::generate());
@@ -757,7 +784,10 @@ mod tests {
                 },
             )
         };
-        let m = fold(Some(key(&root)), &[invite.clone(), claim(&a, 10), claim(&b, 11)]);
+        let m = fold(
+            Some(key(&root)),
+            &[invite.clone(), claim(&a, 10), claim(&b, 11)],
+        );
         assert_eq!(m.standing(&client(&a)), Standing::Member);
         assert_eq!(m.standing(&client(&b)), Standing::NotMember);
         assert_eq!(m.invites[&id].used_by, Some(client(&a)));

@@ -182,6 +182,15 @@ impl Remote<'_> {
                 ));
                 continue;
             }
+            if op.resource == DEVICES_LOG
+                && let Err(why) = crate::members::check_event_op(op)
+            {
+                report.rejected.push((
+                    id,
+                    Rejection::new(RejectReason::Malformed, format!("op {id}: {why}")),
+                ));
+                continue;
+            }
             // An op of a resource or field this registry does not know is kept (and logged:
             // it counts as received); only its known part, if any, is merged.
             let unknown = match &change {
@@ -377,8 +386,7 @@ impl Remote<'_> {
         let devices = tx.devices();
         // The owned rows of a device removed with `forget_data` are deleted everywhere; a
         // peer that has not heard of it yet may still send them.
-        let forgotten: std::collections::HashSet<Uuid> =
-            self.members.folded.forgotten().collect();
+        let forgotten: std::collections::HashSet<Uuid> = self.members.folded.forgotten().collect();
         if !forgotten.is_empty() {
             accepted.retain(|r| match r {
                 SnapshotRow::Owned { ts, .. } | SnapshotRow::OwnedTombstone { ts, .. } => devices

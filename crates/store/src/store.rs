@@ -582,7 +582,7 @@ impl Store {
             let m = s.members_state();
             s.remote(&m).learn_authors(&proofs).await
         })
-            .await
+        .await
     }
 
     /// Ends a snapshot import: for each of `proofs` (from [`Store::snapshot_proofs`] of the
@@ -598,7 +598,7 @@ impl Store {
             let m = s.members_state();
             s.remote(&m).finish_snapshot(&proofs).await
         })
-            .await
+        .await
     }
 
     /// Removes from the log every op covered by `horizon` (per author, a seq) and not above
@@ -610,7 +610,7 @@ impl Store {
             let m = s.members_state();
             s.remote(&m).prune(&horizon).await
         })
-            .await
+        .await
     }
 
     // -----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 
 use crate::op::{Change, Method, Op, RejectReason, Rejection, SnapshotRow, VersionVector};
 use crate::registry::{Kind, Registry};
-use crate::value::Value;
 
 /// The largest sequence number SQLite can store (it is an i64 there).
 pub const MAX_SEQ: u64 = i64::MAX as u64;
@@ -86,9 +85,6 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), Rejection> {
     if op.method != Method::OwnedBatchCreate && !op.groups.is_empty() {
         return malformed("only a batch has groups of rows");
     }
-    if op.resource == crate::members::DEVICES_LOG {
-        return validate_member_event(op).or_else(|why| malformed(&why));
-    }
     match op.method {
         Method::OwnedBatchCreate => {
             if op.uuid.is_some() || op.property.is_some() || op.value.is_some() {
@@ -139,24 +135,6 @@ pub fn validate_op(registry: &Registry, op: &Op) -> Result<(), Rejection> {
                 ));
             }
         }
-    }
-    Ok(())
-}
-
-/// A `devices_log` op is the creation of one event's row: a `SharedCreate` whose `event`
-/// holds a signed event ([`crate::members`]) and whose UUID is the event's. Its rows are
-/// never updated or deleted.
-fn validate_member_event(op: &Op) -> Result<(), String> {
-    if op.method != Method::SharedCreate {
-        return Err("devices_log rows are only created, never changed".into());
-    }
-    let Some(Value::Text(text)) = op.fields.get(crate::members::EVENT_COLUMN) else {
-        return Err("a devices_log row holds an event".into());
-    };
-    let event = crate::members::SignedEvent::from_text(text).map_err(|e| e.to_string())?;
-    event.verify().map_err(|e| format!("devices_log event: {e}"))?;
-    if op.uuid != Some(event.row_uuid()) || op.fields.len() != 1 {
-        return Err("a devices_log row's UUID is its event's".into());
     }
     Ok(())
 }

@@ -565,7 +565,11 @@ impl SyncLoop {
                         warn!("cannot mute the peer: {e}");
                     }
                     self.start_pull(peer);
-                    if self.peers.pull_state(&peer).is_none_or(|s| s == PullState::Idle) {
+                    if self
+                        .peers
+                        .pull_state(&peer)
+                        .is_none_or(|s| s == PullState::Idle)
+                    {
                         self.block_removed(peer).await;
                     }
                 }
@@ -597,8 +601,15 @@ impl SyncLoop {
         if let Err(reason) = serve::standing(&self.store, &client) {
             self.peers.set_client(&source, client);
             self.metrics.reject(reason.label());
-            serve::refuse_peer(&self.net, &self.peers, &self.metrics, source, client, reason)
-                .await;
+            serve::refuse_peer(
+                &self.net,
+                &self.peers,
+                &self.metrics,
+                source,
+                client,
+                reason,
+            )
+            .await;
             return;
         }
         // The pull that ran on connecting could not mark the client synchronized: its

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use uuid::Uuid;
 use murmur_p2p::Responder;
 use murmur_store::{
     AuthorRange, MAX_PAGE_BYTES, OpsCursor, OpsPage, Store, StoreError, VersionVector,
@@ -15,6 +14,7 @@ use murmur_store::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span};
+use uuid::Uuid;
 
 use murmur_store::members::{ClaimRefusal, Event, Standing};
 use tracing::{info, warn};
@@ -67,7 +67,11 @@ pub(crate) struct Server {
 }
 
 /// The standing of `peer`'s device: `Ok(client)` for a member.
-pub(crate) fn peer_standing(store: &Store, peers: &PeerTable, peer: &PeerId) -> Result<Uuid, Refusal> {
+pub(crate) fn peer_standing(
+    store: &Store,
+    peers: &PeerTable,
+    peer: &PeerId,
+) -> Result<Uuid, Refusal> {
     let Some(client) = peers.client(peer) else {
         return Err(Refusal::UnknownDevice);
     };
