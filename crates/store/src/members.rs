@@ -392,7 +392,7 @@ pub fn fold(root: Option<Hash>, events: &[SignedEvent]) -> Membership {
         .filter(|e| e.verify().is_ok())
         .map(|e| (e.ts, e.row_uuid(), e))
         .collect();
-    sorted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    sorted.sort_by_key(|a| (a.0, a.1));
     sorted.dedup_by(|a, b| a.1 == b.1);
     let mut m = Membership {
         root,
