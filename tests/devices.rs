@@ -380,6 +380,14 @@ async fn an_expired_or_used_invitation_is_refused_with_a_clear_message() {
         matches!(late.node().join_status(), JoinStatus::Failed(m) if m.contains("expired"))
     })
     .await;
+    let (_, st) = late.get("/v1/status").await;
+    assert_eq!(st["join"]["state"], "failed", "{st}");
+    assert!(
+        st["join"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("expired")),
+        "{st}"
+    );
     for n in [&c, &late] {
         assert_eq!(
             a.node().store().members().standing(&n.node().client_uuid()),

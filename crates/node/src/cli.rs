@@ -387,6 +387,18 @@ fn status_text(st: &Status) -> String {
     out += &format!("library     {}\n", st.library_id);
     out += &format!("listening   {}\n", st.listen_addrs.join(", "));
     out += &format!("op log      {} pending operations\n", st.pending_operations);
+    match &st.join {
+        Some(crate::sync::JoinStatus::Pending) => {
+            out += "joining     the invitation is sent to the members met; waiting for one to admit this device\n"
+        }
+        Some(crate::sync::JoinStatus::Failed(why)) => {
+            out += &format!("joining     refused: {why}\n")
+        }
+        Some(crate::sync::JoinStatus::Joined) => {
+            out += "joining     admitted: this device is a member\n"
+        }
+        _ => {}
+    }
     if !st.waiting.is_empty() {
         let why: Vec<String> = st.waiting.iter().map(|(r, n)| format!("{n} {r}")).collect();
         out += &format!("waiting     {} (kept for a newer schema)\n", why.join(", "));

@@ -252,6 +252,7 @@ impl Node {
                 peers,
                 library_id: library_id.clone(),
                 stale_after: config.stale_after,
+                join: join_rx.clone(),
             }),
             devices: devices.clone(),
             max_rows: config.api_options.max_rows,

@@ -62,7 +62,7 @@ pub use self::pull::{PULLS_CAP, PullError, PullSummary, RESPONSE_DECODE_CAP};
 use self::serve::Server;
 pub use self::serve::{RequestRejection, SERVE_CAP, serve_request};
 use murmur_store::members::{Claim, ClaimRefusal, Membership, Standing};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceBinding;
 use crate::metrics::Metrics;
@@ -133,7 +133,7 @@ pub struct SyncLoop {
 }
 
 /// Where this device's claim of an invitation stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "detail", rename_all = "snake_case")]
 pub enum JoinStatus {
     /// No claim (this device was a member, or joined with the secret only).
