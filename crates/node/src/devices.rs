@@ -210,10 +210,7 @@ impl DevicesSource {
                 let at = DateTime::from_timestamp_millis(x.at_ms);
                 r.last_seen = r.last_seen.max(at);
             }
-            if let Some(p) = connected
-                .iter()
-                .find(|p| p.client_uuid == Some(r.client) && p.refused.is_none())
-            {
+            if let Some(p) = connected.iter().find(|p| p.client_uuid == Some(r.client)) {
                 r.connected = true;
                 r.peer_id = Some(p.peer_id.to_string());
             }

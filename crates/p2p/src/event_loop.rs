@@ -215,6 +215,7 @@ where
             }
             Command::Mute { peer } => {
                 self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Unmute { peer } => {
                 self.swarm

@@ -310,9 +310,11 @@ impl<Req, Resp> Handle<Req, Resp> {
             .map_err(|_| P2pError::Shutdown)
     }
 
-    /// Mutes a peer on gossip: none of its messages are taken and none are sent to it (its
-    /// connections and requests go on). The node mutes a peer whose device is not a member
-    /// of the library, which may still claim an invitation.
+    /// Mutes a peer on gossip: none of its messages are taken and none are sent to it.
+    /// gossipsub keeps sending to a peer whose subscription it already has, so the peer's
+    /// connections are closed too; on a new connection (it may redial, and its requests are
+    /// answered) gossipsub ignores it. The node mutes a peer whose device is not a member of
+    /// the library.
     pub async fn mute(&self, peer: PeerId) -> Result<(), P2pError> {
         self.commands
             .send(Command::Mute { peer })

@@ -553,17 +553,14 @@ impl SyncLoop {
                         warn!("cannot unmute the peer: {e}");
                     }
                 }
-                // Removed while connected: muted at once (it gets nothing more), pulled
-                // from one last time (events it signed concurrently, such as its own
-                // removal of another device, still count), then blocked.
+                // Removed while connected: pulled from one last time (events it signed
+                // concurrently, such as its own removal of another device, still count;
+                // its requests are refused meanwhile), then blocked.
                 (Err(Refusal::Removed), r) if r != Some(Refusal::Removed) => {
                     self.peers
                         .set_refused(&peer, client, Some(Refusal::Removed));
                     self.metrics.peers_refused.inc();
                     info!(%peer, %client, "the device was removed: a last pull, then its connections are refused");
-                    if let Err(e) = self.net.mute(peer).await {
-                        warn!("cannot mute the peer: {e}");
-                    }
                     self.start_pull(peer);
                     if self
                         .peers

@@ -140,24 +140,30 @@ impl Server {
 
     /// A peer's `Hello`: its binding checked against the peer id the request came from,
     /// its device recorded, its standing answered (a refused peer is muted or blocked).
-    async fn hello(&self, peer: PeerId, device: &DeviceBinding) -> Response {
+    async fn hello(
+        &self,
+        peer: PeerId,
+        device: &DeviceBinding,
+    ) -> (Response, Option<(Uuid, Refusal)>) {
         let client = match device.verify(&peer) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reject("bad_binding");
                 debug!(%peer, "hello refused: {e}");
-                return Response::Refused {
-                    reason: Refusal::UnknownDevice,
-                };
+                return (
+                    Response::Refused {
+                        reason: Refusal::UnknownDevice,
+                    },
+                    None,
+                );
             }
         };
         self.peers.set_client(&peer, client);
         match standing(&self.store, &client) {
-            Ok(()) => Response::Welcome,
+            Ok(()) => (Response::Welcome, None),
             Err(reason) => {
                 self.metrics.reject(reason.label());
-                refuse_peer(&self.net, &self.peers, &self.metrics, peer, client, reason).await;
-                Response::Refused { reason }
+                (Response::Refused { reason }, Some((client, reason)))
             }
         }
     }
@@ -173,8 +179,12 @@ impl Server {
         // Only a member's device is answered; a new device may claim an invitation.
         match &request {
             Request::Hello { device } => {
-                let resp = self.hello(peer, device).await;
+                let (resp, refused) = self.hello(peer, device).await;
                 let _ = responder.respond(resp).await;
+                // Told first, then muted or blocked (which closes its connections).
+                if let Some((client, reason)) = refused {
+                    refuse_peer(&self.net, &self.peers, &self.metrics, peer, client, reason).await;
+                }
                 return;
             }
             Request::Join { .. } => {}
