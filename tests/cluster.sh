@@ -338,6 +338,22 @@ t=$(now_ms)
 wait_for "every node connected to the two others" all_meshed
 timing "mesh formed (every node sees 2 peers)" $(($(now_ms) - t))
 
+# --- Membership: the init step made node1 the founder and named node2 and node3, which
+# claimed their names (MURMUR_JOIN=named): all three are members on every node.
+members_ok() {
+  local n
+  for n in 1 2 3; do
+    http GET "${PORTS[$n]}" /v1/devices | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+names = sorted(r["name"] for r in d["devices"] if r["state"] == "member")
+sys.exit(0 if d["enforced"] and names == ["node1", "node2", "node3"] else 1)
+' || return 1
+  done
+}
+wait_for "node1, node2 and node3 members on every node (GET /v1/devices)" members_ok
+echo "membership enforced; members: node1 (founder, by the init step), node2, node3 (named in advance)"
+
 # --- 3. Discovery by mDNS. -----------------------------------------------------------------
 
 say "discovery (no static peers are configured)"

@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Response::Fingerprints(_) | Response::Range(_) => {}
             Response::SnapshotRequired | Response::Error(_) => {}
+            Response::Welcome | Response::Joined { .. } | Response::Refused { .. } => {}
         }
     });
 });

@@ -44,6 +44,8 @@ pub struct AppState {
     pub events: broadcast::Sender<murmur_store::RowEvent>,
     /// Status.
     pub status: Arc<StatusSource>,
+    /// The library's devices, invitations, removals.
+    pub devices: Arc<crate::devices::DevicesSource>,
     /// Most rows of one owned POST, entries of one batch.
     pub max_rows: usize,
 }
@@ -149,6 +151,9 @@ pub fn router(state: AppState) -> Router {
             get(get_owned).delete(delete_owned),
         )
         .route("/v1/batch", axum::routing::post(batch))
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/{client}", axum::routing::delete(remove_device))
+        .route("/v1/invites", axum::routing::post(create_invite))
         .route("/v1/files", get(files))
         .route("/v1/digest", get(digest))
         .route("/v1/diff", get(diff))
@@ -187,11 +192,79 @@ fn object(body: J, what: &str) -> ApiResult<serde_json::Map<String, J>> {
     }
 }
 
+/// `devices_log` is written by murmur only (invitations, admissions, removals).
+fn not_system(resource: &str) -> ApiResult<()> {
+    if resource == murmur_store::members::DEVICES_LOG {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "devices_log is written by murmur itself: use `murmur invite` (POST /v1/invites) \
+             and `murmur devices remove` (DELETE /v1/devices/{client})",
+        ));
+    }
+    Ok(())
+}
+
+async fn list_devices(State(s): State<AppState>) -> ApiResult<Json<crate::devices::Devices>> {
+    Ok(Json(s.devices.list().await?))
+}
+
+/// The body of `POST /v1/invites`.
+#[derive(Debug, Deserialize, Default)]
+struct InviteBody {
+    /// How long the invitation may be used ("10m", "1h", "7d"; default 1 h).
+    expires: Option<String>,
+}
+
+async fn create_invite(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let b: InviteBody = if body.is_empty() {
+        InviteBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let valid_for = match b.expires.as_deref() {
+        None => std::time::Duration::from_secs(3600),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`expires`: {e}")))?,
+    };
+    let (_, doc) = s.devices.invite(valid_for).await?;
+    Ok((StatusCode::CREATED, Json(doc)))
+}
+
+/// The query of `DELETE /v1/devices/{client}`.
+#[derive(Debug, Deserialize)]
+struct RemoveQuery {
+    /// Delete the device's owned rows everywhere.
+    #[serde(default)]
+    forget_data: bool,
+}
+
+async fn remove_device(
+    State(s): State<AppState>,
+    Path(client): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Json<J>> {
+    use crate::devices::DeviceError;
+    match s.devices.remove(&client, q.forget_data).await {
+        Ok(c) => Ok(Json(
+            json!({"client": c, "removed": true, "forget_data": q.forget_data}),
+        )),
+        Err(DeviceError::Unknown(d)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no device named {d}"),
+        )),
+        Err(e @ DeviceError::ThisDevice) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Err(DeviceError::Store(e)) => Err(e.into()),
+    }
+}
+
 async fn create_shared(
     State(s): State<AppState>,
     Path(resource): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
+    not_system(&resource)?;
     let mut fields = object(parse_json(&body)?, "the body")?;
     let uuid = match fields.remove("uuid") {
         None | Some(J::Null) => None,
@@ -215,6 +288,7 @@ async fn update_shared(
     Path((resource, uuid)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<J>> {
+    not_system(&resource)?;
     let uuid = parse_uuid(&uuid)?;
     let fields = object(parse_json(&body)?, "the body")?;
     let out = s.store.update_shared(&resource, uuid, fields).await?;
@@ -225,6 +299,7 @@ async fn delete_shared(
     State(s): State<AppState>,
     Path((resource, uuid)): Path<(String, String)>,
 ) -> ApiResult<Json<J>> {
+    not_system(&resource)?;
     let uuid = parse_uuid(&uuid)?;
     s.store.delete_shared(&resource, uuid).await?;
     Ok(Json(json!({"uuid": uuid, "deleted": true})))
@@ -360,6 +435,7 @@ async fn batch(State(s): State<AppState>, body: Bytes) -> ApiResult<Json<J>> {
             )
         };
         let it: BatchItem = serde_json::from_value(item).map_err(|e| bad(e.to_string()))?;
+        not_system(&it.resource)?;
         let uuid = it
             .uuid
             .as_deref()

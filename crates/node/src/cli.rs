@@ -76,6 +76,194 @@ async fn get_within(
     Ok(body)
 }
 
+/// Sends a write (`POST` or `DELETE`) with the token and returns the JSON answer.
+async fn send(
+    args: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<J>,
+) -> anyhow::Result<J> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let mut req = client
+        .request(method, url(&args.api, path))
+        .bearer_auth(token(args)?.as_str());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.with_context(|| {
+        format!(
+            "no murmur node answers at {} (is `murmur run` running? see --api)",
+            args.api
+        )
+    })?;
+    let status = resp.status();
+    let body: J = resp
+        .json()
+        .await
+        .context("the node sent a body that is not JSON")?;
+    if !status.is_success() {
+        bail!("{status}: {}", body["error"].as_str().unwrap_or("error"));
+    }
+    Ok(body)
+}
+
+/// `murmur init`: a new library with this device as its founder.
+pub async fn init(a: &crate::config::InitArgs) -> anyhow::Result<()> {
+    let secret = match (&a.library_secret, &a.library_secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(f)) => Some(crate::identity::LibrarySecret::read(f)?),
+        (None, None) => None,
+    };
+    let id = crate::init(&a.data_dir, a.device_name.as_deref(), &a.devices, secret).await?;
+    println!(
+        "library {id} in {}: this device is its founder",
+        a.data_dir.display()
+    );
+    if !a.devices.is_empty() {
+        println!(
+            "named in advance: {} (each is admitted when it starts with the library secret and \
+             `--device-name <name> --join named`)",
+            a.devices.join(", ")
+        );
+    }
+    println!(
+        "start it with `murmur run --data-dir {}`; invite a device with `murmur invite`",
+        a.data_dir.display()
+    );
+    Ok(())
+}
+
+/// `murmur invite`: one invitation, printed or written to `--out` (0600).
+pub async fn invite(a: &crate::config::InviteArgs) -> anyhow::Result<()> {
+    let expires = humantime::format_duration(a.expires).to_string();
+    let body = send(
+        &a.client,
+        reqwest::Method::POST,
+        "/v1/invites",
+        Some(serde_json::json!({ "expires": expires })),
+    )
+    .await?;
+    let inv = body["invitation"].as_str().unwrap_or_default();
+    match &a.out {
+        Some(path) => {
+            crate::files::write_private(path, format!("{inv}\n").as_bytes())?;
+            eprintln!(
+                "wrote an invitation for one device to {} (valid until {}); on the new device: \
+                 murmur run --join {}",
+                path.display(),
+                s(&body["expires"]),
+                path.display()
+            );
+        }
+        None => {
+            println!("{inv}");
+            eprintln!(
+                "an invitation for one device, valid until {}; on the new device: murmur run --join <invitation>",
+                s(&body["expires"])
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `murmur devices` and `murmur devices remove`.
+pub async fn devices(a: &crate::config::DevicesArgs) -> anyhow::Result<()> {
+    match &a.action {
+        Some(crate::config::DevicesAction::Remove {
+            device,
+            forget_data,
+            client,
+        }) => {
+            // A name is resolved by the node; a path segment must be escaped.
+            let seg: String = device
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let path = format!("/v1/devices/{seg}?forget_data={forget_data}");
+            let body = send(client, reqwest::Method::DELETE, &path, None).await?;
+            println!(
+                "removed {} ({}): every node refuses it from now on{}",
+                device,
+                s(&body["client"]),
+                if *forget_data {
+                    "; its owned rows are deleted everywhere"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        None => {
+            let body = get(&a.client, "/v1/devices").await?;
+            if a.client.json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
+            let d: crate::devices::Devices = serde_json::from_value(body)?;
+            print!("{}", devices_text(&d));
+            Ok(())
+        }
+    }
+}
+
+fn devices_text(d: &crate::devices::Devices) -> String {
+    let rows: Vec<Vec<String>> = d
+        .devices
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}{}", r.name, if r.this_device { " (this)" } else { "" }),
+                r.client.to_string(),
+                r.state.clone(),
+                cut(&text(r.peer_id.as_deref()), 16),
+                r.admitted_by.map_or("-".into(), |u| cut(&u.to_string(), 8)),
+                when(r.admitted_at),
+                when(r.last_seen),
+                when(r.last_synchronized),
+                if r.connected { "yes" } else { "no" }.into(),
+                when(r.removed_at),
+            ]
+        })
+        .collect();
+    let mut out = if d.enforced {
+        String::new()
+    } else {
+        "membership not enforced: this library has no founder recorded (it predates \
+         membership), so every holder of the secret is a member; removals are enforced\n"
+            .to_owned()
+    };
+    out.push_str(&table(
+        &[
+            "NAME",
+            "CLIENT",
+            "STATE",
+            "PEER ID",
+            "ADMITTED BY",
+            "ADMITTED",
+            "LAST SEEN",
+            "LAST SYNCHRONIZED",
+            "CONNECTED",
+            "REMOVED",
+        ],
+        &rows,
+    ));
+    if !d.invitations.is_empty() {
+        out.push_str(&format!(
+            "{} invitation(s) not used yet\n",
+            d.invitations.len()
+        ));
+    }
+    out
+}
+
 fn s(v: &J) -> String {
     match v {
         J::Null => "-".into(),
@@ -199,6 +387,18 @@ fn status_text(st: &Status) -> String {
     out += &format!("library     {}\n", st.library_id);
     out += &format!("listening   {}\n", st.listen_addrs.join(", "));
     out += &format!("op log      {} pending operations\n", st.pending_operations);
+    match &st.join {
+        Some(crate::sync::JoinStatus::Pending) => {
+            out += "joining     the invitation is sent to the members met; waiting for one to admit this device\n"
+        }
+        Some(crate::sync::JoinStatus::Failed(why)) => {
+            out += &format!("joining     refused: {why}\n")
+        }
+        Some(crate::sync::JoinStatus::Joined) => {
+            out += "joining     admitted: this device is a member\n"
+        }
+        _ => {}
+    }
     if !st.waiting.is_empty() {
         let why: Vec<String> = st.waiting.iter().map(|(r, n)| format!("{n} {r}")).collect();
         out += &format!("waiting     {} (kept for a newer schema)\n", why.join(", "));

@@ -38,6 +38,12 @@ pub enum Command {
     /// Exit 0 when a running node answers its health check, 1 otherwise (for container
     /// healthchecks).
     Health(ClientArgs),
+    /// Create a library with this device as its founder (and devices named in advance).
+    Init(InitArgs),
+    /// Make an invitation for one new device (ask a running member).
+    Invite(InviteArgs),
+    /// List the library's devices, or remove one.
+    Devices(DevicesArgs),
 }
 
 /// Options of the commands that talk to a running node.
@@ -148,6 +154,83 @@ pub struct RunArgs {
     /// repairs the rows where they differ (advanced).
     #[arg(long, env = "MURMUR_REPAIR_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub repair_interval: Duration,
+    /// This device's name among the library's devices (default: the host name).
+    #[arg(long, env = "MURMUR_DEVICE_NAME")]
+    pub device_name: Option<String>,
+    /// Join a library: an invitation from `murmur invite` (its text, or a file holding
+    /// it), or `named` for a device named in advance by `murmur init --devices`.
+    #[arg(long, env = "MURMUR_JOIN", hide_env_values = true, value_parser = parse_join)]
+    pub join: Option<JoinWith>,
+}
+
+fn parse_secret(s: &str) -> Result<LibrarySecret, String> {
+    LibrarySecret::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_join(s: &str) -> Result<JoinWith, String> {
+    JoinWith::parse(s).map_err(|e| e.to_string())
+}
+
+/// Options of `murmur init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Data dir of the new library's first device.
+    #[arg(long, env = "MURMUR_DATA_DIR", default_value = "./murmur-data")]
+    pub data_dir: PathBuf,
+    /// This device's name (default: the host name).
+    #[arg(long, env = "MURMUR_DEVICE_NAME")]
+    pub device_name: Option<String>,
+    /// Devices named in advance (comma-separated): each is admitted when it starts with
+    /// the library secret and `--device-name <name> --join named`, once.
+    #[arg(long, env = "MURMUR_DEVICES", value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Use this library's secret (64 hex characters in a file) instead of a new one.
+    #[arg(long, env = "MURMUR_LIBRARY_SECRET_FILE")]
+    pub library_secret_file: Option<PathBuf>,
+    /// Use this library's secret (the environment variable, for containers).
+    #[arg(long, env = "MURMUR_LIBRARY_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub library_secret: Option<LibrarySecret>,
+}
+
+/// Options of `murmur invite`.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// How long the invitation may be used (e.g. 10m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub expires: Duration,
+    /// Write the invitation to this file (mode 0600) instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The node to ask.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `murmur devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// `remove <name|client>`, or nothing to list the devices.
+    #[command(subcommand)]
+    pub action: Option<DevicesAction>,
+    /// The node to ask.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// What `murmur devices` does.
+#[derive(Debug, Subcommand)]
+pub enum DevicesAction {
+    /// Remove a device (lost, sold, retired): every node refuses it from then on.
+    Remove {
+        /// Its name or client UUID.
+        device: String,
+        /// Also delete its owned rows (file paths, media data) on every node.
+        #[arg(long)]
+        forget_data: bool,
+        /// The node to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// A node's configuration.
@@ -186,9 +269,50 @@ pub struct Config {
     /// The synced resources (an embedder that adds resources, or a test of another build's
     /// schema, sets its own; their tables must exist).
     pub registry: murmur_store::Registry,
+    /// This device's name among the library's devices (default: the host name).
+    pub device_name: Option<String>,
+    /// How this device joins the library: with an invitation, or by the name a member
+    /// gave it in advance (`murmur init --devices`).
+    pub join: Option<JoinWith>,
+    /// Record this device as the library's founder (its trust root) when none is recorded.
+    /// A node that creates a new library does so by itself.
+    pub found: bool,
+    /// Devices named in advance (`murmur init --devices`): each is admitted when it claims
+    /// its name with the library secret, once.
+    pub pre_named: Vec<String>,
     /// Test only: the share of incoming gossip messages to drop (0.0 in real use).
     #[cfg(feature = "fault-injection")]
     pub gossip_drop_rate: f64,
+}
+
+/// How a new device joins.
+#[derive(Debug, Clone)]
+pub enum JoinWith {
+    /// An invitation a member made (`murmur invite`).
+    Invitation(Box<crate::invite::Invitation>),
+    /// The name a member gave this device in advance, claimed with the library secret.
+    Named,
+}
+
+impl JoinWith {
+    /// Parses `--join`: `named`, an invitation's text, or a file holding one.
+    pub fn parse(text: &str) -> anyhow::Result<JoinWith> {
+        let text = text.trim();
+        if text == "named" {
+            return Ok(JoinWith::Named);
+        }
+        if text.starts_with(crate::invite::PREFIX) {
+            return Ok(JoinWith::Invitation(Box::new(
+                crate::invite::Invitation::parse(text)?,
+            )));
+        }
+        let bytes = crate::files::read_private(std::path::Path::new(text)).map_err(|e| {
+            anyhow::anyhow!("--join {text}: not an invitation, nor a file holding one: {e}")
+        })?;
+        Ok(JoinWith::Invitation(Box::new(
+            crate::invite::Invitation::parse(&String::from_utf8_lossy(&bytes))?,
+        )))
+    }
 }
 
 impl Config {
@@ -216,6 +340,10 @@ impl Config {
             durability: Durability::Full,
             clock: PhysicalClock::System,
             registry: murmur_store::Registry::default_library(),
+            device_name: None,
+            join: None,
+            found: false,
+            pre_named: Vec::new(),
             #[cfg(feature = "fault-injection")]
             gossip_drop_rate: 0.0,
         }
@@ -254,6 +382,8 @@ impl From<RunArgs> for Config {
             prune_interval: a.prune_interval,
             versions_interval: a.announce_interval,
             repair_interval: a.repair_interval,
+            device_name: a.device_name.filter(|n| !n.is_empty()),
+            join: a.join,
             ..Config::local(PathBuf::new())
         }
     }

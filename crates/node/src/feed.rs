@@ -88,7 +88,8 @@ impl Feed {
                     debug!(op = %id, "rejected: {why}");
                 }
             }
-            Origin::Snapshot => {}
+            // Rows of a device removed with `forget_data`, deleted (logged by the store).
+            Origin::Snapshot | Origin::Forget => {}
             Origin::Prune => {
                 m.ops_pruned.inc_by(c.pruned);
             }

@@ -6,6 +6,9 @@
 //! - [`identity`]: the data dir: the device key (the client UUID derives from it) and the
 //!   library secret; [`files`]: owner-only files (0700/0600); [`token`]: the API token.
 //! - [`device`]: which device a peer is (a peer id names one run; the device key binds it).
+//! - [`devices`]: the library's devices as `/v1/devices` lists them, invitations and
+//!   removals ([`invite`]: an invitation's text); the membership itself is the store's
+//!   (`murmur_store::members`).
 //! - [`protocol`]: gossip and request-response messages, and the network handle's type.
 //! - [`sync`]: the sync loop (gossip in, catch-up, snapshots, pruning): the actor, gossip
 //!   checks, the request server, the puller and the peer table.
@@ -23,12 +26,14 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod devices;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feed;
 pub mod files;
 pub mod guard;
 pub mod identity;
+pub mod invite;
 pub mod metrics;
 pub mod protocol;
 pub mod status;
@@ -50,20 +55,26 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
-pub use config::Config;
+pub use config::{Config, JoinWith};
+pub use sync::JoinStatus;
 
 use crate::device::DeviceBinding;
 use crate::feed::Feed;
 use crate::identity::{Join, LibrarySecret, open_data_dir_joining};
+use crate::invite::Invitation;
 use crate::metrics::Metrics;
 use crate::sync::{PeerTable, SyncLoop, SyncOptions};
 use crate::token::{ApiToken, TOKEN_FILE};
+use murmur_store::members::Claim;
+use murmur_store::proof::Hash;
 
 /// Subscribers of `/v1/events` that fall this far behind are told they lagged.
 const EVENTS_CAP: usize = 4096;
 
 /// A running node.
 pub struct Node {
+    devices: Arc<devices::DevicesSource>,
+    join: watch::Receiver<JoinStatus>,
     store: Store,
     net: sync::Net,
     metrics: Arc<Metrics>,
@@ -83,6 +94,11 @@ pub struct Node {
 impl Node {
     /// Opens the data dir and the store, starts the swarm, the sync loop and the API.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let mut config = config;
+        let invitation = match &config.join {
+            Some(JoinWith::Invitation(i)) => Some((**i).clone()),
+            _ => None,
+        };
         let join = match (&config.library_secret, &config.library_secret_file) {
             (Some(s), _) => Some(Join {
                 secret: s.clone(),
@@ -92,8 +108,25 @@ impl Node {
                 secret: LibrarySecret::read(f)?,
                 from: f.display().to_string(),
             }),
-            (None, None) => None,
+            (None, None) => invitation.as_ref().map(|i| Join {
+                secret: i.secret.clone(),
+                from: "the invitation".into(),
+            }),
         };
+        if let (Some(inv), Some(j)) = (&invitation, &join)
+            && inv.secret != j.secret
+        {
+            anyhow::bail!(
+                "the invitation is for library {}, but {} is the secret of library {}",
+                inv.secret.library_id(),
+                j.from,
+                j.secret.library_id()
+            );
+        }
+        if let Some(inv) = &invitation {
+            // The member that made the invitation knows it first: dial it.
+            config.peers.extend(inv.addrs.iter().cloned());
+        }
         let dir = open_data_dir_joining(&config.data_dir, join)?;
         let token_file = config
             .api_options
@@ -124,7 +157,7 @@ impl Node {
         let transport = Keypair::generate_ed25519();
         let peer_id = transport.public().to_peer_id();
         let binding = DeviceBinding::sign(&device_key, &peer_id);
-        let mut opts = StoreOptions::new(dir.database(), device_key);
+        let mut opts = StoreOptions::new(dir.database(), device_key.clone());
         opts.max_drift = config.max_drift;
         opts.clock = config.clock.clone();
         opts.durability = config.durability;
@@ -139,6 +172,7 @@ impl Node {
         );
         // Taken before anything can write: every commit from now on is in the feed.
         let commits = store.commits();
+        let device_name = device_name(config.device_name.as_deref());
 
         let mut net_config =
             murmur_p2p::Config::new(transport, dir.secret.0, format!("murmur/{library_id}/ops"));
@@ -148,6 +182,17 @@ impl Node {
         let (net, net_events) =
             murmur_p2p::spawn::<protocol::Request, protocol::Response>(net_config)
                 .context("cannot start the network")?;
+
+        let claim = membership_at_start(
+            &store,
+            &device_key,
+            &dir,
+            &config,
+            &device_name,
+            invitation.as_ref(),
+        )
+        .await?;
+        let (join_status, join_rx) = watch::channel(JoinStatus::None);
 
         let metrics = Arc::new(Metrics::new());
         #[cfg(feature = "fault-injection")]
@@ -180,6 +225,8 @@ impl Node {
                 #[cfg(feature = "fault-injection")]
                 faults: faults.clone(),
             },
+            claim,
+            join_status,
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -189,6 +236,12 @@ impl Node {
                 .instrument(info_span!("sync", %client)),
         ));
 
+        let devices = Arc::new(devices::DevicesSource {
+            store: store.clone(),
+            net: net.clone(),
+            peers: peers.clone(),
+            secret: dir.secret.clone(),
+        });
         let state = api::AppState {
             store: store.clone(),
             metrics: metrics.clone(),
@@ -199,7 +252,9 @@ impl Node {
                 peers,
                 library_id: library_id.clone(),
                 stale_after: config.stale_after,
+                join: join_rx.clone(),
             }),
+            devices: devices.clone(),
             max_rows: config.api_options.max_rows,
         };
         let listener = tokio::net::TcpListener::bind(config.api)
@@ -216,8 +271,10 @@ impl Node {
                 tracing::error!("API server failed: {e}");
             }
         }));
-        info!(%client, %peer_id, library = %library_id, api = %api_addr, "murmur node started");
+        info!(%client, %peer_id, library = %library_id, api = %api_addr, device = device_name.as_str(), "murmur node started");
         Ok(Node {
+            devices,
+            join: join_rx,
             store,
             net,
             metrics,
@@ -238,6 +295,33 @@ impl Node {
     /// through the store's commit feed, which the node consumes.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The library's devices (as `/v1/devices` lists them).
+    pub async fn devices(&self) -> anyhow::Result<devices::Devices> {
+        Ok(self.devices.list().await?)
+    }
+
+    /// Makes an invitation for one new device, valid for `valid_for`.
+    pub async fn invite(&self, valid_for: std::time::Duration) -> anyhow::Result<Invitation> {
+        Ok(self.devices.invite(valid_for).await?.0)
+    }
+
+    /// Removes a device (by name or client UUID); `forget_data` deletes its owned rows
+    /// everywhere.
+    pub async fn remove_device(&self, device: &str, forget_data: bool) -> anyhow::Result<Uuid> {
+        Ok(self.devices.remove(device, forget_data).await?)
+    }
+
+    /// Whether `peer` answered this node's `Hello` with `Welcome` (its gossip is taken from
+    /// then on; before, it is left to catch-up).
+    pub fn welcomed(&self, peer: &PeerId) -> bool {
+        self.devices.peers.welcomed(peer)
+    }
+
+    /// Where this device's claim of an invitation stands.
+    pub fn join_status(&self) -> JoinStatus {
+        self.join.borrow().clone()
     }
 
     /// The API's address.
@@ -336,6 +420,132 @@ impl Node {
         self.store.close().await;
         info!("murmur node stopped");
     }
+}
+
+/// This device's name: the one configured, else the host name, else "device" (at most
+/// [`murmur_store::members::NAME_CAP`] bytes).
+pub fn device_name(configured: Option<&str>) -> String {
+    let host = || {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+    };
+    let name = configured
+        .map(str::to_owned)
+        .or_else(host)
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "device".to_owned());
+    let mut end = name.len().min(murmur_store::members::NAME_CAP);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+/// The membership at start: a device that created the library (or `config.found`) becomes
+/// its founder, admits itself and the devices named in advance; a device joining gets the
+/// claim it sends to the members it meets (none when it is a member already).
+async fn membership_at_start(
+    store: &Store,
+    device_key: &libp2p::identity::ed25519::Keypair,
+    dir: &identity::DataDir,
+    config: &Config,
+    name: &str,
+    invitation: Option<&Invitation>,
+) -> anyhow::Result<Option<Claim>> {
+    use murmur_store::members::{Event, named_invite_key};
+    let me = Hash(device_key.public().to_bytes());
+    if (dir.created_library || config.found) && store.members().root.is_none() {
+        store.set_member_root(me).await?;
+        store
+            .record_member_event(Event::Admit {
+                device: me,
+                name: name.to_owned(),
+                invite: None,
+            })
+            .await?;
+        info!(
+            device = name,
+            "this device founded the library: it admits the others (`murmur invite`)"
+        );
+    }
+    for n in &config.pre_named {
+        let m = store.members();
+        if m.invites
+            .values()
+            .any(|i| i.name.as_deref() == Some(n.as_str()))
+        {
+            continue;
+        }
+        let (id, key) = named_invite_key(&dir.secret.0, n);
+        store
+            .record_member_event(Event::Invite {
+                id,
+                key: Hash(key.public().to_bytes()),
+                expires: u64::MAX,
+                name: Some(n.clone()),
+            })
+            .await?;
+        info!(
+            device = n.as_str(),
+            "named a device in advance: it is admitted when it starts with the secret and `--join named`"
+        );
+    }
+    let m = store.members();
+    let admitted = m.enforced() && m.devices.get(&store.client()).is_some_and(|d| d.admitted);
+    if admitted {
+        return Ok(None);
+    }
+    Ok(match (&config.join, invitation) {
+        (_, Some(inv)) => Some(inv.claim(device_key, name)),
+        (Some(JoinWith::Named), None) => {
+            let (id, key) = named_invite_key(&dir.secret.0, name);
+            Some(Claim::new(id, device_key, name, &key))
+        }
+        _ => None,
+    })
+}
+
+/// Creates a library (or takes the secret given) in `data_dir` with this device as its
+/// founder, and the devices `named` in advance (`murmur init`). Run again, it adds the
+/// names not yet named and changes nothing else. Returns the library's id.
+pub async fn init(
+    data_dir: &std::path::Path,
+    device_name: Option<&str>,
+    named: &[String],
+    secret: Option<LibrarySecret>,
+) -> anyhow::Result<String> {
+    let mut config = Config::local(data_dir);
+    config.device_name = device_name.map(str::to_owned);
+    config.found = true;
+    config.pre_named = named.to_vec();
+    let dir = open_data_dir_joining(
+        data_dir,
+        secret.map(|secret| Join {
+            secret,
+            from: "the given secret".into(),
+        }),
+    )?;
+    let device_key = dir
+        .keypair
+        .clone()
+        .try_into_ed25519()
+        .context("the device identity must be an ed25519 key")?;
+    let mut opts = StoreOptions::new(dir.database(), device_key.clone());
+    opts.registry = config.registry.clone();
+    let store = Store::open(opts).await?;
+    let m = store.members();
+    if m.enforced() && m.root != Some(Hash(device_key.public().to_bytes())) {
+        anyhow::bail!(
+            "{} already belongs to a library founded by another device",
+            data_dir.display()
+        );
+    }
+    let name = self::device_name(device_name);
+    membership_at_start(&store, &device_key, &dir, &config, &name, None).await?;
+    store.close().await;
+    Ok(dir.secret.library_id())
 }
 
 /// A configured peer's address without a trailing `/p2p/<peer id>`: peer ids change on

@@ -22,5 +22,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Digest(a) => murmur_node::cli::digest(&a).await,
         Command::Diff(a) => murmur_node::cli::diff(&a).await,
         Command::Health(a) => murmur_node::cli::health(&a).await,
+        Command::Init(a) => murmur_node::cli::init(&a).await,
+        Command::Invite(a) => murmur_node::cli::invite(&a).await,
+        Command::Devices(a) => murmur_node::cli::devices(&a).await,
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use murmur_p2p::{Event, Handle};
 use murmur_store::digest::{Fingerprint, Ranges};
+use murmur_store::members::{Claim, ClaimRefusal};
+use murmur_store::proof::Hash;
 use murmur_store::proof::Proof;
 use murmur_store::{
     AuthorRange, Op, OpsCursor, OpsPage, SchemaVersion, SnapshotPosition, SnapshotRow,
@@ -84,6 +86,19 @@ pub enum Gossip {
 /// A request to a peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
+    /// Which device the requester is (every pull starts with it): a peer answers other
+    /// requests only from a device it knows to be a member.
+    Hello {
+        /// The requester's device, bound to the peer id the request came from.
+        device: DeviceBinding,
+    },
+    /// A new device claims an invitation ([`murmur_store::members`]).
+    Join {
+        /// The claimer's device, bound to the peer id the request came from.
+        device: DeviceBinding,
+        /// The claim, signed by the device key and the invitation's key.
+        claim: Claim,
+    },
     /// A page of the ops the requester lacks.
     OpsSince {
         /// The requester's version vector (its `extra` sets bounded by [`VV_EXTRA_CAP`]).
@@ -170,6 +185,53 @@ pub enum Response {
         /// UUIDs looked at.
         looked: u32,
     },
+    /// The requester's device is known and a member.
+    Welcome,
+    /// The claim of an invitation was accepted (or the device was a member already).
+    Joined {
+        /// The library's trust root, as the member knows it.
+        root: Option<Hash>,
+    },
+    /// The requester's device may not sync with this node.
+    Refused {
+        /// Why.
+        reason: Refusal,
+    },
     /// The request was refused.
     Error(String),
+}
+
+/// Why a node refuses a peer's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// Its device was never admitted.
+    #[error(
+        "this device is not a member of the library: on a member, run `murmur invite`, then start \
+         this device with `--join <invitation>`"
+    )]
+    NotMember,
+    /// Its device was removed.
+    #[error("this device was removed from the library")]
+    Removed,
+    /// The requester has not said which device it is (`Hello`), or its binding failed.
+    #[error("unknown device: send Hello first")]
+    UnknownDevice,
+    /// Its claim of an invitation was refused.
+    #[error("{0}")]
+    Claim(ClaimRefusal),
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NotMember => "not_member",
+            Refusal::Removed => "removed",
+            Refusal::UnknownDevice => "unknown_device",
+            Refusal::Claim(ClaimRefusal::Unknown) => "unknown_invite",
+            Refusal::Claim(ClaimRefusal::Expired) => "expired_invite",
+            Refusal::Claim(ClaimRefusal::Used) => "used_invite",
+            Refusal::Claim(ClaimRefusal::BadClaim) => "bad_claim",
+        }
+    }
 }

@@ -19,6 +19,10 @@ use crate::sync::{PeerTable, PullKind};
 pub struct Status {
     /// This node's client UUID (its device).
     pub client_uuid: Uuid,
+    /// Where this device's claim of an invitation stands, while it has one (or why it was
+    /// refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<crate::sync::JoinStatus>,
     /// The library's public id.
     pub library_id: String,
     /// The addresses the swarm listens on.
@@ -95,6 +99,8 @@ pub struct StatusSource {
     pub library_id: String,
     /// When a client counts as stale.
     pub stale_after: Duration,
+    /// Where this device's claim of an invitation stands.
+    pub join: tokio::sync::watch::Receiver<crate::sync::JoinStatus>,
 }
 
 impl StatusSource {
@@ -142,8 +148,13 @@ impl StatusSource {
                 schema: conn.and_then(|p| p.schema).map(|s| mine.relation(&s)),
             });
         }
+        let join = match &*self.join.borrow() {
+            crate::sync::JoinStatus::None => None,
+            s => Some(s.clone()),
+        };
         Ok(Status {
             client_uuid: self.store.client(),
+            join,
             library_id: self.library_id.clone(),
             listen_addrs,
             peer_id: self.net.local_peer_id().to_string(),
@@ -166,6 +177,7 @@ mod tests {
     fn the_document_round_trips_with_its_field_names() {
         let when: DateTime<Utc> = "2026-01-02T03:04:05.678Z".parse().unwrap();
         let status = Status {
+            join: None,
             client_uuid: Uuid::from_u128(1),
             library_id: "lib".into(),
             listen_addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],

@@ -213,6 +213,17 @@ where
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Command::Mute { peer } => {
+                self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Unmute { peer } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .remove_blacklisted_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Block { peer } => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
             }

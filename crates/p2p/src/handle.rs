@@ -175,6 +175,12 @@ pub(crate) enum Command<Req, Resp> {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Mute {
+        peer: PeerId,
+    },
+    Unmute {
+        peer: PeerId,
+    },
     Block {
         peer: PeerId,
     },
@@ -300,6 +306,27 @@ impl<Req, Resp> Handle<Req, Resp> {
     pub async fn unblock(&self, peer: PeerId) -> Result<(), P2pError> {
         self.commands
             .send(Command::Unblock { peer })
+            .await
+            .map_err(|_| P2pError::Shutdown)
+    }
+
+    /// Mutes a peer on gossip: none of its messages are taken and none are sent to it.
+    /// gossipsub keeps sending to a peer whose subscription it already has, so the peer's
+    /// connections are closed too; on a new connection (it may redial, and its requests are
+    /// answered) gossipsub ignores it. The node mutes a peer whose device is not a member of
+    /// the library.
+    pub async fn mute(&self, peer: PeerId) -> Result<(), P2pError> {
+        self.commands
+            .send(Command::Mute { peer })
+            .await
+            .map_err(|_| P2pError::Shutdown)
+    }
+
+    /// Takes a muted peer's gossip again. gossipsub forgot its subscriptions while it was
+    /// muted, so its connections are closed too: it is heard again once it reconnects.
+    pub async fn unmute(&self, peer: PeerId) -> Result<(), P2pError> {
+        self.commands
+            .send(Command::Unmute { peer })
             .await
             .map_err(|_| P2pError::Shutdown)
     }

@@ -17,6 +17,8 @@ pub enum Origin {
     Snapshot,
     /// Ops removed from the log.
     Prune,
+    /// The owned rows of a device removed with `forget_data`, deleted ([`crate::members`]).
+    Forget,
 }
 
 impl Origin {
@@ -28,6 +30,7 @@ impl Origin {
             Origin::CatchUp => "catchup",
             Origin::Snapshot => "snapshot",
             Origin::Prune => "prune",
+            Origin::Forget => "forget",
         }
     }
 }

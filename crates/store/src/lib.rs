@@ -14,7 +14,7 @@
 //!   the client UUID as id), drift checks, an injectable physical clock; [`op`]:
 //!   operations, version vectors, sync pages, snapshot rows; `rowclock`: the byte layout
 //!   of a shared row's register timestamps; [`merge`]: the merge rules as pure functions;
-//!   [`hash`]: the blake3 hash type; [`digest`]: row hashes and range fingerprints; [`validate`]: checks of network input; [`wire`]: bounded CBOR decoding; [`commit`]:
+//!   [`hash`]: the blake3 hash type; [`digest`]: row hashes and range fingerprints; [`validate`]: checks of network input; [`members`]: the library's devices as signed events and their fold; [`wire`]: bounded CBOR decoding; [`commit`]:
 //!   what the commit feed carries.
 //! - `sql`: statements built from the registry and the tables below the engine: rows and
 //!   their registers, the op log in chunks, the derived `files`, the stored version
@@ -44,6 +44,7 @@ mod export;
 mod fold;
 pub mod hash;
 mod local;
+pub mod members;
 pub mod merge;
 pub mod op;
 pub mod page;

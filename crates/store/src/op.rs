@@ -422,6 +422,15 @@ fn claim_size(claim: &Option<Hlc>) -> usize {
 }
 
 impl SnapshotRow {
+    /// The resource of the row.
+    pub fn resource(&self) -> &str {
+        match self {
+            SnapshotRow::Shared { resource, .. }
+            | SnapshotRow::Owned { resource, .. }
+            | SnapshotRow::OwnedTombstone { resource, .. } => resource,
+        }
+    }
+
     /// An upper bound of its encoded size on the wire (see [`Op::wire_size`]).
     pub fn wire_size(&self) -> usize {
         const FIXED: usize = 64 + UUID_SIZE + HLC_SIZE + 9;
@@ -491,6 +500,10 @@ pub enum RejectReason {
     BadProof,
     /// It names this replica's own author, which wrote every op of its own.
     OwnAuthor,
+    /// Its device is not a member of the library ([`crate::members`]).
+    NotMember,
+    /// Its device was removed before it was stamped.
+    Removed,
 }
 
 impl RejectReason {
@@ -506,6 +519,8 @@ impl RejectReason {
             RejectReason::Unproven => "unproven",
             RejectReason::BadProof => "bad_proof",
             RejectReason::OwnAuthor => "own_author",
+            RejectReason::NotMember => "not_member",
+            RejectReason::Removed => "removed",
         }
     }
 }

@@ -133,6 +133,11 @@ impl Signer {
         Signer { keypair, key }
     }
 
+    /// The device's keypair (it also signs membership events, [`crate::members`]).
+    pub fn keypair(&self) -> &ed25519::Keypair {
+        &self.keypair
+    }
+
     /// The author key.
     pub fn key(&self) -> AuthorKey {
         self.key

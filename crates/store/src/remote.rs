@@ -10,6 +10,7 @@ use crate::clock::Clock;
 use crate::commit::{Commit, Origin};
 use crate::engine::{self, Mode, Unborn};
 use crate::error::StoreError;
+use crate::members::{DEVICES_LOG, EVENT_COLUMN, MembersState, SignedEvent, Standing};
 use crate::op::{
     ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotImport, SnapshotRow,
     VersionVector,
@@ -36,6 +37,9 @@ pub(crate) struct Remote<'a> {
     pub unborn: &'a Unborn,
     /// This replica's own author: it wrote every op of its own, so none comes from a peer.
     pub own_author: Uuid,
+    /// The membership's events and root: ops of devices that are not members, or were
+    /// removed before they were stamped, are refused.
+    pub members: &'a MembersState,
 }
 
 impl Remote<'_> {
@@ -67,6 +71,29 @@ impl Remote<'_> {
                 _ => None,
             })
             .collect();
+        // The membership, with the events this batch brings (they are self-signed).
+        let extra: Vec<SignedEvent> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Change::Op(op) if op.resource == DEVICES_LOG => match op.fields.get(EVENT_COLUMN) {
+                    Some(crate::value::Value::Text(t)) => SignedEvent::from_text(t).ok(),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let membership = self.members.with(&extra);
+        let check_members = !membership.accepts_all();
+        let proven_devices: HashMap<Uuid, Uuid> = checked
+            .as_ref()
+            .map(|c| {
+                c.chain
+                    .keys
+                    .iter()
+                    .filter_map(|k| k.device().ok().map(|d| (k.author(), d)))
+                    .collect()
+            })
+            .unwrap_or_default();
         // Per batch not complete here, the next group a page may start at.
         let mut progress: HashMap<(Uuid, u64), u32> = HashMap::new();
         let mut tx = self.writer.begin().await?;
@@ -108,10 +135,59 @@ impl Remote<'_> {
                 report.rejected.push((id, rejection));
                 continue;
             }
+            // A removed device's events still count by the fold's rules (two devices that
+            // remove each other at once are both removed), so they travel.
+            if check_members && !(op.resource == DEVICES_LOG && op.method == Method::SharedCreate) {
+                let device = proven_devices
+                    .get(&id.author)
+                    .copied()
+                    .or_else(|| self.writer.read(|r| r.devices.get(&id.author).copied()));
+                let kind = self
+                    .registry
+                    .get(&op.resource)
+                    .map(|d| d.kind)
+                    .unwrap_or(crate::registry::Kind::Shared);
+                let standing = device.map(|d| (d, membership.accepts(&d, op.time, kind)));
+                match standing {
+                    Some((d, Standing::NotMember)) => {
+                        report.rejected.push((
+                            id,
+                            Rejection::new(
+                                RejectReason::NotMember,
+                                format!("op {id}: device {d} is not a member of the library"),
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some((d, Standing::Removed(r))) => {
+                        report.rejected.push((
+                            id,
+                            Rejection::new(
+                                RejectReason::Removed,
+                                format!(
+                                    "op {id}: device {d} was removed by {} before it was stamped",
+                                    r.by
+                                ),
+                            ),
+                        ));
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             if let Some(Err(e)) = &rows_checked {
                 report.rejected.push((
                     id,
                     Rejection::new(RejectReason::BadProof, format!("op {id}: {e}")),
+                ));
+                continue;
+            }
+            if op.resource == DEVICES_LOG
+                && let Err(why) = crate::members::check_event_op(op)
+            {
+                report.rejected.push((
+                    id,
+                    Rejection::new(RejectReason::Malformed, format!("op {id}: {why}")),
                 ));
                 continue;
             }
@@ -307,8 +383,19 @@ impl Remote<'_> {
             self.clock.observe(latest)?;
         }
         let mut tx = self.writer.begin().await?;
-        let n = accepted.len();
         let devices = tx.devices();
+        // The owned rows of a device removed with `forget_data` are deleted everywhere; a
+        // peer that has not heard of it yet may still send them.
+        let forgotten: std::collections::HashSet<Uuid> = self.members.folded.forgotten().collect();
+        if !forgotten.is_empty() {
+            accepted.retain(|r| match r {
+                SnapshotRow::Owned { ts, .. } | SnapshotRow::OwnedTombstone { ts, .. } => devices
+                    .get(&ts.author)
+                    .is_none_or(|d| !forgotten.contains(d)),
+                SnapshotRow::Shared { .. } => true,
+            });
+        }
+        let n = accepted.len();
         engine::import_rows(tx.conn(), self.registry, accepted, &devices).await?;
         quarantine::keep(tx.conn(), &kept).await?;
         result.kept = kept.len();

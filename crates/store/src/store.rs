@@ -25,7 +25,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::clock::{Clock, PhysicalClock};
@@ -33,11 +33,14 @@ use crate::commit::{Commit, Origin};
 use crate::engine;
 use crate::error::StoreError;
 use crate::local::{BatchEntry, Local, WriteOutcome, unwrap_single};
+use crate::members::{
+    DEVICES_LOG, EVENT_COLUMN, Event, MembersState, Membership, SignedEvent, devices_log_def,
+};
 use crate::op::{ApplyReport, Change, SnapshotImport, SnapshotRow, VersionVector};
 use crate::proof::{Hash, Proof, Signer};
 use crate::registry::Registry;
 use crate::remote::Remote;
-use crate::sql::{clients, digest, oplog, schema, versions};
+use crate::sql::{clients, digest, members, oplog, schema, versions};
 use crate::writer::{Replica, Writer};
 
 /// How hard SQLite works to keep a commit across a power loss.
@@ -99,7 +102,16 @@ struct Inner {
     signer: Signer,
     /// Every write goes through it; it holds the version vector and the log horizon.
     writer: Writer,
+    /// The membership's events, root and fold ([`crate::members`]), as last read.
+    members: std::sync::RwLock<Arc<MembersState>>,
+    /// The fold, for those who watch it change.
+    members_tx: watch::Sender<Arc<Membership>>,
+    /// Devices whose owned rows this run has forgotten already.
+    forgotten: std::sync::Mutex<std::collections::HashSet<Uuid>>,
 }
+
+/// The `meta` key of the membership's trust root (the founder's device key).
+const MEMBER_ROOT: &str = "member_root";
 
 /// A library: the synced tables, their merge state, the op log and the client pool.
 #[derive(Clone)]
@@ -149,6 +161,11 @@ impl Store {
             .connect_with(connect)
             .await?;
         sqlx::migrate!("../../migrations").run(&pool).await?;
+        // Every library has the membership's events, whatever the application registers.
+        let mut options = options;
+        if options.registry.get(DEVICES_LOG).is_err() {
+            options.registry.register(devices_log_def());
+        }
         schema::check_schema(&pool, &options.registry).await?;
         // Registers left in the side tables by a version before the row clock.
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -183,7 +200,13 @@ impl Store {
         let mut conn = pool.acquire().await?;
         let (vv, horizon) = versions::load(&mut conn).await?;
         let mut devices = oplog::devices(&mut conn).await?;
+        let root = clients::get_meta(&mut conn, MEMBER_ROOT)
+            .await?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(Hash);
+        let state = MembersState::new(root, members::events(&mut conn).await?);
         drop(conn);
+        let (members_tx, _) = watch::channel(Arc::new(state.folded.clone()));
         devices.insert(signer.author(), client);
         let clock = Clock::new(signer.author(), options.max_drift, options.clock.clone());
         tracing::info!(
@@ -206,12 +229,17 @@ impl Store {
                 clock,
                 client,
                 signer,
+                members: std::sync::RwLock::new(Arc::new(state)),
+                members_tx,
+                forgotten: Default::default(),
             }),
         };
         store.touch_client(client, None).await?;
+        store.forget_removed().await?;
         // What a build that did not know its resource or field kept: applied if this
         // registry knows it.
-        let applied = store.remote().apply_kept().await?;
+        let state = store.members_state();
+        let applied = store.remote(&state).apply_kept().await?;
         if applied > 0 {
             tracing::info!(
                 items = applied,
@@ -324,13 +352,21 @@ impl Store {
         }
     }
 
-    fn remote(&self) -> Remote<'_> {
+    fn remote<'a>(&'a self, members: &'a MembersState) -> Remote<'a> {
         Remote {
             writer: &self.inner.writer,
             registry: &self.inner.registry,
             clock: &self.inner.clock,
             unborn: &self.inner.unborn,
             own_author: self.inner.signer.author(),
+            members,
+        }
+    }
+
+    fn members_state(&self) -> Arc<MembersState> {
+        match self.inner.members.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -364,14 +400,19 @@ impl Store {
         peer: Uuid,
     ) -> Result<crate::repair::RepairReport, StoreError> {
         self.detached(move |s| async move {
-            crate::repair::repair(
+            let touched = rows.iter().any(|r| r.resource() == DEVICES_LOG);
+            let report = crate::repair::repair(
                 &s.inner.writer,
                 &s.inner.registry,
                 &s.inner.clock,
                 rows,
                 peer,
             )
-            .await
+            .await?;
+            if touched {
+                s.refresh_members().await?;
+            }
+            Ok(report)
         })
         .await
     }
@@ -470,8 +511,16 @@ impl Store {
         proofs: Vec<Proof>,
         origin: Origin,
     ) -> Result<ApplyReport, StoreError> {
-        self.detached(move |s| async move { s.remote().apply(batch, Some(&proofs), origin).await })
-            .await
+        self.detached(move |s| async move {
+            let touched = touches_members(&batch);
+            let m = s.members_state();
+            let report = s.remote(&m).apply(batch, Some(&proofs), origin).await?;
+            if touched {
+                s.refresh_members().await?;
+            }
+            Ok(report)
+        })
+        .await
     }
 
     /// Applies remote changes WITHOUT proofs of authorship ([`Origin::CatchUp`]): for the
@@ -489,8 +538,16 @@ impl Store {
         batch: Vec<Change>,
         origin: Origin,
     ) -> Result<ApplyReport, StoreError> {
-        self.detached(move |s| async move { s.remote().apply(batch, None, origin).await })
-            .await
+        self.detached(move |s| async move {
+            let touched = touches_members(&batch);
+            let m = s.members_state();
+            let report = s.remote(&m).apply(batch, None, origin).await?;
+            if touched {
+                s.refresh_members().await?;
+            }
+            Ok(report)
+        })
+        .await
     }
 
     /// Merges a page of snapshot rows into this store, register by register, in one
@@ -501,8 +558,16 @@ impl Store {
         &self,
         rows: Vec<SnapshotRow>,
     ) -> Result<SnapshotImport, StoreError> {
-        self.detached(move |s| async move { s.remote().import_snapshot_page(rows).await })
-            .await
+        self.detached(move |s| async move {
+            let touched = rows.iter().any(|r| r.resource() == DEVICES_LOG);
+            let m = s.members_state();
+            let import = s.remote(&m).import_snapshot_page(rows).await?;
+            if touched {
+                s.refresh_members().await?;
+            }
+            Ok(import)
+        })
+        .await
     }
 
     /// Starts a snapshot import: learns the authors its proofs (from the peer's
@@ -513,8 +578,11 @@ impl Store {
         &self,
         proofs: Vec<Proof>,
     ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
-        self.detached(move |s| async move { s.remote().learn_authors(&proofs).await })
-            .await
+        self.detached(move |s| async move {
+            let m = s.members_state();
+            s.remote(&m).learn_authors(&proofs).await
+        })
+        .await
     }
 
     /// Ends a snapshot import: for each of `proofs` (from [`Store::snapshot_proofs`] of the
@@ -526,8 +594,11 @@ impl Store {
         &self,
         proofs: Vec<Proof>,
     ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
-        self.detached(move |s| async move { s.remote().finish_snapshot(&proofs).await })
-            .await
+        self.detached(move |s| async move {
+            let m = s.members_state();
+            s.remote(&m).finish_snapshot(&proofs).await
+        })
+        .await
     }
 
     /// Removes from the log every op covered by `horizon` (per author, a seq) and not above
@@ -535,8 +606,110 @@ impl Store {
     /// were removed. Merges are unaffected: the registers live beside the data.
     pub async fn prune(&self, horizon: &BTreeMap<Uuid, u64>) -> Result<u64, StoreError> {
         let horizon = horizon.clone();
-        self.detached(move |s| async move { s.remote().prune(&horizon).await })
-            .await
+        self.detached(move |s| async move {
+            let m = s.members_state();
+            s.remote(&m).prune(&horizon).await
+        })
+        .await
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Membership (`members`)
+
+    /// The membership as last folded ([`crate::members`]).
+    pub fn members(&self) -> Arc<Membership> {
+        self.inner.members_tx.borrow().clone()
+    }
+
+    /// The membership, as it changes.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<Membership>> {
+        self.inner.members_tx.subscribe()
+    }
+
+    /// Records `key` as the membership's trust root (the founder's device key), unless one
+    /// is recorded already. Returns whether it was recorded.
+    pub async fn set_member_root(&self, key: Hash) -> Result<bool, StoreError> {
+        if self.members_state().root.is_some() {
+            return Ok(false);
+        }
+        self.set_meta(MEMBER_ROOT, &key.0).await?;
+        self.refresh_members().await?;
+        Ok(true)
+    }
+
+    /// Signs `event` with this device's key, now, and writes it to `devices_log` (a local
+    /// write: it is published and synced like any other).
+    pub async fn record_member_event(&self, event: Event) -> Result<SignedEvent, StoreError> {
+        let ts = self.inner.clock.now().time;
+        let signed = SignedEvent::sign(self.inner.signer.keypair(), ts, event);
+        let mut fields = serde_json::Map::new();
+        fields.insert(
+            EVENT_COLUMN.to_owned(),
+            serde_json::Value::String(signed.to_text()),
+        );
+        self.create_shared(DEVICES_LOG, Some(signed.row_uuid()), fields)
+            .await?;
+        self.refresh_members().await?;
+        Ok(signed)
+    }
+
+    /// Reads the events again, folds them, deletes the owned rows of devices removed with
+    /// `forget_data` since, and tells the watchers.
+    pub async fn refresh_members(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let root = clients::get_meta(&mut conn, MEMBER_ROOT)
+            .await?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(Hash);
+        let events = members::events(&mut conn).await?;
+        drop(conn);
+        let state = Arc::new(MembersState::new(root, events));
+        let folded = Arc::new(state.folded.clone());
+        match self.inner.members.write() {
+            Ok(mut g) => *g = state,
+            Err(p) => *p.into_inner() = state,
+        }
+        self.forget_removed().await?;
+        self.inner.members_tx.send_if_modified(|m| {
+            let changed = **m != *folded;
+            *m = folded.clone();
+            changed
+        });
+        Ok(())
+    }
+
+    /// Deletes the owned rows of every device removed with `forget_data` (once per run;
+    /// a device's later ops of owned resources are refused, so nothing brings them back).
+    async fn forget_removed(&self) -> Result<(), StoreError> {
+        let todo: Vec<Uuid> = {
+            let state = self.members_state();
+            let done = match self.inner.forgotten.lock() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            state
+                .folded
+                .forgotten()
+                .filter(|c| !done.contains(c))
+                .collect()
+        };
+        for owner in todo {
+            let mut tx = self.inner.writer.begin().await?;
+            let n = members::forget_owner(tx.conn(), &self.inner.registry, owner).await?;
+            tx.commit(|| Commit {
+                rows: n as usize,
+                ..Commit::new(Origin::Forget)
+            })
+            .await?;
+            if n > 0 {
+                tracing::info!(device = %owner, rows = n, "forgot the owned rows of a removed device");
+            }
+            match self.inner.forgotten.lock() {
+                Ok(mut g) => g.insert(owner),
+                Err(p) => p.into_inner().insert(owner),
+            };
+        }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------
@@ -587,4 +760,9 @@ impl Store {
         let mut conn = self.inner.pool.acquire().await?;
         oplog::pending(&mut conn).await
     }
+}
+
+/// Whether a batch holds `devices_log` ops (the membership must be folded again after it).
+fn touches_members(batch: &[Change]) -> bool {
+    batch.iter().any(|c| c.op().resource == DEVICES_LOG)
 }

@@ -106,7 +106,7 @@ impl Hostile {
         let keypair = Keypair::generate_ed25519();
         let signer =
             Signer::new_incarnation(keypair.clone().try_into_ed25519().expect("an ed25519 key"));
-        let mut c = p2p::Config::new(keypair, secret.0, topic);
+        let mut c = p2p::Config::new(keypair.clone(), secret.0, topic);
         c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
         c.mdns = false;
         c.peers = vec![target.addr().await];
@@ -115,10 +115,21 @@ impl Hostile {
         let target_id = target.node().peer_id();
         tokio::time::timeout(WAIT, async {
             while let Some(ev) = events.recv().await {
-                if let Event::Subscribed { peer_id } = ev
-                    && peer_id == target_id
-                {
-                    return;
+                match ev {
+                    Event::Subscribed { peer_id } if peer_id == target_id => return,
+                    // The node's pull may start before it subscribes: welcome it.
+                    Event::InboundRequest {
+                        request, responder, ..
+                    } if matches!(
+                        request.decode::<murmur_node::protocol::Request>(),
+                        Some(murmur_node::protocol::Request::Hello { .. })
+                    ) =>
+                    {
+                        let _ = responder
+                            .respond(Wire::of(&murmur_node::protocol::Response::Welcome))
+                            .await;
+                    }
+                    _ => {}
                 }
             }
         })
@@ -127,12 +138,35 @@ impl Hostile {
         let requests = Arc::new(AtomicUsize::new(0));
         let seen = requests.clone();
         let handle = net.clone();
+        // Says which device it is, as every node does before asking anything (the node
+        // answers a member's requests only). Its events are drained below.
+        let hello = murmur_node::protocol::Request::Hello {
+            device: murmur_node::device::DeviceBinding::sign(
+                &keypair.clone().try_into_ed25519().expect("an ed25519 key"),
+                &net.local_peer_id(),
+            ),
+        };
+        let answer_hello = {
+            let net = net.clone();
+            let w = Wire::of(&hello);
+            tokio::spawn(async move { net.request(target_id, w).await })
+        };
         let drain = tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 match ev {
                     Event::InboundRequest {
                         request, responder, ..
                     } => {
+                        // A node's pull starts with its Hello: welcomed, not counted.
+                        if matches!(
+                            request.decode::<murmur_node::protocol::Request>(),
+                            Some(murmur_node::protocol::Request::Hello { .. })
+                        ) {
+                            let _ = responder
+                                .respond(Wire::of(&murmur_node::protocol::Response::Welcome))
+                                .await;
+                            continue;
+                        }
                         seen.fetch_add(1, Ordering::SeqCst);
                         if let Some(resp) = answer(&request) {
                             let _ = responder.respond(resp).await;
@@ -155,6 +189,16 @@ impl Hostile {
                 }
             }
         });
+        let _ = answer_hello.await;
+        // Gossip from a peer that has not welcomed the node yet is left to catch-up: wait
+        // for the node's Hello to be answered, so that what the test publishes is taken.
+        // (A request past the Hello means the node was welcomed: it may have refused the
+        // hostile peer since, which forgets it.)
+        let me = net.local_peer_id();
+        crate::wait::eventually(WAIT, "the node is welcomed by the hostile peer", || async {
+            target.node().welcomed(&me) || requests.load(Ordering::SeqCst) > 0
+        })
+        .await;
         Hostile {
             net,
             author: signer.author(),

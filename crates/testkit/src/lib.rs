@@ -37,7 +37,7 @@ pub mod workload;
 
 pub use node::{
     TestNode, client_with_token, config, converged, init_tracing, random_hex, secret_file,
-    wait_peers, write_private,
+    wait_peers, write_private, write_secret,
 };
 pub use ops::{changes, fields, tag};
 pub use store::device_key;

@@ -49,7 +49,7 @@ use murmur_store::wire::to_cbor;
 use murmur_store::{Change, Op, Origin, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use self::announce::Announcer;
@@ -61,13 +61,19 @@ use self::pull::Puller;
 pub use self::pull::{PULLS_CAP, PullError, PullSummary, RESPONSE_DECODE_CAP};
 use self::serve::Server;
 pub use self::serve::{RequestRejection, SERVE_CAP, serve_request};
+use murmur_store::members::{Claim, ClaimRefusal, Membership, Standing};
+use serde::{Deserialize, Serialize};
+
 use crate::device::DeviceBinding;
 use crate::metrics::Metrics;
-use crate::protocol::{Gossip, Request, Response};
+use crate::protocol::{Gossip, Refusal, Request, Response};
 pub use crate::protocol::{Net, NetEvent};
 
 /// Gossip events handled before their ops are applied in one transaction.
 const GOSSIP_BATCH_CAP: usize = 256;
+/// How often a claim of an invitation not yet accepted is sent again to the peers met
+/// (one that does not know the invitation yet may receive it meanwhile).
+pub const JOIN_RETRY: Duration = Duration::from_millis(500);
 
 /// Options of the sync loop.
 #[derive(Debug, Clone)]
@@ -115,10 +121,36 @@ pub struct SyncLoop {
     contact: ContactClock,
     /// Which part of the version vector the next announcement carries.
     announcer: Announcer,
+    /// The membership as it changes: peers of devices removed are blocked, those admitted
+    /// heard again.
+    members: watch::Receiver<Arc<Membership>>,
+    /// This device's claim of an invitation, until a member accepts it.
+    join: Option<Claim>,
+    /// Where the claim stands, for the node's status.
+    join_status: watch::Sender<JoinStatus>,
+    /// Claims being sent, at most one per connected peer.
+    joins: JoinSet<(PeerId, Result<Response, String>)>,
+}
+
+/// Where this device's claim of an invitation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "detail", rename_all = "snake_case")]
+pub enum JoinStatus {
+    /// No claim (this device was a member, or joined with the secret only).
+    None,
+    /// Sent to the members met so far, not accepted yet.
+    Pending,
+    /// A member admitted this device.
+    Joined,
+    /// Refused for good: why.
+    Failed(String),
 }
 
 impl SyncLoop {
-    /// Builds the loop; `device` binds this run's peer id to the store's device key.
+    /// Builds the loop; `device` binds this run's peer id to the store's device key;
+    /// `join` is this device's claim of an invitation, sent to the peers it meets until
+    /// one accepts it (its progress goes to `join_status`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         net: Net,
@@ -127,9 +159,18 @@ impl SyncLoop {
         peers: PeerTable,
         device: DeviceBinding,
         options: SyncOptions,
+        join: Option<Claim>,
+        join_status: watch::Sender<JoinStatus>,
     ) -> SyncLoop {
+        if join.is_some() {
+            join_status.send_replace(JoinStatus::Pending);
+        }
         SyncLoop {
-            server: Server::new(store.clone(), metrics.clone()),
+            members: store.watch_members(),
+            join,
+            join_status,
+            joins: JoinSet::new(),
+            server: Server::new(store.clone(), metrics.clone(), peers.clone(), net.clone()),
             store,
             net,
             events,
@@ -154,6 +195,8 @@ impl SyncLoop {
         versions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut join_retry = tokio::time::interval(JOIN_RETRY);
+        join_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut folding = JoinSet::new();
         folding
             .spawn(repair::fold_in_background(self.store.clone()).instrument(info_span!("fold")));
@@ -165,15 +208,19 @@ impl SyncLoop {
                     Some(ev) => self.handle_net_events(ev).await,
                     None => break,
                 },
-                Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done),
+                Some(done) = self.pulls.join_next(), if !self.pulls.is_empty() => self.handle_pull_done(done).await,
                 Some(done) = self.repairs.join_next(), if !self.repairs.is_empty() => self.handle_repair_done(done),
+                Some(done) = self.joins.join_next(), if !self.joins.is_empty() => self.handle_join_done(done).await,
+                Ok(()) = self.members.changed() => self.handle_members_changed().await,
                 // A served request ended; its permit was released in its task.
                 () = self.server.join_next(), if !self.server.is_idle() => {},
                 _ = versions.tick() => self.handle_announce().await,
                 _ = prune.tick() => self.handle_prune().await,
                 _ = repair.tick() => self.handle_repair_tick(),
+                _ = join_retry.tick(), if self.join.is_some() && self.joins.is_empty() => self.send_claims(),
             }
         }
+        self.joins.abort_all();
         folding.abort_all();
         self.repairs.abort_all();
         self.pulls.abort_all();
@@ -273,6 +320,15 @@ impl SyncLoop {
         }
         let verdict = self.check_gossip(&data);
         match verdict {
+            // Ops from a peer that has not welcomed this node yet (its `Hello` is on its way):
+            // left to the catch-up that follows, so that a node that is not a member takes
+            // nothing from gossip (gossipsub may replay recent messages to a new peer).
+            Ok(Gossip::Ops { .. }) if !self.peers.welcomed(&propagation_source) => {
+                debug!(peer = %propagation_source, "gossip before the peer's welcome: left to catch-up");
+                self.net
+                    .report_validation(message_id, propagation_source, Acceptance::Ignore)
+                    .await;
+            }
             Ok(Gossip::Ops { ops, proofs }) => {
                 // An op beyond the drift bound is not forwarded (an honest clock can be
                 // wrong, so no penalty): Ignore. Its ops are still applied here, where the
@@ -399,7 +455,128 @@ impl SyncLoop {
         // The peer's client is heard of (and touched) with its first announcement.
         self.contact
             .set_connected(true, tokio::time::Instant::now());
+        if self.join.is_some() {
+            self.send_claim(peer_id);
+        }
         self.start_pull(peer_id);
+    }
+
+    /// Sends this device's claim to every connected peer (see [`JOIN_RETRY`]).
+    fn send_claims(&mut self) {
+        for p in self.peers.snapshot() {
+            self.send_claim(p.peer_id);
+        }
+    }
+
+    /// Sends this device's claim of an invitation to `peer`.
+    fn send_claim(&mut self, peer: PeerId) {
+        let Some(claim) = self.join.clone() else {
+            return;
+        };
+        let (net, device) = (self.net.clone(), self.device);
+        self.joins.spawn(async move {
+            let r = net
+                .request(peer, Request::Join { device, claim })
+                .await
+                .map_err(|e| e.to_string());
+            (peer, r)
+        });
+    }
+
+    /// A peer answered this device's claim.
+    async fn handle_join_done(
+        &mut self,
+        done: Result<(PeerId, Result<Response, String>), tokio::task::JoinError>,
+    ) {
+        let Ok((peer, result)) = done else { return };
+        if self.join.is_none() {
+            return;
+        }
+        match result {
+            Ok(Response::Joined { root }) => {
+                self.join = None;
+                self.joins.abort_all();
+                if let Some(root) = root {
+                    match self.store.set_member_root(root).await {
+                        Ok(_) => {}
+                        Err(e) => warn!("cannot record the library's root: {e}"),
+                    }
+                }
+                info!(%peer, "admitted to the library: this device is a member");
+                self.join_status.send_replace(JoinStatus::Joined);
+                // The member closes the connection to hear this node again; pull from
+                // the others now.
+                self.send_pulls_to_all();
+            }
+            Ok(Response::Refused {
+                reason: Refusal::Claim(ClaimRefusal::Unknown),
+            })
+            | Err(_) => {
+                debug!(%peer, "the peer does not know the invitation yet: retrying");
+            }
+            Ok(Response::Refused { reason }) => {
+                error!(%peer, "cannot join the library: {reason}");
+                self.join = None;
+                self.joins.abort_all();
+                self.join_status
+                    .send_replace(JoinStatus::Failed(reason.to_string()));
+            }
+            Ok(other) => debug!(%peer, "unexpected answer to a claim: {other:?}"),
+        }
+    }
+
+    async fn block_removed(&self, peer: PeerId) {
+        if let Err(e) = self.net.block(peer).await {
+            warn!("cannot block the peer: {e}");
+        }
+    }
+
+    fn send_pulls_to_all(&mut self) {
+        for p in self.peers.snapshot() {
+            self.start_pull(p.peer_id);
+        }
+    }
+
+    /// The membership changed: peers of removed devices are blocked, refused peers now
+    /// admitted heard again (their connections closed, so that they resubscribe).
+    async fn handle_members_changed(&mut self) {
+        self.members.borrow_and_update();
+        for (peer, client) in self.peers.clients() {
+            match (
+                serve::standing(&self.store, &client),
+                self.peers.refused(&peer),
+            ) {
+                (Ok(()), Some(_)) => {
+                    self.peers.set_refused(&peer, client, None);
+                    info!(%peer, %client, "the device is a member now: hearing it again");
+                    if let Err(e) = self.net.unmute(peer).await {
+                        warn!("cannot unmute the peer: {e}");
+                    }
+                }
+                // Removed while connected: pulled from one last time (events it signed
+                // concurrently, such as its own removal of another device, still count;
+                // its requests are refused meanwhile), then blocked.
+                (Err(Refusal::Removed), r) if r != Some(Refusal::Removed) => {
+                    self.peers
+                        .set_refused(&peer, client, Some(Refusal::Removed));
+                    self.metrics.peers_refused.inc();
+                    info!(%peer, %client, "the device was removed: a last pull, then its connections are refused");
+                    self.start_pull(peer);
+                    if self
+                        .peers
+                        .pull_state(&peer)
+                        .is_none_or(|s| s == PullState::Idle)
+                    {
+                        self.block_removed(peer).await;
+                    }
+                }
+                (Err(reason), r) if r != Some(reason) => {
+                    serve::refuse_peer(&self.net, &self.peers, &self.metrics, peer, client, reason)
+                        .await;
+                }
+                _ => {}
+            }
+        }
     }
 
     fn on_disconnected(&mut self, peer_id: PeerId) {
@@ -416,6 +593,22 @@ impl SyncLoop {
 
     /// A verified announcement of `source`, a run of the device `client`.
     async fn on_versions(&mut self, source: PeerId, client: Uuid, contiguous: BTreeMap<Uuid, u64>) {
+        // A device that is not a member (or was removed) gets nothing, and is not a client
+        // of the pool: it holds no op back from pruning.
+        if let Err(reason) = serve::standing(&self.store, &client) {
+            self.peers.set_client(&source, client);
+            self.metrics.reject(reason.label());
+            serve::refuse_peer(
+                &self.net,
+                &self.peers,
+                &self.metrics,
+                source,
+                client,
+                reason,
+            )
+            .await;
+            return;
+        }
         // The pull that ran on connecting could not mark the client synchronized: its
         // device was not known yet. Pull again (little or nothing) to do it.
         let newly_known = self.peers.set_client(&source, client);
@@ -497,6 +690,11 @@ impl SyncLoop {
     /// Publishes the version vector (whole, or its next part: see [`announce`]) with this
     /// node's device binding and schema.
     async fn announce(&mut self) {
+        // Not before a member accepted this device's claim: it would be taken for a
+        // device that holds the secret only.
+        if self.join.is_some() {
+            return;
+        }
         let vv = self.store.version_vector();
         let (contiguous, authors) = self.announcer.next(&vv.contiguous_map(), VERSIONS_SEND_CAP);
         let mut horizon = self.store.horizon();
@@ -520,8 +718,12 @@ impl SyncLoop {
     async fn handle_prune(&mut self) {
         let now = tokio::time::Instant::now();
         let (contact, stale_after) = (&self.contact, self.options.stale_after);
-        let stale =
-            |c: &murmur_store::ClientInfo| contact.is_stale(&c.client_uuid, now, stale_after);
+        // A removed device (or one never admitted) holds nothing back.
+        let members = self.store.members();
+        let stale = |c: &murmur_store::ClientInfo| {
+            contact.is_stale(&c.client_uuid, now, stale_after)
+                || members.standing(&c.client_uuid) != Standing::Member
+        };
         let horizon = match self.store.prune_horizon(stale).await {
             Ok(h) => h,
             Err(e) => return warn!("cannot compute the pruning horizon: {e}"),
@@ -540,6 +742,10 @@ impl SyncLoop {
     /// Asks for a pull from `peer`: it starts now if the peer is connected, pulls nothing
     /// and a slot is free; otherwise the peer table remembers it (see [`PullState`]).
     fn start_pull(&mut self, peer: PeerId) {
+        // A device claiming an invitation is no member yet: its pulls would be refused.
+        if self.join.is_some() {
+            return;
+        }
         let slot_free = self.pulls.len() < PULLS_CAP;
         if !self.peers.request_pull(&peer, slot_free) {
             return;
@@ -550,17 +756,22 @@ impl SyncLoop {
             peer,
             metrics: self.metrics.clone(),
             peers: self.peers.clone(),
+            device: self.device,
         };
         self.pulls
             .spawn(async move { (peer, puller.run().await) }.instrument(info_span!("pull", %peer)));
     }
 
     /// A pull ended: the pull asked for meanwhile, then those that waited for a slot, start.
-    fn handle_pull_done(
+    async fn handle_pull_done(
         &mut self,
         done: Result<(PeerId, Result<PullSummary, PullError>), tokio::task::JoinError>,
     ) {
         let Ok((peer, result)) = done else { return };
+        // The last pull from a removed device is done: refuse its connections.
+        if self.peers.refused(&peer) == Some(Refusal::Removed) {
+            self.block_removed(peer).await;
+        }
         match result {
             Ok(s) if s.items > 0 => {
                 info!(%peer, ops = s.ops, rows = s.items - s.ops, snapshot = s.snapshot, ms = s.elapsed.as_millis() as u64, "caught up")

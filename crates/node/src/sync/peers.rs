@@ -17,6 +17,8 @@ use murmur_store::SchemaVersion;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::protocol::Refusal;
+
 /// Where a peer's pull stands. Pulls are started by the sync actor, at most one per peer and
 /// [`PULLS_CAP`](super::PULLS_CAP) at once; a pull asked for meanwhile is remembered, not
 /// run twice or dropped.
@@ -118,6 +120,28 @@ struct Peer {
     schema: Option<SchemaVersion>,
     /// Its last announced contiguous seqs (at most the announcement's bounded size).
     announced: Option<BTreeMap<Uuid, u64>>,
+    /// Set when its device may not sync with this node (muted or blocked).
+    refused: Option<Refusal>,
+    /// Whether it answered this node's `Hello` with `Welcome`: until then its gossip is
+    /// left to catch-up (a node not yet known to be a member must apply nothing a member
+    /// did not mean it to have).
+    welcomed: bool,
+}
+
+/// The most refused devices remembered (the oldest is forgotten first).
+pub const REFUSED_CAP: usize = 256;
+
+/// A device whose peers this node refused (not a member, or removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedDevice {
+    /// Its client UUID.
+    pub client: Uuid,
+    /// The peer id of its last refused run.
+    pub peer_id: PeerId,
+    /// Why.
+    pub reason: Refusal,
+    /// When it was last refused (ms since the UNIX epoch).
+    pub at_ms: i64,
 }
 
 /// What the rest of the node sees of a connected peer.
@@ -135,6 +159,8 @@ pub struct PeerView {
     pub progress: Option<PullProgress>,
     /// The schema it announced last.
     pub schema: Option<SchemaVersion>,
+    /// Set when its device may not sync with this node.
+    pub refused: Option<Refusal>,
 }
 
 /// The table of connected peers; clones share it. The lock is held only inside these
@@ -142,6 +168,8 @@ pub struct PeerView {
 #[derive(Debug, Clone, Default)]
 pub struct PeerTable {
     peers: Arc<Mutex<BTreeMap<PeerId, Peer>>>,
+    /// Devices refused, by client (at most [`REFUSED_CAP`]).
+    refused: Arc<Mutex<BTreeMap<Uuid, RefusedDevice>>>,
 }
 
 impl PeerTable {
@@ -149,6 +177,74 @@ impl PeerTable {
         // The map stays consistent whatever panicked while holding the lock: every method
         // makes its change in one step.
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `peer` (a run of `client`) refused, or accepted again with `None`. Returns
+    /// whether that changed.
+    pub(crate) fn set_refused(&self, peer: &PeerId, client: Uuid, reason: Option<Refusal>) -> bool {
+        let changed = match self.lock().get_mut(peer) {
+            Some(p) => std::mem::replace(&mut p.refused, reason) != reason,
+            None => false,
+        };
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(reason) => {
+                refused.insert(
+                    client,
+                    RefusedDevice {
+                        client,
+                        peer_id: *peer,
+                        reason,
+                        at_ms: chrono::Utc::now().timestamp_millis(),
+                    },
+                );
+                while refused.len() > REFUSED_CAP {
+                    let oldest = refused.values().min_by_key(|d| d.at_ms).map(|d| d.client);
+                    if let Some(c) = oldest {
+                        refused.remove(&c);
+                    }
+                }
+            }
+            None => {
+                refused.remove(&client);
+            }
+        }
+        changed
+    }
+
+    /// `peer` answered this node's `Hello` with `Welcome`.
+    pub(crate) fn set_welcomed(&self, peer: &PeerId) {
+        if let Some(p) = self.lock().get_mut(peer) {
+            p.welcomed = true;
+        }
+    }
+
+    /// Whether `peer` welcomed this node (see [`PeerTable::set_welcomed`]).
+    pub(crate) fn welcomed(&self, peer: &PeerId) -> bool {
+        self.lock().get(peer).is_some_and(|p| p.welcomed)
+    }
+
+    /// Whether `peer` is refused, and why.
+    pub(crate) fn refused(&self, peer: &PeerId) -> Option<Refusal> {
+        self.lock().get(peer).and_then(|p| p.refused)
+    }
+
+    /// The devices refused.
+    pub fn refused_devices(&self) -> Vec<RefusedDevice> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The connected peers whose device is known, with it.
+    pub(crate) fn clients(&self) -> Vec<(PeerId, Uuid)> {
+        self.lock()
+            .iter()
+            .filter_map(|(id, p)| p.client.map(|c| (*id, c)))
+            .collect()
     }
 
     /// A connection to `peer` is up: adds it, or updates the address and discovery of a
@@ -170,6 +266,8 @@ impl PeerTable {
                     progress: None,
                     schema: None,
                     announced: None,
+                    refused: None,
+                    welcomed: false,
                 });
             }
         }
@@ -288,6 +386,7 @@ impl PeerTable {
                 discovery: p.discovery,
                 progress: p.progress,
                 schema: p.schema,
+                refused: p.refused,
             })
             .collect()
     }

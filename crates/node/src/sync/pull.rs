@@ -13,6 +13,7 @@ use murmur_store::{
 use tracing::{info, warn};
 
 use super::peers::{PeerTable, PullKind, PullProgress};
+use crate::device::DeviceBinding;
 use crate::metrics::Metrics;
 use crate::protocol::{HAVE_BYTES_CAP, Net, PAGE_SIZE, Request, Response, VV_EXTRA_CAP};
 
@@ -75,6 +76,8 @@ pub(super) struct Puller {
     pub(super) metrics: Arc<Metrics>,
     /// Where the progress is shown.
     pub(super) peers: PeerTable,
+    /// This node's device, told to the peer first (it answers members only).
+    pub(super) device: DeviceBinding,
 }
 
 impl Puller {
@@ -108,6 +111,10 @@ impl Puller {
     async fn request(&self, req: Request) -> Result<Response, PullError> {
         match self.net.request(self.peer, req).await {
             Ok(Response::Error(e)) => Err(PullError::Refused(e)),
+            Ok(Response::Refused { reason }) => {
+                warn!(peer = %self.peer, "the peer refuses this device: {reason}");
+                Err(PullError::Refused(reason.to_string()))
+            }
             Ok(r) => Ok(r),
             Err(e) => Err(PullError::Request(e.to_string())),
         }
@@ -119,6 +126,17 @@ impl Puller {
     /// its range. A node behind the peer's horizon takes its snapshot, then pulls again.
     async fn pull(&self) -> Result<PullSummary, PullError> {
         let started = Instant::now();
+        // Which device this is: the peer answers a member's requests only.
+        match self
+            .request(Request::Hello {
+                device: self.device,
+            })
+            .await?
+        {
+            Response::Welcome => self.peers.set_welcomed(&self.peer),
+            _ => return Err(PullError::Unexpected),
+        }
+        // (A refusal was returned above as `PullError::Refused`, and logged by the loop.)
         let mut summary = PullSummary::default();
         let mut total = 0u64;
         'again: loop {

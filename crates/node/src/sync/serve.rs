@@ -13,10 +13,16 @@ use murmur_store::{
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
+use uuid::Uuid;
 
+use murmur_store::members::{ClaimRefusal, Event, Standing};
+use tracing::{info, warn};
+
+use super::peers::PeerTable;
+use crate::device::DeviceBinding;
 use crate::metrics::Metrics;
-use crate::protocol::{PAGE_SIZE, Request, Response, SERVER_AUTHORS_CAP};
+use crate::protocol::{Net, PAGE_SIZE, Refusal, Request, Response, SERVER_AUTHORS_CAP};
 
 /// Requests served at once; more are refused with "busy".
 pub const SERVE_CAP: usize = 8;
@@ -51,16 +57,114 @@ pub(crate) struct Server {
     tasks: JoinSet<()>,
     /// The last page of ops served (see [`LastPage`]).
     last_page: Arc<tokio::sync::Mutex<LastPage>>,
+    /// Which device each peer is, and who is refused.
+    peers: PeerTable,
+    /// To mute or block refused peers.
+    net: Net,
+    /// Claims of invitations are checked and recorded one at a time, so that two claims of
+    /// one invitation cannot both pass here.
+    joins: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The standing of `peer`'s device: `Ok(client)` for a member.
+pub(crate) fn peer_standing(
+    store: &Store,
+    peers: &PeerTable,
+    peer: &PeerId,
+) -> Result<Uuid, Refusal> {
+    let Some(client) = peers.client(peer) else {
+        return Err(Refusal::UnknownDevice);
+    };
+    standing(store, &client).map(|()| client)
+}
+
+/// Whether `client` may sync with this node.
+pub(crate) fn standing(store: &Store, client: &Uuid) -> Result<(), Refusal> {
+    match store.members().standing(client) {
+        Standing::Member => Ok(()),
+        Standing::NotMember => Err(Refusal::NotMember),
+        Standing::Removed(_) => Err(Refusal::Removed),
+    }
+}
+
+/// Refuses `peer`, a run of `client`: a removed device is blocked (its connections closed,
+/// new ones denied), another non-member muted on gossip (it may still claim an invitation).
+/// Logged once per peer; counted.
+pub(crate) async fn refuse_peer(
+    net: &Net,
+    peers: &PeerTable,
+    metrics: &Metrics,
+    peer: PeerId,
+    client: Uuid,
+    reason: Refusal,
+) {
+    if !peers.set_refused(&peer, client, Some(reason)) {
+        return;
+    }
+    metrics.peers_refused.inc();
+    match reason {
+        Refusal::Removed => {
+            info!(%peer, %client, "refusing a removed device's connections");
+            if let Err(e) = net.block(peer).await {
+                warn!("cannot block the peer: {e}");
+            }
+        }
+        _ => {
+            warn!(
+                %peer,
+                %client,
+                "a device that holds the library secret but is not a member connected: it gets \
+                 nothing. To let it in, run `murmur invite` on this device and start the other \
+                 one with `murmur run --join <invitation>`"
+            );
+            if let Err(e) = net.mute(peer).await {
+                warn!("cannot mute the peer: {e}");
+            }
+        }
+    }
 }
 
 impl Server {
-    pub(crate) fn new(store: Store, metrics: Arc<Metrics>) -> Server {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>, peers: PeerTable, net: Net) -> Server {
         Server {
             store,
             metrics,
             permits: Arc::new(Semaphore::new(SERVE_CAP)),
             tasks: JoinSet::new(),
             last_page: Arc::default(),
+            peers,
+            net,
+            joins: Arc::default(),
+        }
+    }
+
+    /// A peer's `Hello`: its binding checked against the peer id the request came from,
+    /// its device recorded, its standing answered (a refused peer is muted or blocked).
+    async fn hello(
+        &self,
+        peer: PeerId,
+        device: &DeviceBinding,
+    ) -> (Response, Option<(Uuid, Refusal)>) {
+        let client = match device.verify(&peer) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reject("bad_binding");
+                debug!(%peer, "hello refused: {e}");
+                return (
+                    Response::Refused {
+                        reason: Refusal::UnknownDevice,
+                    },
+                    None,
+                );
+            }
+        };
+        self.peers.set_client(&peer, client);
+        match standing(&self.store, &client) {
+            Ok(()) => (Response::Welcome, None),
+            Err(reason) => {
+                self.metrics.reject(reason.label());
+                (Response::Refused { reason }, Some((client, reason)))
+            }
         }
     }
 
@@ -72,6 +176,27 @@ impl Server {
         request: Request,
         responder: Responder<Response>,
     ) {
+        // Only a member's device is answered; a new device may claim an invitation.
+        match &request {
+            Request::Hello { device } => {
+                let (resp, refused) = self.hello(peer, device).await;
+                let _ = responder.respond(resp).await;
+                // Told first, then muted or blocked (which closes its connections).
+                if let Some((client, reason)) = refused {
+                    refuse_peer(&self.net, &self.peers, &self.metrics, peer, client, reason).await;
+                }
+                return;
+            }
+            Request::Join { .. } => {}
+            _ => {
+                if let Err(reason) = peer_standing(&self.store, &self.peers, &peer) {
+                    self.metrics.reject(reason.label());
+                    debug!(%peer, "request refused: {reason}");
+                    let _ = responder.respond(Response::Refused { reason }).await;
+                    return;
+                }
+            }
+        }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let busy = RequestRejection::Busy;
             self.metrics.reject(busy.label());
@@ -81,6 +206,28 @@ impl Server {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let last_page = self.last_page.clone();
+        if let Request::Join { device, claim } = request {
+            let joins = self.joins.clone();
+            let peers = self.peers.clone();
+            self.tasks.spawn(
+                async move {
+                    let resp = {
+                        let _one = joins.lock().await;
+                        admit(&store, &peers, peer, &device, claim).await
+                    };
+                    if let Response::Refused { reason } = &resp {
+                        metrics.reject(reason.label());
+                    }
+                    metrics.requests_served.inc();
+                    if let Err(e) = responder.respond(resp).await {
+                        debug!("cannot answer: {e}");
+                    }
+                    drop(permit);
+                }
+                .instrument(info_span!("join", %peer)),
+            );
+            return;
+        }
         self.tasks.spawn(
             async move {
                 let resp =
@@ -126,6 +273,69 @@ impl Server {
     /// Stops every request being served.
     pub(crate) fn abort_all(&mut self) {
         self.tasks.abort_all();
+    }
+}
+
+/// Checks a claim of an invitation and records the admission (see
+/// [`murmur_store::members`]): the binding must be the requesting peer's, the claim signed
+/// by that device and by the invitation's key; the invitation must be known here,
+/// unexpired and unused. A member already admitted is answered `Joined` again.
+async fn admit(
+    store: &Store,
+    peers: &PeerTable,
+    peer: PeerId,
+    device: &DeviceBinding,
+    claim: murmur_store::members::Claim,
+) -> Response {
+    let refused = |r: ClaimRefusal| Response::Refused {
+        reason: Refusal::Claim(r),
+    };
+    let Ok(client) = device.verify(&peer) else {
+        return refused(ClaimRefusal::BadClaim);
+    };
+    if claim.device != device.device {
+        return refused(ClaimRefusal::BadClaim);
+    }
+    peers.set_client(&peer, client);
+    let members = store.members();
+    match members.standing(&client) {
+        Standing::Member if members.devices.get(&client).is_some_and(|d| d.admitted) => {
+            return Response::Joined { root: members.root };
+        }
+        Standing::Removed(_) => {
+            return Response::Refused {
+                reason: Refusal::Removed,
+            };
+        }
+        _ => {}
+    }
+    if let Err(r) = members.check_claim(&claim.invite, &client, store.clock().physical_now()) {
+        debug!(%peer, %client, "claim refused: {r}");
+        return refused(r);
+    }
+    let Some(invite) = members.invites.get(&claim.invite) else {
+        return refused(ClaimRefusal::Unknown);
+    };
+    if claim.verify(&invite.key).is_err() {
+        return refused(ClaimRefusal::BadClaim);
+    }
+    let name = invite.name.clone().unwrap_or_else(|| claim.name.clone());
+    let event = Event::Admit {
+        device: claim.device,
+        name: name.clone(),
+        invite: Some(claim.invite),
+    };
+    match store.record_member_event(event).await {
+        Ok(_) => {
+            info!(%peer, %client, name = name.as_str(), invite = %claim.invite, "admitted a new device with an invitation");
+            Response::Joined {
+                root: store.members().root,
+            }
+        }
+        Err(e) => {
+            warn!("cannot record an admission: {e}");
+            Response::Error(e.to_string())
+        }
     }
 }
 
@@ -221,6 +431,10 @@ async fn serve_request_with(
                 next,
                 total_rows,
             }
+        }
+        // Answered before a request reaches the store (see `Server::serve`).
+        Request::Hello { .. } | Request::Join { .. } => {
+            Response::Error("not served here".to_owned())
         }
         Request::Fingerprints => Response::Fingerprints(store.resource_fingerprints().await?),
         Request::Range { resource, prefix } => {

@@ -20,6 +20,7 @@ pub(crate) mod batches;
 pub(crate) mod clients;
 pub(crate) mod derived;
 pub(crate) mod digest;
+pub(crate) mod members;
 pub(crate) mod oplog;
 pub(crate) mod quarantine;
 pub(crate) mod rows;
