@@ -101,6 +101,8 @@ pub struct SyncLoop {
     peers: PeerTable,
     /// The pulls running, at most [`PULLS_CAP`].
     pulls: JoinSet<(PeerId, Result<PullSummary, PullError>)>,
+    /// Held by the pull whose snapshot import runs: one at a time.
+    snapshot_turn: Arc<tokio::sync::Mutex<()>>,
     /// The repair round running, at most one.
     repairs: JoinSet<(PeerId, Result<repair::RepairSummary, PullError>)>,
     /// Repair rounds started, to take settled peers in turn.
@@ -137,6 +139,7 @@ impl SyncLoop {
             options,
             peers,
             pulls: JoinSet::new(),
+            snapshot_turn: Arc::default(),
             repairs: JoinSet::new(),
             repair_turn: 0,
             announced: BTreeMap::new(),
@@ -550,6 +553,7 @@ impl SyncLoop {
             peer,
             metrics: self.metrics.clone(),
             peers: self.peers.clone(),
+            snapshot_turn: self.snapshot_turn.clone(),
         };
         self.pulls
             .spawn(async move { (peer, puller.run().await) }.instrument(info_span!("pull", %peer)));
