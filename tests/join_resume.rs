@@ -56,7 +56,10 @@ async fn a_join_killed_midway_resumes_without_importing_finished_pages_again() {
             .to_vec()
     };
     let mut c = Cluster::start_with(BIN, 2, |_| args()).await;
-    poll("A and C connected", || async { c.connected(A).await == 1 }).await;
+    poll("A and C connected", || async {
+        c.connected(A).await == 1 && c.connected(C).await == 1
+    })
+    .await;
     write_file_paths(&c, A, ROWS).await;
     eventually_long("C holds A's rows and A pruned its log", || async {
         c.digests_equal().await && metric(&c, A, "murmur_pending_operations").await == 0.0

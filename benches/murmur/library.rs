@@ -60,7 +60,11 @@ fn file_len(p: &Path) -> u64 {
 }
 
 /// Samples the size of `wal` every 50 ms until `stop`, keeping the largest in `peak`.
-pub fn sample_wal(wal: PathBuf, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+pub fn sample_wal(
+    wal: PathBuf,
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             peak.fetch_max(file_len(&wal), Ordering::Relaxed);
@@ -71,7 +75,10 @@ pub fn sample_wal(wal: PathBuf, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) -> 
 
 /// Digest calls and app reads (a page of file_paths after a random key) on `store`, one of
 /// each every 200 ms, until `stop`. Returns how many digest calls ran and the slowest.
-pub fn load(store: murmur::store::Store, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, f64)> {
+pub fn load(
+    store: murmur::store::Store,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, f64)> {
     tokio::spawn(async move {
         let (mut calls, mut slowest) = (0u64, 0f64);
         let mut rng = StdRng::seed_from_u64(7);
@@ -121,7 +128,12 @@ async fn plain_p50(pool: &SqlitePool) -> Res<f64> {
 
 /// SQLite's own bulk insert of the library's rows in key order (multi-row statements,
 /// [`TX_ROWS`] rows a transaction, the store's pragmas). Returns seconds and the peak WAL.
-async fn plain_bulk(pool: &SqlitePool, seed: u64, order: &[(Uuid, u32)], wal: &Path) -> Res<(f64, u64)> {
+async fn plain_bulk(
+    pool: &SqlitePool,
+    seed: u64,
+    order: &[(Uuid, u32)],
+    wal: &Path,
+) -> Res<(f64, u64)> {
     let mut conn = pool.acquire().await?;
     let t = Instant::now();
     let mut peak = 0;
@@ -159,11 +171,18 @@ async fn plain_bulk(pool: &SqlitePool, seed: u64, order: &[(Uuid, u32)], wal: &P
 
 pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
     let seed = 20;
-    eprintln!("[library] {n} file_paths (random UUIDv4, ~{} cas_ids), a new device joins", n / 2);
+    eprintln!(
+        "[library] {n} file_paths (random UUIDv4, ~{} cas_ids), a new device joins",
+        n / 2
+    );
     let cluster = start_cluster(1).await;
     let a_addr = cluster.nodes[0].addr().await;
     let a = cluster.nodes[0].node();
-    let a_wal = cluster.nodes[0].dir.path().join("data").join("library.db-wal");
+    let a_wal = cluster.nodes[0]
+        .dir
+        .path()
+        .join("data")
+        .join("library.db-wal");
     let author = a.store().author();
     let empty_p50 = tag_p50(a, "empty").await?;
 
@@ -171,7 +190,9 @@ pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
     let t = Instant::now();
     let mut write_wal_peak = 0;
     for start in (0..n).step_by(BATCH) {
-        let rows = (start..(start + BATCH).min(n)).map(|k| row_fields(seed, k)).collect();
+        let rows = (start..(start + BATCH).min(n))
+            .map(|k| row_fields(seed, k))
+            .collect();
         a.store().write_owned("file_paths", rows).await?;
         write_wal_peak = write_wal_peak.max(file_len(&a_wal));
         if start % (BATCH * 50) == 0 && start > 0 {
@@ -180,7 +201,11 @@ pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
     }
     let write_secs = t.elapsed().as_secs_f64();
     let write_rate = n as f64 / write_secs;
-    eprintln!("  wrote {n} rows in {write_secs:.1} s ({}), WAL peak {} MB", fmt_rate(write_rate), write_wal_peak >> 20);
+    eprintln!(
+        "  wrote {n} rows in {write_secs:.1} s ({}), WAL peak {} MB",
+        fmt_rate(write_rate),
+        write_wal_peak >> 20
+    );
 
     // The digest once writes settled: the first call folds what is left; then timed.
     let t = Instant::now();
@@ -242,7 +267,9 @@ pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
     let (bulk_secs, bulk_wal) = plain_bulk(&pool, seed, &order, &p_wal).await?;
     let plain_full_p50 = plain_p50(&pool).await?;
     let t = Instant::now();
-    let _: (i64,) = sqlx::query_as("SELECT count(*) FROM file_paths").fetch_one(&pool).await?;
+    let _: (i64,) = sqlx::query_as("SELECT count(*) FROM file_paths")
+        .fetch_one(&pool)
+        .await?;
     let count_ms = t.elapsed().as_secs_f64() * 1000.0;
     pool.close().await;
     let bulk_rate = n as f64 / bulk_secs;

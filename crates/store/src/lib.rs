@@ -72,7 +72,9 @@ pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
     RowEvent, SnapshotImport, SnapshotRow, VersionVector,
 };
-pub use page::{AuthorRange, OpsCursor, OpsPage, SnapshotPosition, SnapshotProgress, resumed_proofs};
+pub use page::{
+    AuthorRange, OpsCursor, OpsPage, SnapshotPosition, SnapshotProgress, resumed_proofs,
+};
 pub use ranges::{Digest, MAX_ROWS_ASKED};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef, SchemaRelation, SchemaVersion};
@@ -80,5 +82,5 @@ pub use repair::RepairReport;
 pub use sql::clients::ClientInfo;
 pub use sql::digest::WRITER_COLLATION;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
-pub use writer::{CHECKPOINT_BUSY_MS, CHECKPOINT_RETRY, WAL_CHECKPOINT_BYTES, WalStats};
 pub use value::{ColumnType, MAX_ROW_BYTES, Value};
+pub use writer::{CHECKPOINT_BUSY_MS, CHECKPOINT_RETRY, WAL_CHECKPOINT_BYTES, WalStats};

@@ -14,11 +14,11 @@ use crate::op::{
     ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotImport, SnapshotRow,
     VersionVector,
 };
+use crate::page::{SnapshotPosition, SnapshotProgress, resumed_proofs};
 use crate::proof::{Chain, Proof, ProofError, check_batch, check_rows};
 use crate::registry::Registry;
-use crate::sql::quarantine::{self, Kept};
-use crate::page::{SnapshotPosition, SnapshotProgress, resumed_proofs};
 use crate::registry::SchemaVersion;
+use crate::sql::quarantine::{self, Kept};
 use crate::sql::{batches, oplog, snapshots, versions};
 use crate::validate::{
     Unknown, split_unknown_op, split_unknown_row, validate_change, validate_op,

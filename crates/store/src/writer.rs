@@ -107,11 +107,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// A writer over `pool`, whose database holds `replica` and whose WAL is the file
     /// `wal.0`, checkpointed past `wal.1` bytes (None: no checkpoints of the writer's own).
-    pub(crate) fn new(
-        pool: SqlitePool,
-        replica: Replica,
-        wal: Option<(PathBuf, u64)>,
-    ) -> Writer {
+    pub(crate) fn new(pool: SqlitePool, replica: Replica, wal: Option<(PathBuf, u64)>) -> Writer {
         Writer {
             pool,
             turn: Arc::new(tokio::sync::Mutex::new(())),
@@ -162,11 +158,13 @@ impl Writer {
 
     /// What the writer's checkpoints did.
     pub(crate) fn wal_stats(&self) -> WalStats {
-        self.wal.as_ref().map_or_else(WalStats::default, |w| WalStats {
-            checkpoints: w.checkpoints.load(Ordering::Relaxed),
-            gave_up: w.gave_up.load(Ordering::Relaxed),
-            peak_bytes: w.peak.load(Ordering::Relaxed),
-        })
+        self.wal
+            .as_ref()
+            .map_or_else(WalStats::default, |w| WalStats {
+                checkpoints: w.checkpoints.load(Ordering::Relaxed),
+                gave_up: w.gave_up.load(Ordering::Relaxed),
+                peak_bytes: w.peak.load(Ordering::Relaxed),
+            })
     }
 
     /// After a commit: starts a truncating checkpoint if the WAL is past its limit
@@ -199,8 +197,9 @@ impl Writer {
                 }
                 Ok(false) => {
                     wal.gave_up.fetch_add(1, Ordering::Relaxed);
-                    *wal.gave_up_at.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Instant::now());
+                    *wal.gave_up_at
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                     tracing::debug!(bytes = len, "WAL checkpoint gave up: readers held on");
                 }
                 Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
@@ -389,7 +388,9 @@ async fn checkpoint(pool: &SqlitePool) -> Result<bool, StoreError> {
     .await?;
     match res {
         Ok((busy, _, _)) => Ok(busy == 0),
-        Err(sqlx::Error::Database(e)) if e.message().contains("locked") || e.message().contains("busy") => {
+        Err(sqlx::Error::Database(e))
+            if e.message().contains("locked") || e.message().contains("busy") =>
+        {
             Ok(false)
         }
         Err(e) => Err(e.into()),

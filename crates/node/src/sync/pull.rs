@@ -358,7 +358,10 @@ impl Puller {
             Some(p) if p.done => {
                 // Every page was in before the restart: only the end is left.
                 self.metrics.snapshots_resumed.inc();
-                info!(rows = p.rows, "finishing the snapshot import of a previous run");
+                info!(
+                    rows = p.rows,
+                    "finishing the snapshot import of a previous run"
+                );
                 self.store.finish_snapshot(p.proofs).await?;
                 self.metrics.snapshots_imported.inc();
                 summary.snapshot = true;
@@ -442,7 +445,11 @@ impl Puller {
 
     /// Starts a new snapshot import from the peer, whose proofs are `proofs`: asks for its
     /// first page, then records the import (with the schema the page names).
-    async fn start_snapshot(&self, source: String, proofs: Vec<Proof>) -> Result<Import, PullError> {
+    async fn start_snapshot(
+        &self,
+        source: String,
+        proofs: Vec<Proof>,
+    ) -> Result<Import, PullError> {
         let first = self
             .request(Request::Snapshot {
                 position: None,

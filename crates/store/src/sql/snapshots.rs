@@ -113,7 +113,10 @@ pub(crate) async fn record_page(
     .bind(rows.min(i64::MAX as u64) as i64)
     .execute(&mut *conn)
     .await?;
-    let authors: Vec<String> = uncovered.iter().map(|a| a.hyphenated().to_string()).collect();
+    let authors: Vec<String> = uncovered
+        .iter()
+        .map(|a| a.hyphenated().to_string())
+        .collect();
     for chunk in authors.chunks(500) {
         let sql = format!(
             "DELETE FROM crdt_snapshot_proofs WHERE author IN ({})",
