@@ -478,7 +478,11 @@ async fn hostile_requests_are_refused_or_clamped() {
 
     // Snapshot pages are clamped the same way.
     let snap = |position: Option<SnapshotPosition>, limit: u32| {
-        Wire::of(&Request::Snapshot { position, limit })
+        Wire::of(&Request::Snapshot {
+            position,
+            limit,
+            resume: false,
+        })
     };
     let rows = |w: Wire| match w.decode::<Response>() {
         Some(Response::Snapshot { rows, .. }) => rows,

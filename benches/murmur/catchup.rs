@@ -24,6 +24,20 @@ async fn run_child(
     want_seq: u64,
     want_rows: u64,
 ) -> Res<J> {
+    run_child_with(data, secret, peer, author, want_seq, want_rows, &[]).await
+}
+
+/// [`run_child`] with more arguments: the resource whose rows it counts (default `tags`),
+/// then `load` to run digest calls and app reads during the join and sample its WAL.
+pub async fn run_child_with(
+    data: &Path,
+    secret: &Path,
+    peer: &Multiaddr,
+    author: Uuid,
+    want_seq: u64,
+    want_rows: u64,
+    more: &[&str],
+) -> Res<J> {
     let exe = std::env::current_exe()?;
     let out = tokio::process::Command::new(exe)
         .arg("--child")
@@ -33,6 +47,7 @@ async fn run_child(
         .arg(author.to_string())
         .arg(want_seq.to_string())
         .arg(want_rows.to_string())
+        .args(more)
         .stderr(std::process::Stdio::inherit())
         .output()
         .await?;
@@ -59,15 +74,27 @@ pub async fn child(raw: &[String]) -> Res<()> {
     let author: Uuid = arg(4)?.parse()?;
     let want_seq: u64 = arg(5)?.parse()?;
     let want_rows: u64 = arg(6)?.parse()?;
+    let resource = arg(7).unwrap_or_else(|_| "tags".into());
+    let with_load = arg(8).is_ok_and(|a| a == "load");
     let t0 = Instant::now();
     let mut cfg = config_at(&data, &secret);
     bench_config(&mut cfg);
     cfg.peers = vec![peer];
     let node = Node::start(cfg).await?;
-    let deadline = Instant::now() + Duration::from_secs(900);
+    // Digest calls and app reads during the join, and the WAL's size sampled.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wal_peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let side = with_load.then(|| {
+        (
+            crate::library::sample_wal(data.join("library.db-wal"), stop.clone(), wal_peak.clone()),
+            crate::library::load(node.store().clone(), stop.clone()),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let vv = node.store().version_vector();
-        if vv.contiguous(&author) >= want_seq && node.store().count_rows("tags").await? >= want_rows
+        if vv.contiguous(&author) >= want_seq
+            && node.store().count_rows(&resource).await? >= want_rows
         {
             break;
         }
@@ -77,6 +104,13 @@ pub async fn child(raw: &[String]) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut digests, mut slowest) = (0, 0.0);
+    if let Some((sampler, loader)) = side {
+        sampler.await?;
+        (digests, slowest) = loader.await?;
+    }
+    let wal = node.store().wal_stats();
     let stats = node.net_stats();
     let hwm_kb = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -97,6 +131,11 @@ pub async fn child(raw: &[String]) -> Res<()> {
             "requests_out": stats.requests_out,
             "gossip_bytes_in": stats.gossip_bytes_in,
             "peak_rss_kb": hwm_kb,
+            "peak_wal_bytes": wal_peak.load(std::sync::atomic::Ordering::Relaxed).max(wal.peak_bytes),
+            "wal_checkpoints": wal.checkpoints,
+            "wal_checkpoints_gave_up": wal.gave_up,
+            "digests_during_join": digests,
+            "slowest_digest_ms": slowest,
         })
     );
     Ok(())

@@ -20,11 +20,13 @@
 //! - [`nodes`]: the in-process nodes of the scenarios (murmur-testkit's cluster, with the
 //!   bench's config) and a published write;
 //! - one module per scenario: [`apply`] (1), [`local`] (2), [`latency`] (3), [`owned`] (5),
-//!   [`catchup`] (4 and 6, in child processes).
+//!   [`catchup`] (4 and 6, in child processes), [`library`] (issue 20; opt-in with
+//!   `--only library`).
 
 mod apply;
 mod catchup;
 mod latency;
+mod library;
 mod local;
 mod nodes;
 mod owned;
@@ -53,7 +55,8 @@ usage: cargo bench --bench murmur -- [--scale F | --quick] [--rounds N] [--json 
   --quick        --scale 0.1 and 3 rounds
   --rounds N     interleaved rounds of the apply and local scenarios (default 5)
   --json PATH    write the table and every figure to PATH
-  --only NAMES   comma-separated scenarios: apply, local, latency, owned, catchup, snapshot";
+  --only NAMES   comma-separated scenarios: apply, local, latency, owned, catchup, snapshot,
+                 library (10M file_paths at --scale 1; only when named)";
 
 struct Args {
     scale: f64,
@@ -169,6 +172,17 @@ async fn run(args: Args) -> Res<()> {
         for (k, v) in j {
             figures.insert(k, v);
         }
+    }
+
+    // Minutes long: only when asked for by name.
+    if args
+        .only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == "library"))
+    {
+        let (r, j) = crate::library::bench_library(scaled(10_000_000, s)).await?;
+        rows.extend(r);
+        figures.insert("library".into(), j);
     }
 
     print_table(&rows);

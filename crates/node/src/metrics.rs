@@ -45,6 +45,12 @@ pub struct Metrics {
     pub catchups: Counter,
     /// Snapshots imported.
     pub snapshots_imported: Counter,
+    /// Pages of snapshots imported (each committed with the import's progress).
+    pub snapshot_pages_imported: Counter,
+    /// Rows of snapshots imported.
+    pub snapshot_rows_imported: Counter,
+    /// Snapshot imports continued where a previous run of the node stopped.
+    pub snapshots_resumed: Counter,
     /// Peers refused for the rest of their run: they sent ops whose proofs of authorship
     /// fail, or ops of this node's own author.
     pub peers_refused: Counter,
@@ -89,6 +95,9 @@ impl Metrics {
             pages_reused: Counter::default(),
             catchups: Counter::default(),
             snapshots_imported: Counter::default(),
+            snapshot_pages_imported: Counter::default(),
+            snapshot_rows_imported: Counter::default(),
+            snapshots_resumed: Counter::default(),
             peers_refused: Counter::default(),
             ops_pruned: Counter::default(),
             prune_runs: Counter::default(),
@@ -160,6 +169,21 @@ impl Metrics {
             "snapshots_imported",
             "State snapshots imported",
             m.snapshots_imported.clone(),
+        );
+        registry.register(
+            "snapshot_pages_imported",
+            "Pages of state snapshots imported",
+            m.snapshot_pages_imported.clone(),
+        );
+        registry.register(
+            "snapshot_rows_imported",
+            "Rows of state snapshots imported",
+            m.snapshot_rows_imported.clone(),
+        );
+        registry.register(
+            "snapshots_resumed",
+            "Snapshot imports continued where a previous run stopped",
+            m.snapshots_resumed.clone(),
         );
         registry.register(
             "peers_refused",

@@ -123,6 +123,10 @@ pub enum Request {
         position: Option<SnapshotPosition>,
         /// Page size wanted (the server caps it).
         limit: u32,
+        /// The first page of a snapshot import that a restarted requester continues at
+        /// `position`: answer it as a first page (with `total_rows` and `schema`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume: bool,
     },
     /// The fingerprint of each resource (the top of the digest's ranges).
     Fingerprints,
@@ -172,6 +176,10 @@ pub enum Response {
         next: Option<SnapshotPosition>,
         /// On the first page: rows in the snapshot, for progress.
         total_rows: Option<u64>,
+        /// On the first page: the server's schema. Positions name resources in its
+        /// registry's order, so a resumed import continues only from the same schema.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<SchemaVersion>,
     },
     /// Each resource's fingerprint, in the server's registry order.
     Fingerprints(Vec<(String, Fingerprint)>),

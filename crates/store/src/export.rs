@@ -13,7 +13,7 @@ use crate::clock::Hlc;
 use crate::error::StoreError;
 use crate::merge::SharedRow;
 use crate::op::{Change, Method, Op, OwnedRow, SnapshotRow, VersionVector};
-use crate::page::{AuthorRange, OpsCursor, OpsPage};
+use crate::page::{AuthorRange, KEPT_PHASE, OpsCursor, OpsPage, SnapshotPosition};
 use crate::proof::{Hash, Proof, TAIL_CAP, op_hash};
 use crate::registry::{Kind, ResourceDef};
 use crate::sql::quarantine::{self, Kept};
@@ -33,20 +33,6 @@ pub const MAX_PAGE: usize = 20_000;
 /// always holds whatever its size (a row is at most [`crate::value::MAX_ROW_BYTES`]), so
 /// every page fits in one frame and no request is refused for its answer's size.
 pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
-
-/// Where a snapshot export continues: resource, phase (0 rows, 1 owned tombstones) and the
-/// last UUID sent.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SnapshotPosition {
-    /// Resource being exported.
-    pub resource: String,
-    /// 0: rows; 1: tombstones of an owned resource; 2 (after every resource, `resource`
-    /// empty): what this node keeps for a schema it does not know, `after` holding the last
-    /// kept item's id.
-    pub phase: u8,
-    /// Last UUID sent in this resource and phase.
-    pub after: Option<Uuid>,
-}
 
 impl Store {
     /// A page of the ops a peer with version vector `theirs` lacks, including other
@@ -450,9 +436,6 @@ impl Store {
         }
     }
 }
-
-/// The phase of a snapshot that serves what this node keeps for a newer schema.
-const KEPT_PHASE: u8 = 2;
 
 /// A page of the snapshot's last phase: what this node keeps (see
 /// [`crate::sql::quarantine`]) after the item `after`, as snapshot rows (a kept op as the

@@ -67,13 +67,15 @@ mod writer;
 pub use clock::{Clock, DriftError, Hlc, ManualClock, PhysicalClock};
 pub use commit::{Commit, Origin};
 pub use error::StoreError;
-pub use export::{MAX_PAGE, MAX_PAGE_BYTES, SnapshotPosition};
+pub use export::{MAX_PAGE, MAX_PAGE_BYTES};
 pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,
     RowEvent, SnapshotImport, SnapshotRow, VersionVector,
 };
-pub use page::{AuthorRange, OpsCursor, OpsPage};
+pub use page::{
+    AuthorRange, OpsCursor, OpsPage, SnapshotPosition, SnapshotProgress, resumed_proofs,
+};
 pub use ranges::{Digest, MAX_ROWS_ASKED};
 pub use read::MAX_READ;
 pub use registry::{ColumnDef, Kind, Registry, ResourceDef, SchemaRelation, SchemaVersion};
@@ -82,3 +84,4 @@ pub use sql::clients::ClientInfo;
 pub use sql::digest::WRITER_COLLATION;
 pub use store::{COMMIT_FEED_CAP, Durability, Store, StoreOptions};
 pub use value::{ColumnType, MAX_ROW_BYTES, Value};
+pub use writer::{CHECKPOINT_BUSY_MS, CHECKPOINT_RETRY, WAL_CHECKPOINT_BYTES, WalStats};

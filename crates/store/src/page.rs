@@ -1,11 +1,14 @@
 //! A page of ops as a peer is sent it: the changes, their proofs of authorship, and where
 //! the next page starts.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::op::{AuthorVersion, Change, VersionVector};
 use crate::proof::Proof;
+use crate::registry::SchemaVersion;
 
 /// Where the next page of [`crate::Store::ops_since`] starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +110,94 @@ impl VersionVector {
         out.push((AuthorRange { from, to: None }, part));
         out
     }
+}
+
+/// Where a snapshot export continues: resource, phase (0 rows, 1 owned tombstones) and the
+/// last UUID sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPosition {
+    /// Resource being exported.
+    pub resource: String,
+    /// 0: rows; 1: tombstones of an owned resource; 2 (after every resource, `resource`
+    /// empty): what this node keeps for a schema it does not know, `after` holding the last
+    /// kept item's id.
+    pub phase: u8,
+    /// Last UUID sent in this resource and phase.
+    pub after: Option<Uuid>,
+}
+
+/// The phase of a snapshot that serves what the server keeps for a newer schema (its
+/// `after` is an id of the server's own, meaningless to another node).
+pub(crate) const KEPT_PHASE: u8 = 2;
+
+impl SnapshotPosition {
+    /// Whether this is a position in the kept phase ([`KEPT_PHASE`]).
+    pub fn is_kept_phase(&self) -> bool {
+        self.phase == KEPT_PHASE
+    }
+
+    /// The position before the kept phase's first item: where a snapshot continues in the
+    /// kept phase of another server (whose kept items' ids are not this one's).
+    pub fn kept_start() -> SnapshotPosition {
+        SnapshotPosition {
+            resource: String::new(),
+            phase: KEPT_PHASE,
+            after: None,
+        }
+    }
+}
+
+/// A snapshot import under way, as stored (migration 0011): what a restarted node needs to
+/// continue it ([`crate::Store::snapshot_progress`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotProgress {
+    /// Who served it: the peer's device UUID, or its peer id while its device was unknown.
+    pub source: String,
+    /// The serving registry's schema, when the server said it.
+    pub schema: Option<SchemaVersion>,
+    /// Where the next page starts (after this position); `None`: from the start, or, when
+    /// `done`, nothing is left.
+    pub next: Option<SnapshotPosition>,
+    /// Every page is imported; only the end of the snapshot is left.
+    pub done: bool,
+    /// Pages imported.
+    pub pages: u64,
+    /// Rows imported.
+    pub rows: u64,
+    /// How many times it was resumed.
+    pub resumed: u64,
+    /// What the finished snapshot may claim: per author, a proof of an empty run.
+    pub proofs: Vec<Proof>,
+}
+
+impl SnapshotProgress {
+    /// Whether it holds anything to continue: a page imported.
+    pub fn started(&self) -> bool {
+        self.pages > 0 || self.done
+    }
+}
+
+/// The proofs a snapshot resumed from another state may claim: per author, the proof of the
+/// lower seq of `stored` (what the rows imported so far hold) and `now` (what the rows of
+/// the state it continues from hold); an author of only one of them is left out. Every
+/// row imported holds the effect of the ops these prove, whichever state it came from, so
+/// the version vector moves no further than every row proves. In author order.
+pub fn resumed_proofs(stored: &[Proof], now: &[Proof]) -> Vec<Proof> {
+    let now: BTreeMap<Uuid, &Proof> = now.iter().map(|p| (p.key.author(), p)).collect();
+    let mut out: BTreeMap<Uuid, Proof> = BTreeMap::new();
+    for s in stored {
+        let author = s.key.author();
+        if let Some(n) = now.get(&author) {
+            let lower = if n.first < s.first { *n } else { s };
+            match out.get(&author) {
+                Some(o) if o.first <= lower.first => {}
+                _ => {
+                    out.insert(author, lower.clone());
+                }
+            }
+        }
+    }
+    out.into_values().collect()
 }
 
 #[cfg(test)]

@@ -15,15 +15,17 @@ use crate::op::{
     ApplyReport, Change, Method, OpId, RejectReason, Rejection, SnapshotImport, SnapshotRow,
     VersionVector,
 };
+use crate::page::{SnapshotPosition, SnapshotProgress, resumed_proofs};
 use crate::proof::{Chain, Proof, ProofError, check_batch, check_rows};
 use crate::registry::Registry;
+use crate::registry::SchemaVersion;
 use crate::sql::quarantine::{self, Kept};
-use crate::sql::{batches, oplog, versions};
+use crate::sql::{batches, oplog, snapshots, versions};
 use crate::validate::{
     Unknown, split_unknown_op, split_unknown_row, validate_change, validate_op,
     validate_snapshot_row,
 };
-use crate::writer::Writer;
+use crate::writer::{WriteTx, Writer};
 
 /// What writing peers' changes needs.
 pub(crate) struct Remote<'a> {
@@ -344,9 +346,14 @@ impl Remote<'_> {
     /// with a register more than `max_drift` ahead is set aside (not imported, counted in
     /// the result with the authors the snapshot then must not cover); the others are
     /// imported.
+    ///
+    /// `progress`: `Some(next)` records, in the same transaction, that the snapshot under
+    /// way ([`crate::sql::snapshots`]) continues after `next` (`None`: this was its last
+    /// page) and may not claim the authors of the rows set aside.
     pub(crate) async fn import_snapshot_page(
         &self,
         rows: Vec<SnapshotRow>,
+        progress: Option<Option<&SnapshotPosition>>,
     ) -> Result<SnapshotImport, StoreError> {
         let mut result = SnapshotImport::default();
         let mut accepted = Vec::with_capacity(rows.len());
@@ -398,6 +405,9 @@ impl Remote<'_> {
         let n = accepted.len();
         engine::import_rows(tx.conn(), self.registry, accepted, &devices).await?;
         quarantine::keep(tx.conn(), &kept).await?;
+        if let Some(next) = progress {
+            snapshots::record_page(tx.conn(), next, n as u64, &result.uncovered).await?;
+        }
         result.kept = kept.len();
         tx.commit(|| Commit {
             imported: n,
@@ -411,37 +421,85 @@ impl Remote<'_> {
     /// Learns the authors a snapshot's proofs prove (their keys, so their devices), before
     /// its rows are imported: an owned row belongs to its author's device. Moves no version
     /// vector. Returns the proofs refused, with why.
+    ///
+    /// `start`: `Some((source, schema))` also records a new snapshot import under way
+    /// ([`crate::sql::snapshots`]), served by `source` from a registry of `schema`, that may
+    /// claim the proofs that verify; `None` records nothing (a resumed import).
     pub(crate) async fn learn_authors(
         &self,
         proofs: &[Proof],
+        start: Option<(&str, Option<&SchemaVersion>)>,
     ) -> Result<Vec<(Uuid, Rejection)>, StoreError> {
-        let mut refused = Vec::new();
-        let mut chain = Chain::default();
         let mut tx = self.writer.begin().await?;
-        for p in proofs {
-            match p.verify(std::iter::empty()) {
-                Ok(v) if p.len == 0 => {
-                    chain.keys.push(p.key);
-                    tx.learn(v.author, v.device);
-                }
-                Ok(v) => refused.push((
-                    v.author,
-                    Rejection::new(
-                        RejectReason::Malformed,
-                        "a snapshot's proof must cover no ops".into(),
-                    ),
-                )),
-                Err(e) => refused.push((
-                    p.key.author(),
-                    Rejection::new(RejectReason::BadProof, format!("snapshot proof: {e}")),
-                )),
-            }
+        let (refused, verified) = learn_in(&mut tx, proofs).await?;
+        if let Some((source, schema)) = start {
+            snapshots::start(tx.conn(), source, schema, &verified).await?;
         }
-        oplog::store_proven(tx.conn(), &chain).await?;
         tx.commit_quietly().await?;
         Ok(refused)
     }
 
+    /// Continues the snapshot import under way, now served by `source` from a state whose
+    /// proofs are `now`, from after `next`: learns `now`'s authors, and from here on the
+    /// import may claim, per author, the lower of what it stored and what `now` proves
+    /// ([`crate::page::resumed_proofs`]). Returns the progress as it now is (None: no
+    /// import under way) and the proofs of `now` refused.
+    pub(crate) async fn resume_snapshot(
+        &self,
+        source: &str,
+        next: Option<&SnapshotPosition>,
+        now: &[Proof],
+    ) -> Result<(Option<SnapshotProgress>, Vec<(Uuid, Rejection)>), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (refused, verified) = learn_in(&mut tx, now).await?;
+        let Some(mut progress) = snapshots::load(tx.conn()).await? else {
+            tx.commit_quietly().await?;
+            return Ok((None, refused));
+        };
+        progress.proofs = resumed_proofs(&progress.proofs, &verified);
+        snapshots::resume(tx.conn(), source, next, &progress.proofs).await?;
+        tx.commit_quietly().await?;
+        progress.source = source.to_owned();
+        progress.next = next.cloned();
+        progress.resumed += 1;
+        Ok((Some(progress), refused))
+    }
+}
+
+/// Verifies a snapshot's `proofs` (each of an empty run) and learns their authors' keys in
+/// `tx`. Returns those refused, with why, and those that verify.
+async fn learn_in(
+    tx: &mut WriteTx<'_>,
+    proofs: &[Proof],
+) -> Result<(Vec<(Uuid, Rejection)>, Vec<Proof>), StoreError> {
+    let mut refused = Vec::new();
+    let mut verified = Vec::new();
+    let mut chain = Chain::default();
+    for p in proofs {
+        match p.verify(std::iter::empty()) {
+            Ok(v) if p.len == 0 => {
+                chain.keys.push(p.key);
+                tx.learn(v.author, v.device);
+                verified.push(p.clone());
+            }
+            Ok(v) => refused.push((
+                v.author,
+                Rejection::new(
+                    RejectReason::Malformed,
+                    "a snapshot's proof must cover no ops".into(),
+                ),
+            )),
+            Err(e) => refused.push((
+                p.key.author(),
+                Rejection::new(RejectReason::BadProof, format!("snapshot proof: {e}")),
+            )),
+        }
+    }
+    oplog::store_proven(tx.conn(), &chain).await?;
+    Ok((refused, verified))
+}
+
+impl Remote<'_> {
     /// Ends a snapshot import. The snapshot's rows hold the effect of every op its proofs
     /// cover: each proof (of an empty run) shows that its author's log reached
     /// `first - 1`, signed by the author. Only a verified proof moves this replica's version
@@ -513,6 +571,8 @@ impl Remote<'_> {
             batches::prune(conn, *author, *seq).await?;
         }
         oplog::store_proven(conn, &chain).await?;
+        // The import under way is over, in the transaction that ends it.
+        snapshots::clear(conn).await?;
         let (_, horizon) = tx.horizon_mut();
         for (author, seq, _) in &moved {
             let h = horizon.entry(*author).or_default();

@@ -37,11 +37,12 @@ use crate::members::{
     DEVICES_LOG, EVENT_COLUMN, Event, MembersState, Membership, SignedEvent, devices_log_def,
 };
 use crate::op::{ApplyReport, Change, SnapshotImport, SnapshotRow, VersionVector};
+use crate::page::{SnapshotPosition, SnapshotProgress};
 use crate::proof::{Hash, Proof, Signer};
 use crate::registry::Registry;
 use crate::remote::Remote;
 use crate::sql::{clients, digest, members, oplog, schema, versions};
-use crate::writer::{Replica, Writer};
+use crate::writer::{Replica, WalStats, Writer};
 
 /// How hard SQLite works to keep a commit across a power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +72,9 @@ pub struct StoreOptions {
     pub registry: Registry,
     /// fsync policy.
     pub durability: Durability,
+    /// The WAL size past which the writer checkpoints and truncates it (default
+    /// [`crate::WAL_CHECKPOINT_BYTES`]; also SQLite's `journal_size_limit`).
+    pub wal_limit: u64,
 }
 
 impl StoreOptions {
@@ -83,6 +87,7 @@ impl StoreOptions {
             clock: PhysicalClock::System,
             registry: Registry::default_library(),
             durability: Durability::Full,
+            wal_limit: crate::writer::WAL_CHECKPOINT_BYTES,
         }
     }
 }
@@ -143,7 +148,9 @@ impl Store {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(Duration::from_millis(crate::writer::BUSY_TIMEOUT_MS))
+            // A WAL that SQLite restarts is truncated to this (see `writer`'s bound).
+            .pragma("journal_size_limit", options.wal_limit.to_string())
             .foreign_keys(true)
             // Statement journals and savepoints in memory, not in a temporary file: every
             // page a multi-row statement or a savepoint changes is copied there first
@@ -222,7 +229,11 @@ impl Store {
         };
         let store = Store {
             inner: Arc::new(Inner {
-                writer: Writer::new(pool.clone(), replica),
+                writer: Writer::new(
+                    pool.clone(),
+                    replica,
+                    Some((wal_path(&options.path), options.wal_limit)),
+                ),
                 pool,
                 registry: options.registry,
                 unborn,
@@ -288,6 +299,11 @@ impl Store {
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.inner.pool.close().await;
+    }
+
+    /// What the writer's WAL checkpoints did (the WAL's bound: [`WAL_CHECKPOINT_BYTES`](crate::WAL_CHECKPOINT_BYTES)).
+    pub fn wal_stats(&self) -> WalStats {
+        self.inner.writer.wal_stats()
     }
 
     /// This replica's version vector.
@@ -561,11 +577,65 @@ impl Store {
         self.detached(move |s| async move {
             let touched = rows.iter().any(|r| r.resource() == DEVICES_LOG);
             let m = s.members_state();
-            let import = s.remote(&m).import_snapshot_page(rows).await?;
+            let import = s.remote(&m).import_snapshot_page(rows, None).await?;
             if touched {
                 s.refresh_members().await?;
             }
             Ok(import)
+        })
+        .await
+    }
+
+    /// [`Store::import_snapshot_page`] of a page of the snapshot import under way (begun
+    /// with [`Store::begin_snapshot_from`]): records, in the page's transaction, that the
+    /// next page starts after `next` (`None`: this was the last) and that the snapshot may
+    /// not claim the authors of rows set aside. A restarted node continues from there
+    /// ([`Store::snapshot_progress`]).
+    pub async fn import_snapshot_page_at(
+        &self,
+        rows: Vec<SnapshotRow>,
+        next: Option<SnapshotPosition>,
+    ) -> Result<SnapshotImport, StoreError> {
+        self.detached(move |s| async move {
+            let touched = rows.iter().any(|r| r.resource() == DEVICES_LOG);
+            let m = s.members_state();
+            let import = s
+                .remote(&m)
+                .import_snapshot_page(rows, Some(next.as_ref()))
+                .await?;
+            if touched {
+                s.refresh_members().await?;
+            }
+            Ok(import)
+        })
+        .await
+    }
+
+    /// The snapshot import under way (begun, not finished), if any: where it continues and
+    /// what it may claim. It survives a restart.
+    pub async fn snapshot_progress(&self) -> Result<Option<SnapshotProgress>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        crate::sql::snapshots::load(&mut conn).await
+    }
+
+    /// Continues the snapshot import under way, served by `source` (a peer's device, or its
+    /// peer id) from after `next`, whose current proofs (the peer's
+    /// [`Store::snapshot_proofs`], fetched again) are `now`: learns their authors, and the
+    /// snapshot may now claim, per author, only the lower of what it stored and what `now`
+    /// proves ([`crate::page::resumed_proofs`]): rows imported before the restart hold the
+    /// first, rows imported after it the second. Returns the progress as it now is (None:
+    /// no import under way) and the proofs of `now` refused.
+    pub async fn resume_snapshot(
+        &self,
+        source: String,
+        next: Option<SnapshotPosition>,
+        now: Vec<Proof>,
+    ) -> Result<(Option<SnapshotProgress>, Vec<(Uuid, crate::op::Rejection)>), StoreError> {
+        self.detached(move |s| async move {
+            let m = s.members_state();
+            s.remote(&m)
+                .resume_snapshot(&source, next.as_ref(), &now)
+                .await
         })
         .await
     }
@@ -580,7 +650,26 @@ impl Store {
     ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
         self.detached(move |s| async move {
             let m = s.members_state();
-            s.remote(&m).learn_authors(&proofs).await
+            s.remote(&m).learn_authors(&proofs, None).await
+        })
+        .await
+    }
+
+    /// [`Store::begin_snapshot`], recording a new snapshot import under way (any other is
+    /// forgotten), served by `source` (a peer's device, or its peer id) from a registry of
+    /// `schema`, that may claim the proofs that verify. Pages imported with
+    /// [`Store::import_snapshot_page_at`] move it on; [`Store::finish_snapshot`] ends it.
+    pub async fn begin_snapshot_from(
+        &self,
+        source: String,
+        schema: Option<crate::registry::SchemaVersion>,
+        proofs: Vec<Proof>,
+    ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
+        self.detached(move |s| async move {
+            let m = s.members_state();
+            s.remote(&m)
+                .learn_authors(&proofs, Some((&source, schema.as_ref())))
+                .await
         })
         .await
     }
@@ -589,7 +678,8 @@ impl Store {
     /// peer) that verifies, this replica now holds the author's ops up to the proven seq.
     /// Leave out the proofs of the authors of rows a page set aside
     /// ([`SnapshotImport::uncovered`]), so that their ops are fetched again. Returns the
-    /// proofs refused, by author, with why.
+    /// proofs refused, by author, with why. The snapshot import under way, if any, is over
+    /// (in the same transaction).
     pub async fn finish_snapshot(
         &self,
         proofs: Vec<Proof>,
@@ -765,4 +855,11 @@ impl Store {
 /// Whether a batch holds `devices_log` ops (the membership must be folded again after it).
 fn touches_members(batch: &[Change]) -> bool {
     batch.iter().any(|c| c.op().resource == DEVICES_LOG)
+}
+
+/// The WAL file of the database at `db` (SQLite names it so).
+fn wal_path(db: &std::path::Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }

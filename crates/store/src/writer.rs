@@ -12,12 +12,26 @@
 //! The feed is bounded: a consumer that falls behind makes writers wait (back-pressure),
 //! never lose a commit. Without a consumer nothing is sent.
 //!
+//! ## The WAL's bound
+//!
+//! SQLite's automatic checkpoints are passive: while readers overlap without a pause (a
+//! peer's snapshot pages, digest calls, the app's reads), none reaches the end of the WAL,
+//! so the WAL never starts over and grows without bound. After a commit, the writer looks
+//! at the WAL file's size (one `stat`); past [`WAL_CHECKPOINT_BYTES`] it runs
+//! `wal_checkpoint(TRUNCATE)` in a task of its own that takes the write turn (so no write
+//! is under way) and waits at most [`CHECKPOINT_BUSY_MS`] for readers; if they hold on, it
+//! gives up until a commit at least [`CHECKPOINT_RETRY`] later. `journal_size_limit` (set
+//! when the store opens) truncates a WAL that SQLite restarts by itself.
+//!
 //! ## Cancellation safety
 //! [`WriteTx::commit`] must not be cancelled between SQLite's commit and the state update:
 //! the store runs every write in a task of its own (`Store::detached`).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Sqlite, Transaction};
@@ -42,11 +56,48 @@ pub(crate) struct Replica {
     pub devices: std::collections::HashMap<Uuid, Uuid>,
 }
 
+/// The WAL size past which a commit starts a truncating checkpoint, by default
+/// (`StoreOptions::wal_limit`).
+pub const WAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a truncating checkpoint waits for readers before it gives up (for now).
+pub const CHECKPOINT_BUSY_MS: u64 = 200;
+/// How long after a checkpoint that readers made give up the next one may start.
+pub const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+/// The busy timeout of the store's connections, set back after a checkpoint.
+pub(crate) const BUSY_TIMEOUT_MS: u64 = 10_000;
+
+/// What the writer's checkpoints did (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Truncating checkpoints that completed.
+    pub checkpoints: u64,
+    /// Truncating checkpoints that gave up (readers held on past the wait).
+    pub gave_up: u64,
+    /// The largest WAL size a commit saw, in bytes.
+    pub peak_bytes: u64,
+}
+
+/// The WAL's file and what its checkpoints did.
+struct Wal {
+    path: PathBuf,
+    /// The size past which a commit starts a checkpoint.
+    limit: u64,
+    /// A checkpoint task is running.
+    running: AtomicBool,
+    /// When the last checkpoint gave up.
+    gave_up_at: Mutex<Option<Instant>>,
+    checkpoints: AtomicU64,
+    gave_up: AtomicU64,
+    peak: AtomicU64,
+}
+
 /// Owns the write lock, the replica's state and the commit feed.
 pub(crate) struct Writer {
     pool: SqlitePool,
-    /// Taken by every write transaction, for its whole life.
-    turn: tokio::sync::Mutex<()>,
+    /// Taken by every write transaction, for its whole life (and by a checkpoint).
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// The WAL, when the database is a file.
+    wal: Option<Arc<Wal>>,
     /// Changed only by [`WriteTx::commit`], with `turn` held.
     replica: RwLock<Replica>,
     /// The commit feed's sender, once somebody subscribed.
@@ -54,11 +105,23 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// A writer over `pool`, whose database holds `replica`.
-    pub(crate) fn new(pool: SqlitePool, replica: Replica) -> Writer {
+    /// A writer over `pool`, whose database holds `replica` and whose WAL is the file
+    /// `wal.0`, checkpointed past `wal.1` bytes (None: no checkpoints of the writer's own).
+    pub(crate) fn new(pool: SqlitePool, replica: Replica, wal: Option<(PathBuf, u64)>) -> Writer {
         Writer {
             pool,
-            turn: tokio::sync::Mutex::new(()),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            wal: wal.map(|(path, limit)| {
+                Arc::new(Wal {
+                    path,
+                    limit,
+                    running: AtomicBool::new(false),
+                    gave_up_at: Mutex::new(None),
+                    checkpoints: AtomicU64::new(0),
+                    gave_up: AtomicU64::new(0),
+                    peak: AtomicU64::new(0),
+                })
+            }),
             replica: RwLock::new(replica),
             feed: Mutex::new(None),
         }
@@ -91,6 +154,58 @@ impl Writer {
             tip,
             learned: Vec::new(),
         })
+    }
+
+    /// What the writer's checkpoints did.
+    pub(crate) fn wal_stats(&self) -> WalStats {
+        self.wal
+            .as_ref()
+            .map_or_else(WalStats::default, |w| WalStats {
+                checkpoints: w.checkpoints.load(Ordering::Relaxed),
+                gave_up: w.gave_up.load(Ordering::Relaxed),
+                peak_bytes: w.peak.load(Ordering::Relaxed),
+            })
+    }
+
+    /// After a commit: starts a truncating checkpoint if the WAL is past its limit
+    /// ([`WAL_CHECKPOINT_BYTES`] by default), none runs, and the last one did not give up less than
+    /// [`CHECKPOINT_RETRY`] ago (see the module docs).
+    fn after_commit(&self) {
+        let Some(wal) = &self.wal else { return };
+        let Ok(len) = std::fs::metadata(&wal.path).map(|m| m.len()) else {
+            return;
+        };
+        wal.peak.fetch_max(len, Ordering::Relaxed);
+        if len < wal.limit {
+            return;
+        }
+        let recent = wal
+            .gave_up_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < CHECKPOINT_RETRY);
+        if recent || wal.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, turn, wal) = (self.pool.clone(), self.turn.clone(), wal.clone());
+        tokio::spawn(async move {
+            let _turn = turn.lock().await;
+            match checkpoint(&pool).await {
+                Ok(true) => {
+                    wal.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(bytes = len, "WAL checkpointed and truncated");
+                }
+                Ok(false) => {
+                    wal.gave_up.fetch_add(1, Ordering::Relaxed);
+                    *wal.gave_up_at
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    tracing::debug!(bytes = len, "WAL checkpoint gave up: readers held on");
+                }
+                Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
+            }
+            wal.running.store(false, Ordering::Release);
+        });
     }
 
     /// Whether the feed has a consumer (commits are built only then).
@@ -248,6 +363,36 @@ impl<'w> WriteTx<'w> {
         {
             writer.send(make()).await;
         }
+        writer.after_commit();
         Ok(())
+    }
+}
+
+/// `wal_checkpoint(TRUNCATE)` on a connection of `pool`, waiting at most
+/// [`CHECKPOINT_BUSY_MS`] for readers (the connection's busy timeout is set back after).
+/// Whether it completed (false: readers held on, or a lock was not had in time).
+async fn checkpoint(pool: &SqlitePool) -> Result<bool, StoreError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let res = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut *conn)
+        .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    match res {
+        Ok((busy, _, _)) => Ok(busy == 0),
+        Err(sqlx::Error::Database(e))
+            if e.message().contains("locked") || e.message().contains("busy") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
     }
 }

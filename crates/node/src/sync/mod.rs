@@ -107,6 +107,8 @@ pub struct SyncLoop {
     peers: PeerTable,
     /// The pulls running, at most [`PULLS_CAP`].
     pulls: JoinSet<(PeerId, Result<PullSummary, PullError>)>,
+    /// Held by the pull whose snapshot import runs: one at a time.
+    snapshot_turn: Arc<tokio::sync::Mutex<()>>,
     /// The repair round running, at most one.
     repairs: JoinSet<(PeerId, Result<repair::RepairSummary, PullError>)>,
     /// Repair rounds started, to take settled peers in turn.
@@ -178,6 +180,7 @@ impl SyncLoop {
             options,
             peers,
             pulls: JoinSet::new(),
+            snapshot_turn: Arc::default(),
             repairs: JoinSet::new(),
             repair_turn: 0,
             announced: BTreeMap::new(),
@@ -757,6 +760,7 @@ impl SyncLoop {
             metrics: self.metrics.clone(),
             peers: self.peers.clone(),
             device: self.device,
+            snapshot_turn: self.snapshot_turn.clone(),
         };
         self.pulls
             .spawn(async move { (peer, puller.run().await) }.instrument(info_span!("pull", %peer)));

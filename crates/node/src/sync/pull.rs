@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use murmur_store::proof::Proof;
 use murmur_store::{
-    AuthorRange, OpsCursor, Origin, RejectReason, Store, StoreError, VersionVector,
+    AuthorRange, OpsCursor, Origin, RejectReason, SnapshotPosition, SnapshotProgress, Store,
+    StoreError, VersionVector,
 };
 use tracing::{info, warn};
 
@@ -21,6 +23,9 @@ use crate::protocol::{HAVE_BYTES_CAP, Net, PAGE_SIZE, Request, Response, VV_EXTR
 pub const PULLS_CAP: usize = 4;
 /// The most proofs (authors) of one snapshot taken; a peer that sends more is refused.
 pub const SNAPSHOT_PROOFS_CAP: usize = 250_000;
+/// How many times one pull lets another pull's snapshot import stand for its own (see
+/// `Puller::snapshot`) before it takes one.
+const SNAPSHOT_SKIPS: usize = 3;
 /// Largest response accepted.
 pub const RESPONSE_DECODE_CAP: usize = 16 * 1024 * 1024;
 
@@ -78,6 +83,17 @@ pub(super) struct Puller {
     pub(super) peers: PeerTable,
     /// This node's device, told to the peer first (it answers members only).
     pub(super) device: DeviceBinding,
+    /// Held by the one snapshot import running (its progress is one record).
+    pub(super) snapshot_turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A snapshot import begun or continued: what it may claim, rows done, rows in the
+/// snapshot, and the answer to its first page.
+struct Import {
+    proofs: Vec<Proof>,
+    done: u64,
+    total: u64,
+    first: Response,
 }
 
 impl Puller {
@@ -139,6 +155,7 @@ impl Puller {
         // (A refusal was returned above as `PullError::Refused`, and logged by the loop.)
         let mut summary = PullSummary::default();
         let mut total = 0u64;
+        let mut skips = 0;
         'again: loop {
             let parts = self.have().split_by_bytes(HAVE_BYTES_CAP);
             let whole = parts.len() == 1;
@@ -156,7 +173,8 @@ impl Puller {
                                 "still behind the horizon after a snapshot".into(),
                             ));
                         }
-                        self.snapshot(&mut summary).await?;
+                        skips += 1;
+                        self.snapshot(&mut summary, skips <= SNAPSHOT_SKIPS).await?;
                         continue 'again;
                     }
                 }
@@ -290,16 +308,18 @@ impl Puller {
         Err(PullError::Forged(format!("op {id}: {why}")))
     }
 
-    /// Imports the peer's state snapshot, page by page, with the next page's request in
-    /// flight while a page is imported.
-    async fn snapshot(&self, summary: &mut PullSummary) -> Result<(), PullError> {
-        info!(peer = %self.peer, "behind the peer's log horizon: taking a state snapshot");
-        let request = |position| Request::Snapshot {
-            position,
-            limit: PAGE_SIZE as u32,
-        };
-        // Every proof first, then the rows: rows read after the proofs hold the effect of
-        // every op they cover.
+    /// Where this pull's snapshot comes from, as the progress records it: the peer's
+    /// device when known (it names the same node across its restarts), else its peer id.
+    fn source(&self) -> String {
+        match self.peers.client(&self.peer) {
+            Some(device) => device.to_string(),
+            None => self.peer.to_string(),
+        }
+    }
+
+    /// Every proof of the peer's snapshot, in pages (all of them before any row: rows
+    /// read after the proofs hold the effect of every op they cover).
+    async fn snapshot_proofs(&self) -> Result<Vec<Proof>, PullError> {
         let mut proofs = Vec::new();
         let mut after = None;
         loop {
@@ -320,42 +340,94 @@ impl Puller {
             }
             match next {
                 Some(n) => after = Some(n),
-                None => break,
+                None => return Ok(proofs),
             }
         }
-        for (author, why) in self.store.begin_snapshot(proofs.clone()).await? {
+    }
+
+    fn count_refused(&self, refused: Vec<(uuid::Uuid, murmur_store::Rejection)>) {
+        for (author, why) in refused {
             self.metrics.reject(why.label());
             warn!(peer = %self.peer, %author, "a snapshot's author was refused: {why}");
         }
-        let mut first = true;
-        let mut total = 0;
-        let mut done = 0u64;
+    }
+
+    /// Imports the peer's state snapshot, page by page, with the next page's request in
+    /// flight while a page is imported; or continues the import that a previous run of
+    /// this node left unfinished (`Store::snapshot_progress`). One import runs at a time
+    /// (its progress is one record): a pull that finds another running waits for it, and
+    /// returns false without a snapshot when this node's version vector moved meanwhile
+    /// (and `may_skip`), so that its caller asks for ops again first.
+    async fn snapshot(&self, summary: &mut PullSummary, may_skip: bool) -> Result<bool, PullError> {
+        let before = self.store.version_vector();
+        let _turn = self.snapshot_turn.lock().await;
+        if may_skip && self.store.version_vector() != before {
+            return Ok(false);
+        }
+        info!(peer = %self.peer, "behind the peer's log horizon: taking a state snapshot");
+        let now = self.snapshot_proofs().await?;
+        let source = self.source();
+        let stored = self
+            .store
+            .snapshot_progress()
+            .await?
+            .filter(SnapshotProgress::started);
+        let import = match stored {
+            Some(p) if p.done => {
+                // Every page was in before the restart: only the end is left.
+                self.metrics.snapshots_resumed.inc();
+                info!(
+                    rows = p.rows,
+                    "finishing the snapshot import of a previous run"
+                );
+                self.store.finish_snapshot(p.proofs).await?;
+                self.metrics.snapshots_imported.inc();
+                summary.snapshot = true;
+                return Ok(true);
+            }
+            Some(p) => self.resume(p, &source, now.clone()).await?,
+            None => None,
+        };
+        let Import {
+            mut proofs,
+            mut done,
+            total,
+            first,
+        } = match import {
+            Some(i) => i,
+            None => self.start_snapshot(source, now).await?,
+        };
+        let request = |position| Request::Snapshot {
+            position,
+            limit: PAGE_SIZE as u32,
+            resume: false,
+        };
         let mut last_log = Instant::now();
+        let mut imported_here = 0u64;
         // Authors of rows set aside: the snapshot does not claim to cover their ops.
         let mut uncovered = std::collections::BTreeSet::new();
-        let mut resp = self.request(request(None)).await?;
+        let mut resp = first;
         loop {
-            let Response::Snapshot {
-                rows,
-                next,
-                total_rows,
-            } = resp
-            else {
+            let Response::Snapshot { rows, next, .. } = resp else {
                 return Err(PullError::Unexpected);
             };
-            if first {
-                total = total_rows.unwrap_or(0);
-                first = false;
-            }
             done += rows.len() as u64;
+            imported_here += rows.len() as u64;
             let fetch = async {
-                match next {
-                    Some(n) => Some(self.request(request(Some(n))).await),
+                match &next {
+                    Some(n) => Some(self.request(request(Some(n.clone()))).await),
                     None => None,
                 }
             };
-            let (imported, fetched) = tokio::join!(self.store.import_snapshot_page(rows), fetch);
+            let (imported, fetched) = tokio::join!(
+                self.store.import_snapshot_page_at(rows, next.clone()),
+                fetch
+            );
             let imported = imported?;
+            self.metrics.snapshot_pages_imported.inc();
+            self.metrics
+                .snapshot_rows_imported
+                .inc_by(imported.imported as u64);
             if imported.set_aside > 0 {
                 warn!(
                     rows = imported.set_aside,
@@ -378,13 +450,121 @@ impl Puller {
         }
         // The authors of rows set aside are left out: the snapshot does not cover their ops,
         // which come again (by catch-up, or a later snapshot). Refusals were counted when
-        // the snapshot began.
+        // the snapshot began. (Those of pages before a restart left the stored proofs in
+        // the page's transaction.)
         proofs.retain(|p| !uncovered.contains(&p.key.author()));
         self.store.finish_snapshot(proofs).await?;
         self.metrics.snapshots_imported.inc();
-        info!(rows = done, "snapshot imported");
-        summary.items += done;
+        info!(rows = done, here = imported_here, "snapshot imported");
+        summary.items += imported_here;
         summary.snapshot = true;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Starts a new snapshot import from the peer, whose proofs are `proofs`: asks for its
+    /// first page, then records the import (with the schema the page names).
+    async fn start_snapshot(
+        &self,
+        source: String,
+        proofs: Vec<Proof>,
+    ) -> Result<Import, PullError> {
+        let first = self
+            .request(Request::Snapshot {
+                position: None,
+                limit: PAGE_SIZE as u32,
+                resume: false,
+            })
+            .await?;
+        let Response::Snapshot {
+            total_rows, schema, ..
+        } = &first
+        else {
+            return Err(PullError::Unexpected);
+        };
+        let total = total_rows.unwrap_or(0);
+        let refused = self
+            .store
+            .begin_snapshot_from(source, *schema, proofs.clone())
+            .await?;
+        self.count_refused(refused);
+        Ok(Import {
+            proofs,
+            done: 0,
+            total,
+            first,
+        })
+    }
+
+    /// Continues the import `stored` with the peer, whose proofs are now `now`; None when
+    /// it cannot (the peer refuses the position, or runs another schema, whose order of
+    /// resources may differ): the caller starts again from the beginning (the rows
+    /// imported stay, and merge with the new snapshot's like any rows).
+    ///
+    /// Why continuing is safe with another state (the peer's, moved on; or another peer's
+    /// of the same schema): rows are merged by the CRDT rules, so a row read twice or from
+    /// two states ends as the merge of both; and the finished snapshot claims, per author,
+    /// only the lower seq of what the state before the restart proved and what this one
+    /// proves (`murmur_store::resumed_proofs`), which every row imported holds, whichever
+    /// state it came from. Ops above it come by catch-up (or, if pruned meanwhile, by a
+    /// later snapshot). The kept phase's positions are the server's own ids: with another
+    /// server it starts over.
+    async fn resume(
+        &self,
+        stored: SnapshotProgress,
+        source: &str,
+        now: Vec<Proof>,
+    ) -> Result<Option<Import>, PullError> {
+        let mut next = stored.next.clone();
+        if stored.source != source && next.as_ref().is_some_and(SnapshotPosition::is_kept_phase) {
+            next = Some(SnapshotPosition::kept_start());
+        }
+        let first = match self
+            .request(Request::Snapshot {
+                position: next.clone(),
+                limit: PAGE_SIZE as u32,
+                resume: true,
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(PullError::Refused(e)) => {
+                info!(peer = %self.peer, "the peer cannot continue the snapshot import ({e}): from the start");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let Response::Snapshot {
+            total_rows, schema, ..
+        } = &first
+        else {
+            return Err(PullError::Unexpected);
+        };
+        if *schema != stored.schema {
+            info!(peer = %self.peer, "the peer runs another schema than the snapshot import began with: from the start");
+            return Ok(None);
+        }
+        let total = total_rows.unwrap_or(0);
+        let (progress, refused) = self
+            .store
+            .resume_snapshot(source.to_owned(), next, now)
+            .await?;
+        self.count_refused(refused);
+        let Some(progress) = progress else {
+            return Ok(None);
+        };
+        self.metrics.snapshots_resumed.inc();
+        info!(
+            peer = %self.peer,
+            pages = stored.pages,
+            rows = stored.rows,
+            same_source = stored.source == source,
+            "continuing the snapshot import where a previous run stopped"
+        );
+        Ok(Some(Import {
+            proofs: progress.proofs,
+            done: stored.rows,
+            total,
+            first,
+        }))
     }
 }

@@ -410,11 +410,16 @@ async fn serve_request_with(
             let (proofs, next) = store.snapshot_proofs_page(after, MAX_PAGE_BYTES).await?;
             Response::SnapshotProofs { proofs, next }
         }
-        Request::Snapshot { position, limit } => {
+        Request::Snapshot {
+            position,
+            limit,
+            resume,
+        } => {
             let limit = (limit as usize).clamp(1, PAGE_SIZE);
             // The proofs were fetched before this first page (see `Request::SnapshotProofs`),
             // so its rows hold the effect of every op they cover.
-            let total_rows = if position.is_none() {
+            let first = position.is_none() || resume;
+            let total_rows = if first {
                 let mut total = 0;
                 for def in store.registry().iter() {
                     total += store.count_rows(&def.name).await?;
@@ -430,6 +435,7 @@ async fn serve_request_with(
                 rows,
                 next,
                 total_rows,
+                schema: first.then(|| store.registry().schema_version()),
             }
         }
         // Answered before a request reaches the store (see `Server::serve`).

@@ -14,6 +14,7 @@
 //! - [`clients`]: the client pool and node-local settings.
 //! - [`quarantine`]: ops and snapshot rows kept for a build that knows their resource or
 //!   field.
+//! - [`snapshots`]: the snapshot import under way (where it continues, what it may claim).
 //! - [`schema`]: the checks of the registry against the tables.
 
 pub(crate) mod batches;
@@ -25,6 +26,7 @@ pub(crate) mod oplog;
 pub(crate) mod quarantine;
 pub(crate) mod rows;
 pub(crate) mod schema;
+pub(crate) mod snapshots;
 pub(crate) mod versions;
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
