@@ -261,7 +261,7 @@ impl SyncLoop {
                 address,
                 discovery,
             } => self.on_connected(peer_id, address, discovery).await,
-            Event::PeerDisconnected { peer_id } => self.on_disconnected(peer_id),
+            Event::PeerDisconnected { peer_id } => self.on_disconnected(peer_id).await,
             Event::Gossip {
                 source,
                 propagation_source,
@@ -582,8 +582,18 @@ impl SyncLoop {
         }
     }
 
-    fn on_disconnected(&mut self, peer_id: PeerId) {
+    async fn on_disconnected(&mut self, peer_id: PeerId) {
         let client = self.peers.client(&peer_id);
+        // A refusal belongs to the connection: a peer muted as a non-member is heard again
+        // when it reconnects, and its standing is checked again then (it may have been
+        // admitted meanwhile, by an event this node had not yet received). gossipsub's
+        // blacklist would otherwise outlive the connection and the peer table's entry, and
+        // an admitted device would stay unheard. A removed device stays blocked.
+        if matches!(self.peers.refused(&peer_id), Some(r) if r != Refusal::Removed)
+            && let Err(e) = self.net.unmute(peer_id).await
+        {
+            warn!("cannot unmute the peer: {e}");
+        }
         let n = self.peers.disconnect(&peer_id);
         self.metrics.peers_connected.set(n as i64);
         let now = tokio::time::Instant::now();
