@@ -59,6 +59,11 @@ async fn get_within(
     if path != "/v1/health" {
         req = req.bearer_auth(token(args)?.as_str());
     }
+    answer(args, req).await
+}
+
+/// Sends `req` to the node and returns its JSON answer, or an error that says what went wrong.
+async fn answer(args: &ClientArgs, req: reqwest::RequestBuilder) -> anyhow::Result<J> {
     let resp = req.send().await.with_context(|| {
         format!(
             "no murmur node answers at {} (is `murmur run` running? see --api)",
@@ -92,21 +97,7 @@ async fn send(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.with_context(|| {
-        format!(
-            "no murmur node answers at {} (is `murmur run` running? see --api)",
-            args.api
-        )
-    })?;
-    let status = resp.status();
-    let body: J = resp
-        .json()
-        .await
-        .context("the node sent a body that is not JSON")?;
-    if !status.is_success() {
-        bail!("{status}: {}", body["error"].as_str().unwrap_or("error"));
-    }
-    Ok(body)
+    answer(args, req).await
 }
 
 /// `murmur init`: a new library with this device as its founder.

@@ -574,16 +574,7 @@ impl Store {
         &self,
         rows: Vec<SnapshotRow>,
     ) -> Result<SnapshotImport, StoreError> {
-        self.detached(move |s| async move {
-            let touched = rows.iter().any(|r| r.resource() == DEVICES_LOG);
-            let m = s.members_state();
-            let import = s.remote(&m).import_snapshot_page(rows, None).await?;
-            if touched {
-                s.refresh_members().await?;
-            }
-            Ok(import)
-        })
-        .await
+        self.import_page(rows, None).await
     }
 
     /// [`Store::import_snapshot_page`] of a page of the snapshot import under way (begun
@@ -596,13 +587,22 @@ impl Store {
         rows: Vec<SnapshotRow>,
         next: Option<SnapshotPosition>,
     ) -> Result<SnapshotImport, StoreError> {
+        self.import_page(rows, Some(next)).await
+    }
+
+    /// A snapshot page imported, with the import's progress recorded when `at` is given
+    /// (where the next page starts); the membership folded again when the page holds
+    /// `devices_log` rows.
+    async fn import_page(
+        &self,
+        rows: Vec<SnapshotRow>,
+        at: Option<Option<SnapshotPosition>>,
+    ) -> Result<SnapshotImport, StoreError> {
         self.detached(move |s| async move {
             let touched = rows.iter().any(|r| r.resource() == DEVICES_LOG);
             let m = s.members_state();
-            let import = s
-                .remote(&m)
-                .import_snapshot_page(rows, Some(next.as_ref()))
-                .await?;
+            let at = at.as_ref().map(Option::as_ref);
+            let import = s.remote(&m).import_snapshot_page(rows, at).await?;
             if touched {
                 s.refresh_members().await?;
             }
