@@ -115,9 +115,8 @@ fn main() -> Res<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if raw.iter().any(|a| a == "--child") {
-        return rt.block_on(child(&raw));
-    }
+    // The child's logs go to the same stderr (its own timings: the snapshot's pages, the
+    // indexes built after them).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MURMUR_LOG")
@@ -125,6 +124,9 @@ fn main() -> Res<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    if raw.iter().any(|a| a == "--child") {
+        return rt.block_on(child(&raw));
+    }
     let args = parse_args();
     rt.block_on(run(args))
 }

@@ -17,7 +17,7 @@ use crate::sql::digest as sql;
 use crate::writer::Writer;
 
 /// Leaves one fold transaction recomputes, at most.
-pub const FOLD_LEAVES: usize = 512;
+pub const FOLD_LEAVES: usize = 2048;
 
 /// A difference of fingerprints: the XOR of the two hashes and the change of the counts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,39 +98,40 @@ async fn fold_resource(
         .iter()
         .map(|l| (l.as_str(), Fingerprint::default()))
         .collect();
-    // Dense runs of dirty leaves (a bulk write, a snapshot) are read in one span; a leaf
-    // alone is read alone.
-    for span in spans(leaves) {
-        let (lo, hi) = (span[0].as_str(), prefix_end(&span[span.len() - 1]));
-        for r in sql::rows_between(conn, def, lo, &hi, usize::MAX).await? {
-            let key = crate::sql::rows::key_of(match &r {
-                crate::op::SnapshotRow::Shared { uuid, .. }
-                | crate::op::SnapshotRow::Owned { uuid, .. }
-                | crate::op::SnapshotRow::OwnedTombstone { uuid, .. } => *uuid,
-            });
-            if let Some(fp) = fresh.get_mut(&key[..LEAF]) {
-                fp.add_row(&row_hash(&r), row_live(&r));
-            }
+    // Dense runs of dirty leaves (a bulk write, a snapshot) are read as one range, a leaf
+    // alone as its own; all the ranges in a few statements.
+    let ranges: Vec<(String, String)> = spans(leaves)
+        .iter()
+        .map(|span| (span[0].clone(), prefix_end(&span[span.len() - 1])))
+        .collect();
+    for r in sql::rows_in_ranges(conn, def, &ranges).await? {
+        let key = crate::sql::rows::key_of(match &r {
+            crate::op::SnapshotRow::Shared { uuid, .. }
+            | crate::op::SnapshotRow::Owned { uuid, .. }
+            | crate::op::SnapshotRow::OwnedTombstone { uuid, .. } => *uuid,
+        });
+        if let Some(fp) = fresh.get_mut(&key[..LEAF]) {
+            fp.add_row(&row_hash(&r), row_live(&r));
         }
     }
     let mut ancestors: BTreeMap<String, Delta> = BTreeMap::new();
-    for span in spans(leaves) {
-        let (first, last) = (span[0].as_str(), span[span.len() - 1].as_str());
-        let old = sql::leaves_between(conn, &def.name, first, last).await?;
-        let mut changed: Vec<(&str, Fingerprint)> = Vec::new();
-        for leaf in span {
-            let new = fresh.get(leaf.as_str()).copied().unwrap_or_default();
-            let was = old.get(leaf).copied().unwrap_or_default();
-            if was != new {
-                let d = Delta::between(&was, &new);
-                for len in [0, 2] {
-                    ancestors.entry(leaf[..len].to_owned()).or_default().add(&d);
-                }
-                changed.push((leaf.as_str(), new));
+    let old = sql::leaves_in(conn, &def.name, leaves).await?;
+    let mut changed: Vec<(&str, Fingerprint)> = Vec::new();
+    for leaf in leaves {
+        let new = fresh.get(leaf.as_str()).copied().unwrap_or_default();
+        let was = old.get(leaf).copied().unwrap_or_default();
+        if was != new {
+            let d = Delta::between(&was, &new);
+            for len in [0, 2] {
+                ancestors.entry(leaf[..len].to_owned()).or_default().add(&d);
             }
+            changed.push((leaf.as_str(), new));
         }
-        sql::put_many(conn, &def.name, &changed).await?;
-        // The span is a run of the dirty leaves in order: every mark in it is folded.
+    }
+    sql::put_many(conn, &def.name, &changed).await?;
+    // `leaves` are the resource's first dirty leaves in order: every mark from the first
+    // to the last is folded.
+    if let (Some(first), Some(last)) = (leaves.first(), leaves.last()) {
         sql::clear_dirty_span(conn, &def.name, first, last).await?;
     }
     // The 2-digit ranges (at most 256) in one read and a few writes; then the resource.

@@ -68,6 +68,7 @@ pub use clock::{Clock, DriftError, Hlc, ManualClock, PhysicalClock};
 pub use commit::{Commit, Origin};
 pub use error::StoreError;
 pub use export::{MAX_PAGE, MAX_PAGE_BYTES};
+pub use fold::FOLD_LEAVES;
 pub use local::{BatchEntry, WriteOutcome};
 pub use op::{
     ApplyReport, AuthorVersion, Change, Method, Op, OpId, OwnedRow, RejectReason, Rejection,

@@ -20,7 +20,7 @@ use crate::proof::{Chain, Proof, ProofError, check_batch, check_rows};
 use crate::registry::Registry;
 use crate::registry::SchemaVersion;
 use crate::sql::quarantine::{self, Kept};
-use crate::sql::{batches, oplog, snapshots, versions};
+use crate::sql::{batches, deferred, oplog, snapshots, versions};
 use crate::validate::{
     Unknown, split_unknown_op, split_unknown_row, validate_change, validate_op,
     validate_snapshot_row,
@@ -434,9 +434,70 @@ impl Remote<'_> {
         let (refused, verified) = learn_in(&mut tx, proofs).await?;
         if let Some((source, schema)) = start {
             snapshots::start(tx.conn(), source, schema, &verified).await?;
+            // Tables the snapshot fills from empty grow at their end: their other keys are
+            // built once the rows are in (`build_deferred`).
+            let left_out = deferred::defer_empty(tx.conn(), self.registry).await?;
+            if !left_out.is_empty() {
+                tracing::info!(
+                    left_out = %left_out.join(", "),
+                    "snapshot into empty tables: their indexes are built after its rows"
+                );
+            }
         }
         tx.commit_quietly().await?;
         Ok(refused)
+    }
+
+    /// Builds what a snapshot import left out ([`crate::sql::deferred`]): each index in a
+    /// transaction of its own, on a connection whose sorts spill to temporary files (one of
+    /// `temp_store = MEMORY` keeps a sort wholly in memory, as large as the index), then
+    /// `files`, a range of cas_ids per transaction. Returns how many indexes it built.
+    pub(crate) async fn build_deferred(&self) -> Result<usize, StoreError> {
+        let mut built = 0;
+        loop {
+            let mut turn = self.writer.own_turn().await?;
+            let conn = turn.conn();
+            let Some(d) = deferred::indexes(conn).await?.into_iter().next() else {
+                break;
+            };
+            let t = std::time::Instant::now();
+            for sql in ["PRAGMA temp_store = FILE", "BEGIN IMMEDIATE"] {
+                sqlx::query(sql).execute(&mut *conn).await?;
+            }
+            deferred::build_index(conn, &d).await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            turn.done();
+            tracing::info!(
+                index = %d.name,
+                table = %d.table,
+                ms = t.elapsed().as_millis() as u64,
+                "index built after the snapshot's rows"
+            );
+            built += 1;
+        }
+        let t = std::time::Instant::now();
+        let mut ranges = 0u64;
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let Some(after) = deferred::files_after(tx.conn()).await? else {
+                tx.commit_quietly().await?;
+                break;
+            };
+            let last =
+                deferred::rebuild_files_range(tx.conn(), after.as_deref(), deferred::FILES_PER_TX)
+                    .await?;
+            tx.commit_quietly().await?;
+            ranges += 1;
+            if last {
+                tracing::info!(
+                    ranges,
+                    ms = t.elapsed().as_millis() as u64,
+                    "files rebuilt after the snapshot's rows"
+                );
+                break;
+            }
+        }
+        Ok(built)
     }
 
     /// Continues the snapshot import under way, now served by `source` from a state whose

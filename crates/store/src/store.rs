@@ -247,6 +247,12 @@ impl Store {
         };
         store.touch_client(client, None).await?;
         store.forget_removed().await?;
+        // Indexes a snapshot import left out, with no import under way to build them (it
+        // was given up for another that found the tables no longer empty).
+        if store.snapshot_progress().await?.is_none() {
+            let state = store.members_state();
+            store.remote(&state).build_deferred().await?;
+        }
         // What a build that did not know its resource or field kept: applied if this
         // registry knows it.
         let state = store.members_state();
@@ -686,6 +692,8 @@ impl Store {
     ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
         self.detached(move |s| async move {
             let m = s.members_state();
+            // What the import left out is built before the snapshot counts as held.
+            s.remote(&m).build_deferred().await?;
             s.remote(&m).finish_snapshot(&proofs).await
         })
         .await

@@ -156,6 +156,23 @@ impl Writer {
         })
     }
 
+    /// The write turn and a connection of its own, outside any transaction, for a write
+    /// that must first set a pragma SQLite refuses to change inside one (building an index
+    /// with its sort on disk: `sql::deferred`). The caller runs its own `BEGIN IMMEDIATE`
+    /// and `COMMIT`, then [`OwnTurn::done`]. The connection is closed when the turn is
+    /// dropped, so what the caller set (and a transaction an error left open) goes with
+    /// it. Such a write changes no synced data: nothing goes out on the feed.
+    pub(crate) async fn own_turn(&self) -> Result<OwnTurn<'_>, StoreError> {
+        let turn = self.turn.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        Ok(OwnTurn {
+            writer: self,
+            _turn: turn,
+            conn,
+        })
+    }
+
     /// What the writer's checkpoints did.
     pub(crate) fn wal_stats(&self) -> WalStats {
         self.wal
@@ -239,6 +256,27 @@ impl Writer {
                 *slot = None;
             }
         }
+    }
+}
+
+/// The write turn with a connection of its own ([`Writer::own_turn`]).
+pub(crate) struct OwnTurn<'w> {
+    writer: &'w Writer,
+    _turn: MutexGuard<'w, ()>,
+    conn: sqlx::pool::PoolConnection<Sqlite>,
+}
+
+impl OwnTurn<'_> {
+    /// The connection, outside any transaction until the caller begins one.
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// After the caller committed: the WAL's bound is looked at as after any commit.
+    pub(crate) fn done(self) {
+        let writer = self.writer;
+        drop(self);
+        writer.after_commit();
     }
 }
 

@@ -353,6 +353,7 @@ impl SyncLoop {
                 contiguous,
                 device,
                 schema,
+                authors,
                 ..
             }) => match self.check_binding(&source, &device) {
                 Ok(client) => {
@@ -362,7 +363,8 @@ impl SyncLoop {
                     if let Some(schema) = schema {
                         self.peers.set_schema(&source, schema);
                     }
-                    self.on_versions(source, client, contiguous).await;
+                    self.on_versions(source, client, contiguous, authors.is_some())
+                        .await;
                 }
                 Err(reason) => {
                     debug!(%source, "gossip rejected: {reason}");
@@ -604,8 +606,15 @@ impl SyncLoop {
         info!(%peer_id, "peer disconnected");
     }
 
-    /// A verified announcement of `source`, a run of the device `client`.
-    async fn on_versions(&mut self, source: PeerId, client: Uuid, contiguous: BTreeMap<Uuid, u64>) {
+    /// A verified announcement of `source`, a run of the device `client`; `part`: it
+    /// carries a part of the sender's vector ([`announce`]).
+    async fn on_versions(
+        &mut self,
+        source: PeerId,
+        client: Uuid,
+        contiguous: BTreeMap<Uuid, u64>,
+        part: bool,
+    ) {
         // A device that is not a member (or was removed) gets nothing, and is not a client
         // of the pool: it holds no op back from pruning.
         if let Err(reason) = serve::standing(&self.store, &client) {
@@ -629,7 +638,7 @@ impl SyncLoop {
             info!(peer_id = %source, %client, "peer's device known");
         }
         self.contact.heard(client, tokio::time::Instant::now());
-        self.peers.set_announced(&source, contiguous.clone());
+        self.peers.set_announced(&source, contiguous.clone(), part);
         if let Err(e) = self
             .store
             .touch_client(client, Some(&source.to_string()))

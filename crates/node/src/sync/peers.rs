@@ -118,7 +118,8 @@ struct Peer {
     progress: Option<PullProgress>,
     /// The schema it announced last.
     schema: Option<SchemaVersion>,
-    /// Its last announced contiguous seqs (at most the announcement's bounded size).
+    /// Its announced contiguous seqs: its last whole announcement, or, while its vector is
+    /// too large for one, every part heard since it connected (per author the highest).
     announced: Option<BTreeMap<Uuid, u64>>,
     /// Set when its device may not sync with this node (muted or blocked).
     refused: Option<Refusal>,
@@ -297,10 +298,22 @@ impl PeerTable {
         }
     }
 
-    /// Records the contiguous seqs `peer` announced last (for [`PeerTable::settled`]).
-    pub(crate) fn set_announced(&self, peer: &PeerId, contiguous: BTreeMap<Uuid, u64>) {
+    /// Records the contiguous seqs `peer` announced (for [`PeerTable::settled`]): a whole
+    /// vector replaces what it announced before; a `part` of a vector too large for one
+    /// announcement ([`super::announce`]) is merged into the parts heard before, so that
+    /// a peer of more authors than one announcement carries still settles once every part
+    /// came round.
+    pub(crate) fn set_announced(&self, peer: &PeerId, contiguous: BTreeMap<Uuid, u64>, part: bool) {
         if let Some(p) = self.lock().get_mut(peer) {
-            p.announced = Some(contiguous);
+            match (&mut p.announced, part) {
+                (Some(heard), true) => {
+                    for (a, s) in contiguous {
+                        let e = heard.entry(a).or_default();
+                        *e = (*e).max(s);
+                    }
+                }
+                (slot, _) => *slot = Some(contiguous),
+            }
         }
     }
 
@@ -492,5 +505,35 @@ mod tests {
         t.set_progress(&a, progress);
         assert_eq!(t.pull_state(&a), None);
         assert_eq!(t.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn a_peer_of_more_authors_than_one_announcement_settles_once_every_part_came() {
+        use super::super::announce::{Announcer, VERSIONS_SEND_CAP};
+        let t = PeerTable::default();
+        let peer = PeerId::random();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        t.connect(peer, addr, Discovery::Configured);
+        t.set_client(&peer, Uuid::from_u128(1));
+        // Both hold the same 3,000 authors: more than one announcement carries.
+        let mine: BTreeMap<Uuid, u64> = (0..3_000u128).map(|i| (Uuid::from_u128(i), 2)).collect();
+        let mut announcer = Announcer::default();
+        let mut parts = 0;
+        while t.settled(&mine).is_empty() {
+            let (part, authors) = announcer.next(&mine, VERSIONS_SEND_CAP);
+            assert_eq!(authors, Some(3_000), "a part");
+            t.set_announced(&peer, part, true);
+            parts += 1;
+            assert!(parts <= 6, "never settled after {parts} parts");
+        }
+        assert!(
+            parts >= 3,
+            "settled before every author was heard ({parts} parts)"
+        );
+        // A whole announcement replaces the parts: one author behind is not settled.
+        let mut behind = mine.clone();
+        behind.insert(Uuid::from_u128(5), 1);
+        t.set_announced(&peer, behind, false);
+        assert!(t.settled(&mine).is_empty());
     }
 }

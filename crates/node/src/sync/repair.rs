@@ -36,8 +36,6 @@ pub const DIFF_REQUESTS_CAP: usize = 4_096;
 /// UUIDs one request for rows names: its CBOR stays well under the request frame
 /// (`murmur_p2p::config::DEFAULT_MAX_REQUEST_BYTES`, checked in a unit test).
 pub const ROWS_PER_REQUEST: usize = 1_000;
-/// Leaves the background fold takes per transaction.
-const FOLD_BATCH: usize = 512;
 /// How long the background fold rests once nothing is dirty.
 const FOLD_REST: Duration = Duration::from_secs(1);
 
@@ -206,7 +204,7 @@ pub(super) async fn fold_in_background(store: Store) {
     let mut rest = tokio::time::interval(FOLD_REST);
     rest.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match store.fold_digest(FOLD_BATCH).await {
+        match store.fold_digest(murmur_store::FOLD_LEAVES).await {
             Ok(0) => {
                 rest.tick().await;
             }

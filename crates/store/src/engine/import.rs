@@ -329,6 +329,7 @@ async fn repair_owned_tie(
             .iter()
             .filter_map(|v| v.as_text().map(str::to_owned))
             .collect();
+        let cas = crate::sql::derived::Files::load(conn).await?.kept(cas);
         crate::sql::derived::rebuild_files(conn, &cas).await?;
     }
     Ok(())

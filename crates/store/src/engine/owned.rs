@@ -390,10 +390,13 @@ async fn store(
     current: &HashMap<Uuid, OwnedRegisters>,
     merged: &BTreeMap<Uuid, OwnedRegisters>,
 ) -> Result<(), StoreError> {
-    let cas_idx = if derived::tracks(def) {
-        def.column_index("cas_id")
+    let (cas_idx, files) = if derived::tracks(def) {
+        (
+            def.column_index("cas_id"),
+            derived::Files::load(conn).await?,
+        )
     } else {
-        None
+        (None, derived::Files::all())
     };
     let mut upserts: Vec<(Uuid, Uuid, Hlc, u64, Vec<Value>)> = Vec::new();
     let mut tombstones: Vec<(Uuid, Uuid, Hlc)> = Vec::new();
@@ -475,7 +478,8 @@ async fn store(
             }
         }
     }
-    added.retain(|cas, _| !recount.contains(cas));
+    added.retain(|cas, _| !recount.contains(cas) && files.keeps(cas));
+    recount.retain(|cas| files.keeps(cas));
 
     let ncols = def.columns.len() + 4;
     let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();

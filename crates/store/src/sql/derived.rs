@@ -12,6 +12,44 @@ pub(crate) fn tracks(def: &ResourceDef) -> bool {
     def.name == "file_paths" && def.kind == Kind::Owned && def.column_index("cas_id").is_some()
 }
 
+/// Which cas_ids a write of `file_paths` keeps up in `files` (see [`crate::sql::deferred`]):
+/// all of them, unless a snapshot import left `files` out, then only those its rebuild has
+/// passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Files {
+    /// None: all; `Some(None)`: none; `Some(Some(c))`: those up to `c`.
+    up_to: Option<Option<String>>,
+}
+
+impl Files {
+    /// What `files` keeps up now.
+    pub(crate) async fn load(conn: &mut SqliteConnection) -> Result<Files, StoreError> {
+        Ok(Files {
+            up_to: crate::sql::deferred::files_after(conn).await?,
+        })
+    }
+
+    /// Every cas_id (what a table that `files` does not derive from may assume).
+    pub(crate) fn all() -> Files {
+        Files { up_to: None }
+    }
+
+    /// Whether a write of a path of `cas` changes `files` now.
+    pub(crate) fn keeps(&self, cas: &str) -> bool {
+        match &self.up_to {
+            None => true,
+            Some(None) => false,
+            Some(Some(c)) => cas <= c.as_str(),
+        }
+    }
+
+    /// `cas_ids` without those `files` does not keep up now.
+    pub(crate) fn kept(&self, mut cas_ids: Vec<String>) -> Vec<String> {
+        cas_ids.retain(|c| self.keeps(c));
+        cas_ids
+    }
+}
+
 /// Rebuilds the `files` rows of these cas_ids from `file_paths`.
 pub(crate) async fn rebuild_files(
     conn: &mut SqliteConnection,

@@ -140,26 +140,28 @@ pub(crate) async fn clear_dirty_span(
     Ok(())
 }
 
-/// The stored leaves of `resource` from `first` to `last` (both included).
-pub(crate) async fn leaves_between(
+/// The stored leaves of `resource` among `leaves`.
+pub(crate) async fn leaves_in(
     conn: &mut SqliteConnection,
     resource: &str,
-    first: &str,
-    last: &str,
+    leaves: &[String],
 ) -> Result<BTreeMap<String, Fingerprint>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT prefix, hash, entries, live FROM crdt_digest WHERE resource = ? \
-         AND prefix >= ? AND prefix <= ? AND length(prefix) = ?",
-    )
-    .bind(resource.to_owned())
-    .bind(first.to_owned())
-    .bind(last.to_owned())
-    .bind(LEAF as i64)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, fingerprint_from(r, 1)?)))
-        .collect()
+    let mut out = BTreeMap::new();
+    for chunk in leaves.chunks(crate::sql::rows_per_statement(1)) {
+        let mut q = crate::sql::query(format!(
+            "SELECT prefix, hash, entries, live FROM crdt_digest WHERE resource = ? \
+             AND prefix IN ({})",
+            crate::sql::in_list(chunk.len())
+        ))
+        .bind(resource.to_owned());
+        for l in chunk {
+            q = q.bind(l.clone());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.insert(r.try_get(0)?, fingerprint_from(&r, 1)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Stores the fingerprints of many ranges of `resource` (empty ones are removed), a few
@@ -389,6 +391,113 @@ async fn shared_between(
         .collect())
 }
 
+/// Ranges per statement of [`rows_in_ranges`] (two parameters each).
+const RANGES_PER_STATEMENT: usize = 200;
+
+/// The rows of `def` in any of `ranges` (each `[lo, hi)`, sorted, disjoint), as
+/// [`rows_between`] reads one range, in a few statements for all of them: what a fold of
+/// many leaves scattered over the keys reads (a statement per leaf would cost more than
+/// the rows).
+pub(crate) async fn rows_in_ranges(
+    conn: &mut SqliteConnection,
+    def: &ResourceDef,
+    ranges: &[(String, String)],
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    if def.kind == Kind::Shared {
+        let mut out = Vec::new();
+        for (lo, hi) in ranges {
+            out.extend(shared_between(conn, def, lo, hi, i64::MAX).await?);
+        }
+        return Ok(out);
+    }
+    let cols: String = def
+        .columns
+        .iter()
+        .map(|c| format!(", t.{}", c.name))
+        .collect();
+    let mut out: BTreeMap<uuid::Uuid, SnapshotRow> = BTreeMap::new();
+    for chunk in ranges.chunks(RANGES_PER_STATEMENT) {
+        let values = crate::sql::values_list(chunk.len(), 2);
+        let bind = |mut q: crate::sql::Query| {
+            for (lo, hi) in chunk {
+                q = q.bind(lo.clone()).bind(hi.clone());
+            }
+            q.bind(def.name.clone())
+        };
+        let rows = bind(crate::sql::query(format!(
+            "WITH r (range_lo, range_hi) AS (VALUES {values}) \
+             SELECT t.uuid, t.owner, t.crdt_ts, t.crdt_seq{cols}, \
+             (SELECT claim FROM crdt_owned_claims c WHERE c.resource = ? AND c.uuid = t.uuid) \
+             FROM r CROSS JOIN {} t WHERE t.uuid >= r.range_lo AND t.uuid < r.range_hi",
+            def.name
+        )))
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in &rows {
+            let (uuid, row) = owned_live(r, def)?;
+            out.insert(uuid, row);
+        }
+        let dead = bind(crate::sql::query(format!(
+            "WITH r (range_lo, range_hi) AS (VALUES {values}) \
+             SELECT t.uuid, t.ts, (SELECT claim FROM crdt_owned_claims c \
+             WHERE c.resource = t.resource AND c.uuid = t.uuid) \
+             FROM r CROSS JOIN crdt_rows t WHERE t.resource = ? AND t.alive = 0 \
+             AND t.uuid >= r.range_lo AND t.uuid < r.range_hi"
+        )))
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in &dead {
+            let (uuid, row) = owned_dead(r, def)?;
+            out.entry(uuid).or_insert(row);
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// A live owned row as the reads of this module select it: `uuid, owner, crdt_ts,
+/// crdt_seq`, the columns, then its claim.
+fn owned_live(
+    r: &sqlx::sqlite::SqliteRow,
+    def: &ResourceDef,
+) -> Result<(uuid::Uuid, SnapshotRow), StoreError> {
+    let row = owned_row_from(r, def, 4)?;
+    let claim_at = 4 + def.columns.len();
+    Ok((
+        row.uuid,
+        SnapshotRow::Owned {
+            resource: def.name.clone(),
+            uuid: row.uuid,
+            ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?,
+            seq: r.try_get::<i64, _>(3)? as u64,
+            values: row.values,
+            claim: r
+                .try_get::<Option<Vec<u8>>, _>(claim_at)?
+                .map(|b| Hlc::from_bytes(&b))
+                .transpose()?,
+        },
+    ))
+}
+
+/// An owned tombstone as the reads of this module select it: `uuid, ts, claim`.
+fn owned_dead(
+    r: &sqlx::sqlite::SqliteRow,
+    def: &ResourceDef,
+) -> Result<(uuid::Uuid, SnapshotRow), StoreError> {
+    let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
+    Ok((
+        uuid,
+        SnapshotRow::OwnedTombstone {
+            resource: def.name.clone(),
+            uuid,
+            ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
+            claim: r
+                .try_get::<Option<Vec<u8>>, _>(2)?
+                .map(|b| Hlc::from_bytes(&b))
+                .transpose()?,
+        },
+    ))
+}
+
 async fn owned_between(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
@@ -410,23 +519,9 @@ async fn owned_between(
     .fetch_all(&mut *conn)
     .await?;
     let mut out: BTreeMap<uuid::Uuid, SnapshotRow> = BTreeMap::new();
-    let claim_at = 4 + def.columns.len();
     for r in &rows {
-        let row = owned_row_from(r, def, 4)?;
-        out.insert(
-            row.uuid,
-            SnapshotRow::Owned {
-                resource: def.name.clone(),
-                uuid: row.uuid,
-                ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(2)?)?,
-                seq: r.try_get::<i64, _>(3)? as u64,
-                values: row.values,
-                claim: r
-                    .try_get::<Option<Vec<u8>>, _>(claim_at)?
-                    .map(|b| Hlc::from_bytes(&b))
-                    .transpose()?,
-            },
-        );
+        let (uuid, row) = owned_live(r, def)?;
+        out.insert(uuid, row);
     }
     let dead = sqlx::query(
         "SELECT uuid, ts, (SELECT claim FROM crdt_owned_claims c WHERE c.resource = t.resource \
@@ -440,16 +535,8 @@ async fn owned_between(
     .fetch_all(&mut *conn)
     .await?;
     for r in &dead {
-        let uuid = parse_uuid(&r.try_get::<String, _>(0)?)?;
-        out.entry(uuid).or_insert(SnapshotRow::OwnedTombstone {
-            resource: def.name.clone(),
-            uuid,
-            ts: Hlc::from_bytes(&r.try_get::<Vec<u8>, _>(1)?)?,
-            claim: r
-                .try_get::<Option<Vec<u8>>, _>(2)?
-                .map(|b| Hlc::from_bytes(&b))
-                .transpose()?,
-        });
+        let (uuid, row) = owned_dead(r, def)?;
+        out.entry(uuid).or_insert(row);
     }
     Ok(out.into_values().take(limit as usize).collect())
 }

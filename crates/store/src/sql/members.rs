@@ -62,6 +62,7 @@ pub(crate) async fn forget_owner(
             |q| q.bind(r).bind(o),
         )
         .await?;
+        let cas_ids = derived::Files::load(conn).await?.kept(cas_ids);
         derived::rebuild_files(conn, &cas_ids).await?;
     }
     Ok(deleted)

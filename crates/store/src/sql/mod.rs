@@ -8,6 +8,8 @@
 //! - [`batches`]: what sending owned batches on needs: the values rows of a batch wrote
 //!   where they no longer hold them, and how far a batch's pages have come.
 //! - [`derived`]: the `files` table derived from `file_paths`.
+//! - [`deferred`]: what a snapshot import into empty tables builds once its rows are in
+//!   (secondary indexes, `files`).
 //! - [`digest`]: the digest's stored fingerprints, dirty leaves and triggers, and the rows
 //!   of a key range.
 //! - [`versions`]: the stored version vector and log horizon.
@@ -19,6 +21,7 @@
 
 pub(crate) mod batches;
 pub(crate) mod clients;
+pub(crate) mod deferred;
 pub(crate) mod derived;
 pub(crate) mod digest;
 pub(crate) mod members;
