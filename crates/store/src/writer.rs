@@ -20,7 +20,8 @@
 //! at the WAL file's size (one `stat`); past [`WAL_CHECKPOINT_BYTES`] it runs
 //! `wal_checkpoint(TRUNCATE)` in a task of its own that takes the write turn (so no write
 //! is under way) and waits at most [`CHECKPOINT_BUSY_MS`] for readers; if they hold on, it
-//! gives up until a commit at least [`CHECKPOINT_RETRY`] later. `journal_size_limit` (set
+//! gives up until a commit at least [`CHECKPOINT_RETRY`] later, or one that finds the WAL
+//! grown by half its limit since. `journal_size_limit` (set
 //! when the store opens) truncates a WAL that SQLite restarts by itself.
 //!
 //! ## Cancellation safety
@@ -86,6 +87,8 @@ struct Wal {
     running: AtomicBool,
     /// When the last checkpoint gave up.
     gave_up_at: Mutex<Option<Instant>>,
+    /// The WAL's size when it did.
+    gave_up_len: AtomicU64,
     checkpoints: AtomicU64,
     gave_up: AtomicU64,
     peak: AtomicU64,
@@ -117,6 +120,7 @@ impl Writer {
                     limit,
                     running: AtomicBool::new(false),
                     gave_up_at: Mutex::new(None),
+                    gave_up_len: AtomicU64::new(0),
                     checkpoints: AtomicU64::new(0),
                     gave_up: AtomicU64::new(0),
                     peak: AtomicU64::new(0),
@@ -196,11 +200,20 @@ impl Writer {
         if len < wal.limit {
             return;
         }
-        let recent = wal
-            .gave_up_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|t| t.elapsed() < CHECKPOINT_RETRY);
+        // After a give-up, the next try waits for a second, or for the WAL to grow by half
+        // its limit again, whichever comes first: readers that keep it from the WAL's
+        // reset cannot let it grow by more than that between tries.
+        let grown = len
+            >= wal
+                .gave_up_len
+                .load(Ordering::Relaxed)
+                .saturating_add(wal.limit / 2);
+        let recent = !grown
+            && wal
+                .gave_up_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|t| t.elapsed() < CHECKPOINT_RETRY);
         if recent || wal.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -214,6 +227,7 @@ impl Writer {
                 }
                 Ok(false) => {
                     wal.gave_up.fetch_add(1, Ordering::Relaxed);
+                    wal.gave_up_len.store(len, Ordering::Relaxed);
                     *wal.gave_up_at
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());

@@ -143,10 +143,9 @@ async fn resumed_proofs_take_the_lower_seq_of_authors_in_both() {
     assert!(resumed_proofs(&[], &p2).is_empty());
 }
 
-// Flaky: a checkpoint that gives up waits CHECKPOINT_RETRY (1 s) before the next, about
-// half this test's length, so one give-up can leave the WAL at ~10 MB (11 MB without the
-// checkpoints). Needs a longer run or a retry counted in commits. Run with --ignored.
-#[ignore = "flaky: one checkpoint that gives up covers half the run (see the comment)"]
+// A checkpoint that gives up is tried again a second later or once the WAL grew by half
+// its limit, whichever comes first: without the second rule one give-up (a second, half
+// this test's length) let the WAL reach ~10 MB, 11 MB without any checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_readers_always_overlapping_the_writer_keeps_the_wal_near_its_limit() {
     const LIMIT: u64 = 1024 * 1024;
@@ -189,7 +188,7 @@ async fn with_readers_always_overlapping_the_writer_keeps_the_wal_near_its_limit
     println!("WAL peak {peak} bytes (limit {LIMIT}); {stats:?}");
     assert!(stats.checkpoints > 0, "no checkpoint ran: {stats:?}");
     assert!(
-        peak < 8 * LIMIT,
+        peak < 4 * LIMIT,
         "the WAL grew to {peak} bytes, limit {LIMIT}: {stats:?}"
     );
 }
