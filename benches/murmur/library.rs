@@ -23,6 +23,8 @@ use crate::nodes::{start_cluster, write_tag};
 use crate::plain::{SQL_ROWS, TX_ROWS, plain_pool};
 use crate::{Res, Row, fmt_rate, percentile};
 
+/// The most rows the baseline that keeps the indexes up row by row runs for.
+const KEPT_UP_MAX: usize = 2_000_000;
 /// Rows per owned batch, as an app indexing a folder would send them.
 const BATCH: usize = 10_000;
 /// Tag creates timed at each size.
@@ -310,7 +312,13 @@ pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
     let count_ms = t.elapsed().as_secs_f64() * 1000.0;
     pool.close().await;
     let bulk_rate = n as f64 / bulk_secs;
-    let (kept_secs, kept_wal) = plain_indexed(seed, &order, true).await?;
+    // Kept up row by row, the cas_id index takes a random page write per row: 36 s for 1M
+    // rows on 2026-12-03, and more per row as it grows, so past 2M rows it is not run.
+    let (kept_secs, kept_wal) = if n <= KEPT_UP_MAX {
+        plain_indexed(seed, &order, true).await?
+    } else {
+        (f64::NAN, 0)
+    };
     let (after_secs, after_wal) = plain_indexed(seed, &order, false).await?;
     eprintln!(
         "  plain bulk insert with the library's indexes: kept up {kept_secs:.1} s (WAL peak {} MB), built after {after_secs:.1} s (WAL peak {} MB)",
@@ -346,7 +354,12 @@ pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
             figure: "s; peak RSS".into(),
             murmur: format!("{join_secs:.1} s; {rss_mb:.0} MB"),
             baseline: format!(
-                "{bulk_secs:.1} s plain bulk insert; {after_secs:.1} s with the indexes built after, {kept_secs:.1} s kept up"
+                "{bulk_secs:.1} s plain bulk insert; {after_secs:.1} s with the indexes built after, {}",
+                if kept_secs.is_nan() {
+                    "kept up: not run past 2M rows".to_owned()
+                } else {
+                    format!("{kept_secs:.1} s kept up")
+                }
             ),
             goal: format!("< {goal_join:.0} s (3 min at 10M); < 300 MB"),
             pass: Some(join_secs < goal_join && rss_mb < 300.0),
@@ -356,10 +369,14 @@ pub async fn bench_library(n: usize) -> Res<(Vec<Row>, J)> {
             figure: "MB".into(),
             murmur: format!("{a_wal_mb:.0} MB; {d_wal_mb:.0} MB"),
             baseline: format!(
-                "{} MB plain bulk insert; {} MB with the indexes built after, {} MB kept up",
+                "{} MB plain bulk insert; {} MB with the indexes built after{}",
                 bulk_wal >> 20,
                 after_wal >> 20,
-                kept_wal >> 20
+                if kept_secs.is_nan() {
+                    String::new()
+                } else {
+                    format!(", {} MB kept up", kept_wal >> 20)
+                }
             ),
             goal: "< 256 MB".into(),
             pass: Some(a_wal_mb < 256.0 && d_wal_mb < 256.0),
