@@ -17,12 +17,26 @@ use crate::wait::eventually;
 /// How long [`poll`] waits.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A TCP port free on 127.0.0.1 when asked.
+/// A TCP port free on 127.0.0.1 when asked, and never handed out before in this process:
+/// the OS may give a port just released to the next `bind(0)`, and libp2p listens with
+/// `SO_REUSEPORT`, so two nodes given the same port both listen on it and one dials itself
+/// (seen once in `tests/restore.rs`: "n1 and n2 connected" timed out).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// One `murmur run` process and what it needs to start again.
