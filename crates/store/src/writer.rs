@@ -177,6 +177,11 @@ impl Writer {
         })
     }
 
+    /// A read outside the write turn.
+    pub(crate) async fn read_conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// What the writer's checkpoints did.
     pub(crate) fn wal_stats(&self) -> WalStats {
         self.wal

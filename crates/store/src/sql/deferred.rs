@@ -89,6 +89,14 @@ async fn record(
     Ok(())
 }
 
+/// Whether anything is left out.
+pub(crate) async fn any(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT EXISTS (SELECT 1 FROM crdt_deferred)")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get::<bool, _>(0)?)
+}
+
 /// The indexes left out, by name.
 pub(crate) async fn indexes(conn: &mut SqliteConnection) -> Result<Vec<Deferred>, StoreError> {
     let rows =
