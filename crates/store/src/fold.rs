@@ -68,6 +68,12 @@ pub(crate) async fn fold(
     }
     let mut by_resource: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (resource, bucket) in &dirty {
+        // Only a leaf is folded. A held mark is never seen outside its transaction; one
+        // that was (a bug) is dropped rather than folded as a leaf.
+        if bucket.len() != LEAF {
+            sql::clear_dirty(conn, resource, bucket).await?;
+            continue;
+        }
         by_resource
             .entry(resource.clone())
             .or_default()

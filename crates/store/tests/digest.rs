@@ -80,6 +80,8 @@ async fn run_case(seed: u64) {
         replicas.push(store(i as u128 + 1).await);
     }
     let mut inbox: Vec<Vec<Change>> = vec![Vec::new(); n];
+    // Every change written, for a new replica that has some of them before its snapshot.
+    let mut written: Vec<Change> = Vec::new();
     for step in 0..rng.random_range(10..50) {
         let i = rng.random_range(0..n);
         if rng.random_bool(0.25) && !inbox[i].is_empty() {
@@ -89,6 +91,7 @@ async fn run_case(seed: u64) {
             replicas[i].0.apply(batch).await.expect("apply");
         }
         let changes = random_write(&replicas[i].0, &mut rng).await;
+        written.extend(changes.iter().cloned());
         for (j, ib) in inbox.iter_mut().enumerate() {
             if j != i {
                 ib.extend(changes.iter().cloned());
@@ -126,11 +129,22 @@ async fn run_case(seed: u64) {
         check(s, &format!("seed {seed} replica {i} at the end")).await;
         assert_eq!(s.digest().await.unwrap(), want, "seed {seed} replica {i}");
     }
-    // A new replica from a snapshot, in pages of a random size, folding in between.
+    // A new replica from a snapshot, in pages of a random size, folding in between. Half
+    // the time some of the ops reach it once the join began (gossip during the join, its
+    // authors known from the snapshot's proofs): the snapshot's rows then meet rows it
+    // has, as well as rows new to it.
     let (fresh, _df) = store(50).await;
     let from = &replicas[rng.random_range(0..n)].0;
     let proofs = from.snapshot_proofs().await.unwrap();
     fresh.begin_snapshot(proofs.clone()).await.unwrap();
+    if rng.random_bool(0.5) {
+        written.shuffle(&mut rng);
+        let k = rng.random_range(0..=written.len());
+        let early: Vec<Change> = written.drain(..k).collect();
+        if !early.is_empty() {
+            fresh.apply(early).await.expect("apply during the join");
+        }
+    }
     let limit = rng.random_range(1..20usize);
     let mut pos = None;
     loop {

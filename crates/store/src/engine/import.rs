@@ -23,6 +23,7 @@ pub(crate) async fn import_rows(
     rows: Vec<SnapshotRow>,
     devices: &std::collections::HashMap<Uuid, Uuid>,
 ) -> Result<(), StoreError> {
+    let rows = insert_new_owned(conn, registry, rows, devices).await?;
     let mut shared: BTreeMap<String, Vec<SnapshotRow>> = BTreeMap::new();
     let mut owned: BTreeMap<String, Vec<Change>> = BTreeMap::new();
     for r in rows {
@@ -130,6 +131,115 @@ pub(crate) async fn import_rows(
         .await?;
     }
     Ok(())
+}
+
+/// The owned rows among `rows` that are new here, inserted as they are, without the
+/// general merge: a row no replica here has seen is its owner's latest op and its claim
+/// as the snapshot carries them, whatever the rules (a snapshot into an empty table, a
+/// new device's join, is all such rows). Their leaves of the digest move by their hashes
+/// in the same transaction (the triggers' marks held meanwhile), and `files` counts them,
+/// as a fold and the general path would. Returns the rows left for the general merge:
+/// shared rows, tombstones, rows whose claim is another op, values SQLite would store as
+/// another type, and rows this replica already holds in any form.
+async fn insert_new_owned(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    rows: Vec<SnapshotRow>,
+    devices: &HashMap<Uuid, Uuid>,
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    let owners = super::owned::Owners::with(devices);
+    let mut rest = Vec::new();
+    let mut fresh: BTreeMap<String, Vec<SnapshotRow>> = BTreeMap::new();
+    for r in rows {
+        let plain = match &r {
+            SnapshotRow::Owned {
+                resource,
+                ts,
+                values,
+                claim,
+                ..
+            } => {
+                claim.is_none_or(|c| c == *ts)
+                    && registry.get(resource).is_ok_and(|def| {
+                        def.columns.len() == values.len()
+                            && def
+                                .columns
+                                .iter()
+                                .zip(values)
+                                .all(|(c, v)| v.check_type(c.ty))
+                    })
+            }
+            _ => false,
+        };
+        match (&r, plain) {
+            (SnapshotRow::Owned { resource, .. }, true) => {
+                fresh.entry(resource.clone()).or_default().push(r)
+            }
+            _ => rest.push(r),
+        }
+    }
+    for (resource, rows) in fresh {
+        let def = registry.get(&resource)?;
+        let files = if crate::sql::derived::tracks(def) {
+            Some(crate::sql::derived::Files::load(conn).await?)
+        } else {
+            None
+        };
+        let mut new = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let SnapshotRow::Owned {
+                uuid,
+                ts,
+                seq,
+                values,
+                ..
+            } = r
+            {
+                new.push((
+                    crate::sql::rows::key_of(*uuid),
+                    crate::sql::rows::key_of(owners.owner_of(ts.author)),
+                    *ts,
+                    *seq,
+                    values.clone(),
+                ));
+            }
+        }
+        crate::sql::digest::hold_marks(conn, &resource).await?;
+        let inserted = crate::sql::rows::insert_new_owned(conn, def, new).await?;
+        crate::sql::digest::release_marks(conn, &resource).await?;
+        let mut hashes = Vec::with_capacity(inserted.len());
+        let mut added: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
+        let (cas_at, size_at) = (def.column_index("cas_id"), def.column_index("size_bytes"));
+        for r in rows {
+            let SnapshotRow::Owned { uuid, values, .. } = &r else {
+                continue;
+            };
+            let key = crate::sql::rows::key_of(*uuid);
+            if !inserted.contains(&key) {
+                rest.push(r);
+                continue;
+            }
+            if let (Some(files), Some(Value::Text(cas))) =
+                (&files, cas_at.and_then(|i| values.get(i)))
+                && files.keeps(cas)
+            {
+                let size = match size_at.and_then(|i| values.get(i)) {
+                    Some(Value::Int(n)) => Some(*n),
+                    _ => None,
+                };
+                let e = added.entry(cas.clone()).or_insert((0, None));
+                e.0 += 1;
+                e.1 = match (e.1, size) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            hashes.push((key, crate::digest::row_hash(&r), true));
+        }
+        crate::sql::digest::add_rows(conn, &resource, &hashes).await?;
+        crate::sql::derived::add_files(conn, added.into_iter().collect()).await?;
+    }
+    Ok(rest)
 }
 
 /// The owner's create at its claim `c`, as a snapshot row implies it.

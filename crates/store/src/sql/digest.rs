@@ -23,9 +23,15 @@ use crate::sql::rows::{
 /// so another program's write to them fails ("no such collation sequence").
 pub const WRITER_COLLATION: &str = "murmur_writer";
 
+/// The mark that keeps the data table's triggers of a resource from marking leaves: held
+/// within one transaction by a write that moves the fingerprints of its rows itself
+/// ([`hold_marks`], [`add_rows`]). Never a leaf, and never seen outside that transaction.
+pub(crate) const HELD: &str = "";
+
 /// Creates the triggers that mark a written row's leaf dirty on the data table of `def`
 /// (once; the side tables have theirs from the migration). They name
-/// [`WRITER_COLLATION`].
+/// [`WRITER_COLLATION`], and mark nothing while the resource's [`HELD`] mark is there.
+/// A trigger of an older definition (without the held mark) is replaced.
 pub(crate) async fn ensure_triggers(
     conn: &mut SqliteConnection,
     def: &ResourceDef,
@@ -35,23 +41,111 @@ pub(crate) async fn ensure_triggers(
         ("u", "UPDATE", "NEW"),
         ("d", "DELETE", "OLD"),
     ] {
+        let name = format!("{}_digest_{suffix}", def.name);
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?")
+                .bind(&name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if stored
+            .as_deref()
+            .is_some_and(|s| s.contains("bucket IN ('', "))
+        {
+            continue;
+        }
         // The resource name is the table's name (from the registry, never from input);
         // it is a plain identifier, so it needs no quoting as a string either. The mark is
         // tested for, not `INSERT OR IGNORE`d: an outer statement's conflict policy would
         // override the trigger's.
         let sql = format!(
-            "CREATE TRIGGER IF NOT EXISTS {t}_digest_{suffix} AFTER {event} ON {t} BEGIN \
+            "CREATE TRIGGER {name} AFTER {event} ON {t} BEGIN \
              INSERT INTO crdt_digest_dirty (resource, bucket) \
              SELECT '{t}', substr({row}.uuid, 1, {LEAF}) WHERE 'm' = 'm' COLLATE {WRITER_COLLATION} \
              AND NOT EXISTS (SELECT 1 FROM crdt_digest_dirty WHERE resource = '{t}' \
-             AND bucket = substr({row}.uuid, 1, {LEAF})); END",
+             AND bucket IN ('', substr({row}.uuid, 1, {LEAF}))); END",
             t = def.name
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await?;
+        for sql in [format!("DROP TRIGGER IF EXISTS {name}"), sql] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// Holds the leaf marks of `resource`'s data table (see [`HELD`]) until
+/// [`release_marks`], in the same transaction.
+pub(crate) async fn hold_marks(
+    conn: &mut SqliteConnection,
+    resource: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT OR IGNORE INTO crdt_digest_dirty (resource, bucket) VALUES (?, ?)")
+        .bind(resource.to_owned())
+        .bind(HELD)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends [`hold_marks`].
+pub(crate) async fn release_marks(
+    conn: &mut SqliteConnection,
+    resource: &str,
+) -> Result<(), StoreError> {
+    clear_dirty(conn, resource, HELD).await
+}
+
+/// Adds rows new to `resource` (none of them in any stored fingerprint), each its key and
+/// hash and whether it is live, to their leaves and every stored ancestor: what a fold of
+/// their leaves would do, without reading the rows back. A leaf that is dirty stays dirty
+/// (its fold moves the ancestors by what it finds, from the sum stored here).
+pub(crate) async fn add_rows(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    rows: &[(String, Hash, bool)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut leaves: BTreeMap<String, Fingerprint> = BTreeMap::new();
+    for (key, hash, live) in rows {
+        let leaf = key.get(..LEAF).unwrap_or(key);
+        leaves
+            .entry(leaf.to_owned())
+            .or_default()
+            .add_row(hash, *live);
+    }
+    let mut uppers: BTreeMap<String, Fingerprint> = BTreeMap::new();
+    for (leaf, d) in &leaves {
+        for len in [0, 2] {
+            uppers
+                .entry(leaf.get(..len).unwrap_or(leaf).to_owned())
+                .or_default()
+                .merge(d);
+        }
+    }
+    add_to(conn, resource, &leaves).await?;
+    add_to(conn, resource, &uppers).await
+}
+
+/// Adds each of `sums` to the stored fingerprint of its range (none stored: empty).
+async fn add_to(
+    conn: &mut SqliteConnection,
+    resource: &str,
+    sums: &BTreeMap<String, Fingerprint>,
+) -> Result<(), StoreError> {
+    let names: Vec<String> = sums.keys().cloned().collect();
+    let stored = leaves_in(conn, resource, &names).await?;
+    let new: Vec<(&str, Fingerprint)> = sums
+        .iter()
+        .map(|(range, d)| {
+            let mut f = stored.get(range).copied().unwrap_or_default();
+            f.merge(d);
+            (range.as_str(), f)
+        })
+        .collect();
+    put_many(conn, resource, &new).await
 }
 
 /// Marks every leaf of `def` that holds a row dirty, the first time the store opens with
@@ -140,7 +234,7 @@ pub(crate) async fn clear_dirty_span(
     Ok(())
 }
 
-/// The stored leaves of `resource` among `leaves`.
+/// The stored fingerprints of `resource` among the ranges `leaves`.
 pub(crate) async fn leaves_in(
     conn: &mut SqliteConnection,
     resource: &str,

@@ -166,3 +166,56 @@ pub(crate) async fn count_others_of_batch(
     .await?;
     Ok(n.max(0) as u64)
 }
+
+/// An owned row to insert where it is new: key, owner (the device, as stored), the
+/// timestamp and seq of the owner's op, and its values in column order.
+pub(crate) type NewOwned = (String, String, Hlc, u64, Vec<Value>);
+
+/// Inserts the owned rows of `def` that are new here: in neither its table nor its
+/// tombstones, claims or other devices' ops. Returns the keys inserted; the rest changed
+/// nothing (the caller merges them the general way).
+pub(crate) async fn insert_new_owned(
+    conn: &mut sqlx::sqlite::SqliteConnection,
+    def: &ResourceDef,
+    rows: Vec<NewOwned>,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let ncols = def.columns.len() + 4;
+    let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
+    let picked: Vec<String> = (1..=ncols).map(|i| format!("v.column{i}")).collect();
+    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    for chunk in crate::sql::owned_chunks(rows, crate::sql::rows_per_statement(ncols)) {
+        // `WHERE` ends the SELECT, so `ON CONFLICT` is the upsert clause.
+        let sql = format!(
+            "INSERT INTO {t} (uuid, owner, crdt_ts, crdt_seq, {cols}) SELECT {picked} \
+             FROM (VALUES {values}) v WHERE \
+             NOT EXISTS (SELECT 1 FROM crdt_rows r WHERE r.resource = ? AND r.uuid = v.column1) \
+             AND NOT EXISTS (SELECT 1 FROM crdt_owned_claims c WHERE c.resource = ? AND c.uuid = v.column1) \
+             AND NOT EXISTS (SELECT 1 FROM crdt_owned_others o WHERE o.resource = ? AND o.uuid = v.column1) \
+             ON CONFLICT (uuid) DO NOTHING RETURNING uuid",
+            t = def.name,
+            cols = names.join(", "),
+            picked = picked.join(", "),
+            values = crate::sql::values_list(chunk.len(), ncols),
+        );
+        // Positional parameters only: SQLite looks a numbered one up by a scan of them all,
+        // once per parameter bound.
+        let mut q = crate::sql::query(sql);
+        for (key, owner, ts, seq, values) in chunk {
+            q = q
+                .bind(key)
+                .bind(owner)
+                .bind(ts.to_bytes().to_vec())
+                .bind(seq as i64);
+            for v in values {
+                q = q.bind(v);
+            }
+        }
+        for _ in 0..3 {
+            q = q.bind(def.name.clone());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            inserted.insert(r.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(inserted)
+}
