@@ -452,3 +452,32 @@ async fn a_repair_cannot_change_another_devices_writes() {
 fn device_uuid(n: u128) -> Uuid {
     murmur_store::proof::device_uuid(&device_key(n).public())
 }
+
+/// A page whose owned rows come twice (a peer's bug, or a page sent again after a lost
+/// answer) and a page imported twice change nothing the second time: one row each, and
+/// the maintained digest is the recomputed one and the source's.
+#[tokio::test]
+async fn owned_rows_that_come_twice_in_a_snapshot_are_held_once() {
+    let (a, _da) = store(1).await;
+    let (b, _db) = store(2).await;
+    let rows = (0..300)
+        .map(|i| {
+            fields(json!({"uuid": Uuid::from_u128(0x4000_0000_0000_4000_8000_0000_0000_0000 + i * 7919).to_string(),
+                "name": format!("f{i}"), "cas_id": format!("cas-{}", i / 2), "size_bytes": i as i64}))
+        })
+        .collect();
+    a.write_owned("file_paths", rows).await.unwrap();
+    let proofs = a.snapshot_proofs().await.unwrap();
+    b.begin_snapshot(proofs.clone()).await.unwrap();
+    let (page, next) = a.snapshot_page(None, 10_000).await.unwrap();
+    assert!(next.is_none());
+    let mut doubled = page.clone();
+    doubled.extend(page.clone());
+    doubled.shuffle(&mut StdRng::seed_from_u64(7));
+    b.import_snapshot_page(doubled).await.unwrap();
+    b.import_snapshot_page(page).await.unwrap();
+    b.finish_snapshot(proofs).await.unwrap();
+    check(&b, "rows twice").await;
+    assert_eq!(b.count_rows("file_paths").await.unwrap(), 300);
+    assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
+}

@@ -205,17 +205,17 @@ async fn insert_new_owned(
             }
         }
         crate::sql::digest::hold_marks(conn, &resource).await?;
-        let inserted = crate::sql::rows::insert_new_owned(conn, def, new).await?;
+        let went_in = crate::sql::rows::insert_new_owned(conn, def, new).await?;
         crate::sql::digest::release_marks(conn, &resource).await?;
-        let mut hashes = Vec::with_capacity(inserted.len());
+        let mut hashes = Vec::with_capacity(rows.len());
         let mut added: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
         let (cas_at, size_at) = (def.column_index("cas_id"), def.column_index("size_bytes"));
-        for r in rows {
+        for (r, went_in) in rows.into_iter().zip(went_in) {
             let SnapshotRow::Owned { uuid, values, .. } = &r else {
                 continue;
             };
             let key = crate::sql::rows::key_of(*uuid);
-            if !inserted.contains(&key) {
+            if !went_in {
                 rest.push(r);
                 continue;
             }

@@ -172,35 +172,67 @@ pub(crate) async fn count_others_of_batch(
 pub(crate) type NewOwned = (String, String, Hlc, u64, Vec<Value>);
 
 /// Inserts the owned rows of `def` that are new here: in neither its table nor its
-/// tombstones, claims or other devices' ops. Returns the keys inserted; the rest changed
-/// nothing (the caller merges them the general way).
+/// tombstones, claims or other devices' ops, and not earlier in `rows`. Returns, for each
+/// of `rows` in order, whether it went in; the others (held here in some form, or a key
+/// repeated) changed nothing, and the caller merges them the general way.
+///
+/// What is held is read first, over each chunk's range of keys (a snapshot's pages come
+/// in key order, so a range holds the chunk and little else); the rest go in with a plain
+/// multi-row `INSERT`. (A filter in the insert itself, with `RETURNING` to tell what went
+/// in, fills a temporary table per statement and hands back a row per row.)
 pub(crate) async fn insert_new_owned(
     conn: &mut sqlx::sqlite::SqliteConnection,
     def: &ResourceDef,
     rows: Vec<NewOwned>,
-) -> Result<std::collections::HashSet<String>, StoreError> {
+) -> Result<Vec<bool>, StoreError> {
     let ncols = def.columns.len() + 4;
     let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
-    let picked: Vec<String> = (1..=ncols).map(|i| format!("v.column{i}")).collect();
-    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    let mut went_in = Vec::with_capacity(rows.len());
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
     for chunk in crate::sql::owned_chunks(rows, crate::sql::rows_per_statement(ncols)) {
-        // `WHERE` ends the SELECT, so `ON CONFLICT` is the upsert clause.
+        let (Some(lo), Some(hi)) = (
+            chunk.iter().map(|r| &r.0).min().cloned(),
+            chunk.iter().map(|r| &r.0).max().cloned(),
+        ) else {
+            continue;
+        };
+        let held: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+            format!(
+                "SELECT uuid FROM {t} WHERE uuid BETWEEN ?1 AND ?2 \
+                 UNION SELECT uuid FROM crdt_rows WHERE resource = ?3 AND uuid BETWEEN ?1 AND ?2 \
+                 UNION SELECT uuid FROM crdt_owned_claims WHERE resource = ?3 AND uuid BETWEEN ?1 AND ?2 \
+                 UNION SELECT uuid FROM crdt_owned_others WHERE resource = ?3 AND uuid BETWEEN ?1 AND ?2",
+                t = def.name
+            ),
+        ))
+        .bind(lo)
+        .bind(hi)
+        .bind(def.name.clone())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let mut fresh = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let new = !held.contains(&r.0) && seen.insert(r.0.clone());
+            went_in.push(new);
+            if new {
+                fresh.push(r);
+            }
+        }
+        if fresh.is_empty() {
+            continue;
+        }
         let sql = format!(
-            "INSERT INTO {t} (uuid, owner, crdt_ts, crdt_seq, {cols}) SELECT {picked} \
-             FROM (VALUES {values}) v WHERE \
-             NOT EXISTS (SELECT 1 FROM crdt_rows r WHERE r.resource = ? AND r.uuid = v.column1) \
-             AND NOT EXISTS (SELECT 1 FROM crdt_owned_claims c WHERE c.resource = ? AND c.uuid = v.column1) \
-             AND NOT EXISTS (SELECT 1 FROM crdt_owned_others o WHERE o.resource = ? AND o.uuid = v.column1) \
-             ON CONFLICT (uuid) DO NOTHING RETURNING uuid",
+            "INSERT INTO {t} (uuid, owner, crdt_ts, crdt_seq, {cols}) VALUES {values}",
             t = def.name,
             cols = names.join(", "),
-            picked = picked.join(", "),
-            values = crate::sql::values_list(chunk.len(), ncols),
+            values = crate::sql::values_list(fresh.len(), ncols),
         );
         // Positional parameters only: SQLite looks a numbered one up by a scan of them all,
         // once per parameter bound.
         let mut q = crate::sql::query(sql);
-        for (key, owner, ts, seq, values) in chunk {
+        for (key, owner, ts, seq, values) in fresh {
             q = q
                 .bind(key)
                 .bind(owner)
@@ -210,12 +242,7 @@ pub(crate) async fn insert_new_owned(
                 q = q.bind(v);
             }
         }
-        for _ in 0..3 {
-            q = q.bind(def.name.clone());
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            inserted.insert(r.try_get::<String, _>(0)?);
-        }
+        q.execute(&mut *conn).await?;
     }
-    Ok(inserted)
+    Ok(went_in)
 }
