@@ -36,7 +36,7 @@ pub const MAX_ROWS_ASKED: usize = MAX_RANGE_ROWS;
 
 impl Store {
     /// Folds every dirty leaf, in transactions of at most [`FOLD_LEAVES`] leaves.
-    async fn fold_all(&self) -> Result<(), StoreError> {
+    pub(crate) async fn fold_all(&self) -> Result<(), StoreError> {
         while self.fold_digest(FOLD_LEAVES).await? > 0 {}
         Ok(())
     }

@@ -692,7 +692,10 @@ impl Store {
     ) -> Result<Vec<(Uuid, crate::op::Rejection)>, StoreError> {
         self.detached(move |s| async move {
             let m = s.members_state();
-            // What the import left out is built before the snapshot counts as held.
+            // What the import left out is built before the snapshot counts as held. The
+            // leaves its pages left dirty are folded first: a digest asked meanwhile then
+            // reads without waiting for the writer, which builds an index for a while.
+            s.fold_all().await?;
             s.remote(&m).build_deferred().await?;
             s.remote(&m).finish_snapshot(&proofs).await
         })
