@@ -481,3 +481,62 @@ async fn owned_rows_that_come_twice_in_a_snapshot_are_held_once() {
     assert_eq!(b.count_rows("file_paths").await.unwrap(), 300);
     assert_eq!(a.digest().await.unwrap(), b.digest().await.unwrap());
 }
+
+/// A library whose digest triggers are of an older form (written by an earlier version, as
+/// after an upgrade): the store replaces them when it opens, and the digest it maintains
+/// over the rows written before and after is still the recomputed one.
+#[tokio::test]
+async fn digest_triggers_of_an_older_version_are_replaced_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        let mut o = murmur_store::StoreOptions::new(dir.path().join("lib.db"), device_key(1));
+        o.durability = murmur_store::Durability::Normal;
+        Store::open(o).await.expect("open store")
+    };
+    let trigger = "SELECT sql FROM sqlite_master WHERE name = 'tags_digest_i'";
+    let a = open().await;
+    a.create_shared(
+        "tags",
+        None,
+        fields(json!({"name": "before", "color": "red"})),
+    )
+    .await
+    .unwrap();
+    a.close().await;
+    // The form of 2026-12-03: an INSERT ... SELECT from the marks themselves.
+    let db = dir.path().join("lib.db");
+    corrupt(&db, "DROP TRIGGER tags_digest_i").await;
+    corrupt(
+        &db,
+        "CREATE TRIGGER tags_digest_i AFTER INSERT ON tags BEGIN \
+         INSERT INTO crdt_digest_dirty (resource, bucket) \
+         SELECT 'tags', substr(NEW.uuid, 1, 5) WHERE 'm' = 'm' COLLATE murmur_writer \
+         AND NOT EXISTS (SELECT 1 FROM crdt_digest_dirty WHERE resource = 'tags' \
+         AND bucket IN ('', substr(NEW.uuid, 1, 5))); END",
+    )
+    .await;
+    let old = foreign_read(&db, trigger).await.unwrap();
+    assert!(!old.contains("WHEN NOT EXISTS"), "{old}");
+    let b = open().await;
+    let new = foreign_read(&db, trigger).await.unwrap();
+    assert!(new.contains("WHEN NOT EXISTS"), "{new}");
+    for i in 0..50 {
+        b.create_shared(
+            "tags",
+            None,
+            fields(json!({"name": format!("after {i}"), "color": "blue"})),
+        )
+        .await
+        .unwrap();
+    }
+    check(&b, "after the upgrade").await;
+    assert_eq!(b.digest().await.unwrap().rows, 51);
+    // Another program's insert is still refused by SQLite itself.
+    let err = foreign_write(
+        &db,
+        "INSERT INTO tags (uuid, crdt_clock, name) VALUES ('x', x'', 'n')",
+    )
+    .await
+    .expect_err("another program's write must fail");
+    assert!(err.contains("no such collation sequence"), "{err}");
+}
