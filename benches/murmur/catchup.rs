@@ -48,8 +48,11 @@ pub async fn run_child_with(
         .arg(want_seq.to_string())
         .arg(want_rows.to_string())
         .args(more)
+        // `output()` would pipe stderr too, and the child's logs would be lost.
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()?
+        .wait_with_output()
         .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
