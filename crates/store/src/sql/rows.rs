@@ -176,8 +176,7 @@ pub(crate) type NewOwned = (String, String, Hlc, u64, Vec<Value>);
 /// of `rows` in order, whether it went in; the others (held here in some form, or a key
 /// repeated) changed nothing, and the caller merges them the general way.
 ///
-/// What is held is read first, over each chunk's range of keys (a snapshot's pages come
-/// in key order, so a range holds the chunk and little else); the rest go in with a plain
+/// What is held is looked up first, per chunk of keys; the rest go in with a plain
 /// multi-row `INSERT`. (A filter in the insert itself, with `RETURNING` to tell what went
 /// in, fills a temporary table per statement and hands back a row per row.)
 pub(crate) async fn insert_new_owned(
@@ -190,28 +189,27 @@ pub(crate) async fn insert_new_owned(
     let mut went_in = Vec::with_capacity(rows.len());
     let mut seen = std::collections::HashSet::with_capacity(rows.len());
     for chunk in crate::sql::owned_chunks(rows, crate::sql::rows_per_statement(ncols)) {
-        let (Some(lo), Some(hi)) = (
-            chunk.iter().map(|r| &r.0).min().cloned(),
-            chunk.iter().map(|r| &r.0).max().cloned(),
-        ) else {
-            continue;
-        };
-        let held: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(
-            format!(
-                "SELECT uuid FROM {t} WHERE uuid BETWEEN ?1 AND ?2 \
-                 UNION SELECT uuid FROM crdt_rows WHERE resource = ?3 AND uuid BETWEEN ?1 AND ?2 \
-                 UNION SELECT uuid FROM crdt_owned_claims WHERE resource = ?3 AND uuid BETWEEN ?1 AND ?2 \
-                 UNION SELECT uuid FROM crdt_owned_others WHERE resource = ?3 AND uuid BETWEEN ?1 AND ?2",
+        // The chunk's own keys, looked up: what comes back is at most the chunk, whatever
+        // the page holds (a range of its keys could span a whole table here).
+        let held: std::collections::HashSet<String> = {
+            let sql = format!(
+                "WITH k(u) AS (VALUES {keys}) SELECT u FROM k WHERE \
+                 EXISTS (SELECT 1 FROM {t} WHERE uuid = k.u) \
+                 OR EXISTS (SELECT 1 FROM crdt_rows WHERE resource = ? AND uuid = k.u) \
+                 OR EXISTS (SELECT 1 FROM crdt_owned_claims WHERE resource = ? AND uuid = k.u) \
+                 OR EXISTS (SELECT 1 FROM crdt_owned_others WHERE resource = ? AND uuid = k.u)",
+                keys = crate::sql::values_list(chunk.len(), 1),
                 t = def.name
-            ),
-        ))
-        .bind(lo)
-        .bind(hi)
-        .bind(def.name.clone())
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
+            );
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for r in &chunk {
+                q = q.bind(r.0.clone());
+            }
+            for _ in 0..3 {
+                q = q.bind(def.name.clone());
+            }
+            q.fetch_all(&mut *conn).await?.into_iter().collect()
+        };
         let mut fresh = Vec::with_capacity(chunk.len());
         for r in chunk {
             let new = !held.contains(&r.0) && seen.insert(r.0.clone());
